@@ -1,0 +1,319 @@
+"""Keras model_config (Sequential, Functional, nested) → a torch graph of converted layers.
+
+Every spelling from Keras 2.0 to Keras 3 is first normalised into `ModelSpec` (layers, their calls
+and the tensors each call reads), so the module that runs it does not care which Keras wrote it.
+A nested model is a layer whose spec is itself a `ModelSpec`; a layer called twice (shared
+weights) has two calls. Unsupported layers are collected over the whole tree and reported at once,
+before any weight is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import ConversionError
+from .layers import CONVERTERS, ConvertContext, KerasLayer, LayerWeights, SavedWeight
+from .layout import to_internal, to_keras
+
+MODEL_CLASSES = {"Sequential", "Model", "Functional"}
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    layer: str
+    call: int = 0
+    index: int = 0
+
+
+@dataclass
+class LayerSpec:
+    name: str
+    class_name: str
+    config: dict
+    calls: list[list[TensorRef]] = field(default_factory=list)  # inputs of each call
+    model: "ModelSpec | None" = None
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    layers: list[LayerSpec]
+    inputs: list[TensorRef]
+    outputs: list[TensorRef]
+    input_shapes: list[tuple | None]
+    trainable: bool = True
+
+    def leaves(self):
+        for layer in self.layers:
+            if layer.model is not None:
+                yield from layer.model.leaves()
+            else:
+                yield layer
+
+
+# --------------------------------------------------------------------------- parsing
+
+def _layer_name(entry: dict) -> str:
+    return entry.get("name") or (entry.get("config") or {}).get("name") or ""
+
+
+def _ref(value) -> TensorRef:
+    return TensorRef(str(value[0]), int(value[1]) if len(value) > 1 else 0,
+                     int(value[2]) if len(value) > 2 else 0)
+
+
+def _refs(value) -> list[TensorRef]:
+    """`input_layers`/`output_layers`: one [name, node, index] or a list of them."""
+    if not value:
+        return []
+    if isinstance(value[0], str):
+        return [_ref(value)]
+    return [_ref(v) for v in value]
+
+
+def _keras3_tensors(args) -> list[TensorRef]:
+    """The `__keras_tensor__` entries of a Keras 3 call's args, in order."""
+    found = []
+    if isinstance(args, dict):
+        if args.get("class_name") == "__keras_tensor__":
+            found.append(_ref(args["config"]["keras_history"]))
+        else:
+            for v in args.values():
+                found.extend(_keras3_tensors(v))
+    elif isinstance(args, (list, tuple)):
+        for v in args:
+            found.extend(_keras3_tensors(v))
+    return found
+
+
+def _calls(inbound_nodes) -> list[list[TensorRef]]:
+    calls = []
+    for node in inbound_nodes or []:
+        if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
+            calls.append(_keras3_tensors(node.get("args", [])))
+        else:  # Keras 2: [[name, node_index, tensor_index, kwargs], ...]
+            calls.append([_ref(t) for t in node])
+    return calls
+
+
+def _input_shape(config: dict) -> tuple | None:
+    for key in ("batch_input_shape", "batch_shape"):
+        if config.get(key):
+            return tuple(config[key])
+    return None
+
+
+def parse_model(entry: dict) -> ModelSpec:
+    """Normalise a model_config entry ({"class_name", "config"}) into a ModelSpec."""
+    class_name = entry.get("class_name")
+    config = entry.get("config")
+    if class_name == "Sequential":
+        return _parse_sequential(config, entry)
+    if class_name in ("Model", "Functional"):
+        return _parse_functional(config)
+    raise ConversionError(f"model class {class_name!r} is not a Sequential or Functional model")
+
+
+def _layer_spec(entry: dict) -> LayerSpec:
+    spec = LayerSpec(_layer_name(entry), entry.get("class_name", ""), entry.get("config") or {},
+                     _calls(entry.get("inbound_nodes")))
+    if spec.class_name in MODEL_CLASSES:
+        spec.model = parse_model(entry)
+    return spec
+
+
+def _parse_sequential(config, entry) -> ModelSpec:
+    if isinstance(config, list):  # Keras ≤ 2.2: the config is the layer list itself
+        config = {"name": entry.get("name", "sequential"), "layers": config}
+    layers = [_layer_spec(e) for e in config.get("layers", [])]
+    shape = None
+    if layers and layers[0].class_name == "InputLayer":
+        shape = _input_shape(layers[0].config)
+    elif layers:
+        shape = _input_shape(layers[0].config)
+    if shape is None and config.get("build_input_shape"):
+        shape = tuple(config["build_input_shape"])
+    # A Sequential is a chain: give each layer one call that reads the previous layer.
+    previous = TensorRef("__input__")
+    for layer in layers:
+        layer.calls = [[previous]]
+        previous = TensorRef(layer.name)
+    return ModelSpec(config.get("name", "sequential"), layers, [TensorRef("__input__")],
+                     [previous], [shape], bool(config.get("trainable", True)))
+
+
+def _parse_functional(config) -> ModelSpec:
+    layers = [_layer_spec(e) for e in config.get("layers", [])]
+    by_name = {layer.name: layer for layer in layers}
+    inputs = _refs(config.get("input_layers"))
+    shapes = [_input_shape(by_name[r.layer].config) if r.layer in by_name else None for r in inputs]
+    return ModelSpec(config.get("name", "model"), layers, inputs, _refs(config.get("output_layers")),
+                     shapes, bool(config.get("trainable", True)))
+
+
+def check_supported(spec: ModelSpec, source: str = "") -> None:
+    """Raise one ConversionError naming every layer no converter handles (class and name)."""
+    unsupported = [f"{leaf.class_name} layer {leaf.name!r}" for leaf in spec.leaves()
+                   if leaf.class_name not in CONVERTERS]
+    if unsupported:
+        where = f"{source}: " if source else ""
+        raise ConversionError(f"{where}unsupported Keras layer(s): {', '.join(unsupported)}; "
+                              f"supported: {', '.join(sorted(CONVERTERS))}")
+
+
+# --------------------------------------------------------------------------- weights
+
+def parse_weight_name(name: str) -> tuple[str, str]:
+    """'model/conv1/kernel:0' → ('conv1', 'kernel'); the last two path parts, ':N' dropped."""
+    parts = name.split(":")[0].split("/")
+    return (parts[-2] if len(parts) > 1 else ""), parts[-1]
+
+
+@dataclass
+class WeightPool:
+    """The saved weights of one top-level layer group, looked up by leaf layer name."""
+
+    entries: list[tuple[str, str, str, object]]  # (leaf layer, var, h5 path, array)
+
+    def for_leaf(self, leaf: str, whole_group: bool) -> LayerWeights:
+        if whole_group:  # a top-level leaf owns its whole group
+            picked = self.entries
+        else:
+            picked = [e for e in self.entries if e[0] == leaf]
+        return LayerWeights(leaf, [SavedWeight(path, var, value) for _, var, path, value in picked])
+
+
+# --------------------------------------------------------------------------- the torch graph
+
+def module_key(name: str) -> str:
+    """Keras layer names may hold characters torch module names may not."""
+    return name.replace(".", "_") or "_"
+
+
+class KerasGraph(nn.Module):
+    """Runs a ModelSpec's calls in dependency order on the bridge's internal layout."""
+
+    def __init__(self, spec: ModelSpec, load_weights, ctx: ConvertContext, frozen: bool = False):
+        super().__init__()
+        self.spec_name = spec.name
+        self.layers = nn.ModuleDict()
+        frozen = frozen or not spec.trainable
+        for layer in spec.layers:
+            key = module_key(layer.name)
+            if key in self.layers:
+                raise ConversionError(f"duplicate layer name {layer.name!r} in model {spec.name!r}")
+            config = dict(layer.config)
+            if frozen:
+                config["trainable"] = False
+            if layer.model is not None:
+                self.layers[key] = KerasGraph(layer.model, load_weights.nested(layer.name), ctx,
+                                              frozen or not config.get("trainable", True))
+            else:
+                weights = load_weights.leaf(layer.name)
+                try:
+                    module = CONVERTERS[layer.class_name](config, weights, ctx)
+                except ConversionError as exc:
+                    raise ConversionError(f"layer {layer.name!r} ({layer.class_name}): {exc}") from None
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ConversionError(f"layer {layer.name!r} ({layer.class_name}): "
+                                          f"cannot read its config or weights ({exc!r})") from None
+                weights.check_all_taken()
+                self.layers[key] = module
+        self.inputs = [(module_key(r.layer), r.call) for r in spec.inputs]
+        self.outputs = [(module_key(r.layer), r.call) for r in spec.outputs]
+        self.steps = self._schedule(spec)
+
+    def _schedule(self, spec: ModelSpec) -> list[tuple[str, int, list[tuple[str, int]]]]:
+        """Order every (layer, call) after the calls it reads from."""
+        input_refs = {(module_key(r.layer), r.call) for r in spec.inputs}
+        pending = []
+        for layer in spec.layers:
+            key = module_key(layer.name)
+            for i, inputs in enumerate(layer.calls):
+                if (key, i) in input_refs and layer.class_name == "InputLayer":
+                    continue
+                pending.append((key, i, [(module_key(r.layer), r.call) for r in inputs]))
+        ready, steps = set(input_refs), []
+        while pending:
+            runnable = [p for p in pending if all(src in ready for src in p[2])]
+            if not runnable:
+                missing = sorted({src for p in pending for src in p[2] if src not in ready})
+                raise ConversionError(f"model {spec.name!r}: cannot resolve layer inputs {missing}")
+            for step in runnable:
+                steps.append(step)
+                ready.add((step[0], step[1]))
+            pending = [p for p in pending if p not in runnable]
+        needed = set(self.outputs)
+        for key, call, _ in steps:
+            needed.discard((key, call))
+        if needed - input_refs:
+            raise ConversionError(f"model {spec.name!r}: outputs {sorted(needed)} are never computed")
+        return steps
+
+    def run(self, inputs: list[torch.Tensor], logits: bool = False) -> list[torch.Tensor]:
+        values = dict(zip(self.inputs, inputs))
+        outputs = set(self.outputs)
+        for key, call, sources in self.steps:
+            layer = self.layers[key]
+            args = [values[s] for s in sources]
+            if logits and (key, call) in outputs:
+                values[(key, call)] = layer.forward_logits(*args)
+            else:
+                values[(key, call)] = layer(*args)
+        return [values[o] for o in self.outputs]
+
+    def forward(self, *inputs):
+        out = self.run(list(inputs))
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def forward_logits(self, *inputs):
+        out = self.run(list(inputs), logits=True)
+        return out[0] if len(out) == 1 else tuple(out)
+
+
+class KerasModel(nn.Module):
+    """A converted Keras model: takes and returns tensors in the Keras model's own layout.
+
+    `forward_logits` returns the outputs before a final sigmoid/softmax. `keras_weight_paths`
+    maps each state_dict key to the HDF5 dataset it came from, for writing back. `input_shapes`
+    are Keras' (None for the batch), `regularization_loss()` is the L1/L2 penalty Keras adds to
+    the training loss.
+    """
+
+    def __init__(self, graph: KerasGraph, input_shapes, source: str = "", training_config=None):
+        super().__init__()
+        self.graph = graph
+        self.input_shapes = input_shapes
+        self.source = source
+        self.training_config = training_config
+        self.keras_weight_paths = {}
+        for prefix, module in self.named_modules():
+            if isinstance(module, KerasLayer):
+                for var, path in module.h5_paths.items():
+                    self.keras_weight_paths[f"{prefix}.{var}"] = path
+
+    def _call(self, inputs, logits):
+        out = self.graph.run([to_internal(x) for x in inputs], logits=logits)
+        out = [to_keras(y) for y in out]
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def forward(self, *inputs):
+        return self._call(inputs, logits=False)
+
+    def forward_logits(self, *inputs):
+        return self._call(inputs, logits=True)
+
+    def regularization_loss(self) -> torch.Tensor:
+        total = None
+        for module in self.modules():
+            if isinstance(module, KerasLayer):
+                for var, (l1, l2) in module.regularizers.items():
+                    w = getattr(module, var)
+                    term = (l1 * w.abs().sum() if l1 else 0) + (l2 * w.square().sum() if l2 else 0)
+                    total = term if total is None else total + term
+        if total is None:
+            return torch.zeros(())
+        return total

@@ -1,0 +1,82 @@
+"""The Keras side of parity checks: load a .h5 with tf_keras (or Keras 3) and run it.
+
+Importing this module imports TensorFlow, after torch (TensorFlow first, then torch's compiler
+stack, segfaults). Never import it from the serving process.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch  # noqa: F401  (must come before TensorFlow)
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+
+from .errors import ConversionError  # noqa: E402
+
+
+def load_keras_model(h5_path, compile: bool = False):
+    """(model, 'tf_keras' | 'keras3'): tf_keras first, Keras 3 for files only it can read."""
+    try:
+        return tf_keras.models.load_model(os.fspath(h5_path), compile=compile), "tf_keras"
+    except Exception as first:
+        try:
+            import keras
+
+            return keras.models.load_model(os.fspath(h5_path), compile=compile), "keras3"
+        except Exception:
+            raise ConversionError(f"neither tf_keras nor Keras 3 can load {h5_path}: {first}") from first
+
+
+def _input_tensors(model):
+    inputs = model.inputs if isinstance(model.inputs, (list, tuple)) else [model.inputs]
+    return inputs
+
+
+def model_signature(model, batch: int | None = None):
+    return [tf.TensorSpec((batch,) + tuple(x.shape[1:]), tf.float32, name=f"input_{i}")
+            for i, x in enumerate(_input_tensors(model))]
+
+
+def predict(model, inputs: list[np.ndarray], logits: bool = False) -> list[np.ndarray]:
+    """Run the Keras model (inference mode); with logits=True stop before a final sigmoid/softmax.
+
+    Logits are taken by switching the activation of the layers that produce the outputs to
+    linear for one call (Keras layers read `self.activation` at call time), then restoring it.
+    """
+    feed = inputs if len(inputs) > 1 else inputs[0]
+    switched = _final_activation_layers(model) if logits else []
+    saved = [layer.activation for layer in switched]
+    try:
+        for layer in switched:
+            layer.activation = _linear(model)
+        out = model(feed, training=False)
+    finally:
+        for layer, activation in zip(switched, saved):
+            layer.activation = activation
+    out = out if isinstance(out, (list, tuple)) else [out]
+    return [np.asarray(o) for o in out]
+
+
+def _linear(model):
+    return tf_keras.activations.linear if "tf_keras" in type(model).__module__ else (lambda x: x)
+
+
+def _final_activation_layers(model) -> list:
+    found = []
+    outputs = model.outputs if isinstance(model.outputs, (list, tuple)) else [model.outputs]
+    for tensor in outputs:
+        history = getattr(tensor, "_keras_history", None)
+        layer = history[0] if history is not None else None
+        if layer is None:
+            continue
+        if hasattr(layer, "layers") and hasattr(layer, "outputs"):  # a nested model ends the graph
+            found.extend(_final_activation_layers(layer))
+        elif getattr(getattr(layer, "activation", None), "__name__", "") in ("sigmoid", "softmax"):
+            found.append(layer)
+    return found

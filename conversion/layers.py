@@ -1,0 +1,645 @@
+"""One converter per Keras layer class, registered by class name.
+
+A converter takes the layer's Keras config and its saved weights and returns a `KerasLayer`: a
+torch module that computes what the Keras layer computes, on the bridge's internal layout
+(`layout.py`). Weights stay in Keras' own array layout as parameters named after the Keras
+variables (`kernel`, `bias`, `gamma`, `moving_mean`, …), so writing them back is a plain copy and
+a round trip is bit-exact. Adding a layer is adding one function here and one test.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConversionError
+from .layout import to_internal, to_keras, torch_axis
+
+
+# --------------------------------------------------------------------------- context and weights
+
+@dataclass
+class ConvertContext:
+    """What a converter may need beyond its own config: the file's Keras major version."""
+
+    keras_major: int = 2
+    source: str = ""
+
+
+@dataclass
+class SavedWeight:
+    h5_path: str
+    var: str  # Keras variable name: kernel, bias, gamma, moving_mean, …
+    value: np.ndarray
+
+
+@dataclass
+class LayerWeights:
+    """The saved weights of one leaf layer, taken by Keras variable name."""
+
+    layer: str
+    saved: list[SavedWeight] = field(default_factory=list)
+    taken: dict[str, str] = field(default_factory=dict)  # var → h5 path
+
+    def _find(self, var: str) -> SavedWeight:
+        for w in self.saved:
+            if w.var == var and w.h5_path not in self.taken.values():
+                return w
+        # Names that do not parse (very old or hand-made files): fall back to save order.
+        remaining = [w for w in self.saved if w.h5_path not in self.taken.values()]
+        if remaining and not any(w.var == var for w in self.saved):
+            return remaining[0]
+        raise ConversionError(f"layer {self.layer!r}: no saved weight {var!r} "
+                              f"(file has {[w.var for w in self.saved]})")
+
+    def take(self, var: str) -> np.ndarray:
+        w = self._find(var)
+        self.taken[var] = w.h5_path
+        return w.value
+
+    def check_all_taken(self):
+        left = [w.h5_path for w in self.saved if w.h5_path not in self.taken.values()]
+        if left:
+            raise ConversionError(f"layer {self.layer!r}: saved weights not used by its converter: {left}")
+
+
+class KerasLayer(nn.Module):
+    """Base of converted layers: `linear` computes the layer, `activation` follows it.
+
+    `forward_logits` stops before a fused sigmoid/softmax so parity tests and losses can work on
+    logits. `regularizers` maps a parameter name to Keras' (l1, l2) penalty factors.
+    """
+
+    def __init__(self, activation: str | None = None, ctx: ConvertContext | None = None):
+        super().__init__()
+        self.activation_name = activation or "linear"
+        self.activation = make_activation(self.activation_name, ctx or ConvertContext())
+        self.h5_paths: dict[str, str] = {}
+        self.regularizers: dict[str, tuple[float, float]] = {}
+
+    def linear(self, *xs: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.linear(*xs))
+
+    def forward_logits(self, *xs: torch.Tensor) -> torch.Tensor:
+        if self.activation_name in ("sigmoid", "softmax"):
+            return self.linear(*xs)
+        return self.forward(*xs)
+
+    def add_weight(self, weights: LayerWeights, var: str, trainable: bool, config: dict,
+                   regularizer_key: str | None = None):
+        """Register the saved Keras variable `var` as a parameter (or buffer if not trainable)."""
+        value = torch.from_numpy(np.array(weights.take(var), dtype=np.float32))
+        if trainable:
+            self.register_parameter(var, nn.Parameter(value))
+        else:
+            self.register_buffer(var, value)
+        self.h5_paths[var] = weights.taken[var]
+        penalty = regularizer_factors(config.get(regularizer_key)) if regularizer_key else None
+        if penalty:
+            self.regularizers[var] = penalty
+
+
+def regularizer_factors(spec) -> tuple[float, float] | None:
+    """Keras L1/L2/L1L2 regularizer config → (l1, l2) factors, None when there is none."""
+    if not spec:
+        return None
+    if not isinstance(spec, dict):
+        raise ConversionError(f"unsupported regularizer {spec!r}")
+    name = spec.get("class_name", "")
+    cfg = spec.get("config") or {}
+    if name not in ("L1", "L2", "L1L2", "l1", "l2", "l1_l2"):
+        raise ConversionError(f"unsupported regularizer {name!r}")
+    l1, l2 = float(cfg.get("l1", 0.0) or 0.0), float(cfg.get("l2", 0.0) or 0.0)
+    return (l1, l2) if (l1 or l2) else None
+
+
+# --------------------------------------------------------------------------- activations
+
+class HardSigmoid(nn.Module):
+    """Keras 2: clip(0.2·x + 0.5, 0, 1); Keras 3: relu6(x + 3) / 6."""
+
+    def __init__(self, keras_major: int):
+        super().__init__()
+        self.slope = 1.0 / 6.0 if keras_major >= 3 else 0.2
+
+    def forward(self, x):
+        return torch.clamp(self.slope * x + 0.5, 0.0, 1.0)
+
+
+class Softmax(nn.Module):
+    def __init__(self, axis: int = -1):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x):
+        return torch.softmax(x, dim=torch_axis(self.axis, x.dim()))
+
+
+class Lambda(nn.Module):
+    def __init__(self, fn: Callable):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def activation_name(spec) -> str:
+    """Keras activation as a plain name, from a string or a Keras 3 serialized dict."""
+    if spec is None:
+        return "linear"
+    if isinstance(spec, dict):
+        inner = spec.get("config")
+        spec = inner if isinstance(inner, str) else spec.get("class_name", "")
+    return {"softmax_v2": "softmax", "silu": "swish"}.get(str(spec), str(spec))
+
+
+def make_activation(name: str, ctx: ConvertContext) -> nn.Module:
+    simple = {
+        "linear": nn.Identity, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
+        "elu": nn.ELU, "selu": nn.SELU, "softplus": nn.Softplus, "swish": nn.SiLU,
+        "relu6": nn.ReLU6, "softsign": nn.Softsign,
+    }
+    if name in simple:
+        return simple[name]()
+    if name == "softmax":
+        return Softmax(-1)
+    if name == "hard_sigmoid":
+        return HardSigmoid(ctx.keras_major)
+    if name == "exponential":
+        return Lambda(torch.exp)
+    raise ConversionError(f"unsupported activation {name!r}")
+
+
+# --------------------------------------------------------------------------- registry
+
+Converter = Callable[[dict, LayerWeights, ConvertContext], KerasLayer]
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converter(*class_names: str):
+    """Register a function as the converter of the named Keras layer classes."""
+
+    def register(fn: Converter) -> Converter:
+        for name in class_names:
+            CONVERTERS[name] = fn
+        return fn
+
+    return register
+
+
+def supported_layers() -> list[str]:
+    return sorted(CONVERTERS)
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, (list, tuple)):
+        return (int(v[0]), int(v[1])) if len(v) == 2 else (int(v[0]), int(v[0]))
+    return (int(v), int(v))
+
+
+def _check_channels_last(config: dict, layer: str):
+    fmt = config.get("data_format") or "channels_last"
+    if fmt != "channels_last":
+        raise ConversionError(f"layer {layer!r}: data_format={fmt!r} is not supported (channels_last only)")
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TF 'same' padding: the odd extra row/column goes at the bottom/right."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def pad_same(x: torch.Tensor, kernel, stride, dilation=(1, 1), value: float = 0.0) -> torch.Tensor:
+    top, bottom = same_padding(x.shape[2], kernel[0], stride[0], dilation[0])
+    left, right = same_padding(x.shape[3], kernel[1], stride[1], dilation[1])
+    if top or bottom or left or right:
+        x = F.pad(x, (left, right, top, bottom), value=value)
+    return x
+
+
+# --------------------------------------------------------------------------- layers without weights
+
+class Identity(KerasLayer):
+    def linear(self, x):
+        return x
+
+
+@converter("InputLayer")
+def convert_input(config, weights, ctx):
+    return Identity()
+
+
+@converter("Dropout")
+def convert_dropout(config, weights, ctx):
+    return DropoutLayer(float(config.get("rate", 0.0)), spatial=False)
+
+
+@converter("SpatialDropout2D")
+def convert_spatial_dropout(config, weights, ctx):
+    _check_channels_last(config, config.get("name", ""))
+    return DropoutLayer(float(config.get("rate", 0.0)), spatial=True)
+
+
+class DropoutLayer(KerasLayer):
+    """Active in train() only, with Keras' rate; spatial drops whole channels."""
+
+    def __init__(self, rate: float, spatial: bool):
+        super().__init__()
+        self.rate, self.spatial = rate, spatial
+
+    def linear(self, x):
+        if self.spatial and x.dim() == 4:
+            return F.dropout2d(x, self.rate, self.training)
+        return F.dropout(x, self.rate, self.training)
+
+
+class ActivationLayer(KerasLayer):
+    def linear(self, x):
+        return x
+
+
+@converter("Activation")
+def convert_activation(config, weights, ctx):
+    return ActivationLayer(activation_name(config.get("activation")), ctx)
+
+
+class ReLULayer(KerasLayer):
+    """Keras ReLU: max_value, negative_slope below threshold."""
+
+    def __init__(self, max_value, negative_slope, threshold):
+        super().__init__()
+        self.max_value = None if max_value is None else float(max_value)
+        self.negative_slope, self.threshold = float(negative_slope), float(threshold)
+
+    def linear(self, x):
+        if self.negative_slope == 0 and self.threshold == 0:
+            y = torch.relu(x)
+        else:
+            y = torch.where(x >= self.threshold, x, self.negative_slope * (x - self.threshold))
+        if self.max_value is not None:
+            y = torch.clamp(y, max=self.max_value)
+        return y
+
+
+@converter("ReLU")
+def convert_relu(config, weights, ctx):
+    return ReLULayer(config.get("max_value"), config.get("negative_slope", 0.0) or 0.0,
+                     config.get("threshold", 0.0) or 0.0)
+
+
+@converter("LeakyReLU")
+def convert_leaky_relu(config, weights, ctx):
+    slope = config.get("negative_slope", config.get("alpha", 0.3))
+    return ReLULayer(None, slope, 0.0)
+
+
+class FlattenLayer(KerasLayer):
+    """Flattens in Keras' (NHWC) element order, so the next Dense sees what Keras' did."""
+
+    def linear(self, x):
+        return torch.flatten(to_keras(x), 1)
+
+
+@converter("Flatten")
+def convert_flatten(config, weights, ctx):
+    _check_channels_last(config, config.get("name", ""))
+    return FlattenLayer()
+
+
+class ReshapeLayer(KerasLayer):
+    def __init__(self, target):
+        super().__init__()
+        self.target = tuple(int(t) for t in target)
+
+    def linear(self, x):
+        return to_internal(to_keras(x).reshape((x.shape[0],) + self.target))
+
+
+@converter("Reshape")
+def convert_reshape(config, weights, ctx):
+    return ReshapeLayer(config["target_shape"])
+
+
+class GlobalPool(KerasLayer):
+    def __init__(self, mode: str, keepdims: bool):
+        super().__init__()
+        self.mode, self.keepdims = mode, keepdims
+
+    def linear(self, x):
+        if self.mode == "avg":
+            return x.mean(dim=(2, 3), keepdim=self.keepdims)
+        return x.amax(dim=(2, 3), keepdim=self.keepdims)
+
+
+@converter("GlobalAveragePooling2D")
+def convert_global_avg(config, weights, ctx):
+    _check_channels_last(config, config.get("name", ""))
+    return GlobalPool("avg", bool(config.get("keepdims", False)))
+
+
+@converter("GlobalMaxPooling2D")
+def convert_global_max(config, weights, ctx):
+    _check_channels_last(config, config.get("name", ""))
+    return GlobalPool("max", bool(config.get("keepdims", False)))
+
+
+class Pool2D(KerasLayer):
+    """Max/average pooling with TF padding: 'same' pads with -inf (max) or is left out of the mean."""
+
+    def __init__(self, mode, pool, strides, padding):
+        super().__init__()
+        self.mode, self.pool, self.strides, self.padding = mode, pool, strides, padding
+
+    def linear(self, x):
+        if self.padding == "valid":
+            if self.mode == "max":
+                return F.max_pool2d(x, self.pool, self.strides)
+            return F.avg_pool2d(x, self.pool, self.strides)
+        if self.mode == "max":
+            return F.max_pool2d(pad_same(x, self.pool, self.strides, value=-math.inf), self.pool, self.strides)
+        summed = F.avg_pool2d(pad_same(x, self.pool, self.strides), self.pool, self.strides)
+        ones = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype, device=x.device)
+        counted = F.avg_pool2d(pad_same(ones, self.pool, self.strides), self.pool, self.strides)
+        return summed / counted
+
+
+def _convert_pool(mode):
+    def convert(config, weights, ctx):
+        _check_channels_last(config, config.get("name", ""))
+        pool = _pair(config.get("pool_size", 2))
+        strides = _pair(config.get("strides") or pool)
+        return Pool2D(mode, pool, strides, config.get("padding", "valid"))
+
+    return convert
+
+
+converter("MaxPooling2D", "MaxPool2D")(_convert_pool("max"))
+converter("AveragePooling2D", "AvgPool2D")(_convert_pool("avg"))
+
+
+def _crop_or_pad_spec(value) -> tuple[int, int, int, int]:
+    """Keras ((top, bottom), (left, right)) in any of its spellings → (top, bottom, left, right)."""
+    if isinstance(value, int):
+        return (value,) * 4
+    a, b = value
+    if isinstance(a, int):
+        return (a, a, b, b)
+    return (int(a[0]), int(a[1]), int(b[0]), int(b[1]))
+
+
+class ZeroPad(KerasLayer):
+    def __init__(self, spec):
+        super().__init__()
+        self.spec = spec
+
+    def linear(self, x):
+        top, bottom, left, right = self.spec
+        return F.pad(x, (left, right, top, bottom))
+
+
+@converter("ZeroPadding2D")
+def convert_zero_padding(config, weights, ctx):
+    _check_channels_last(config, config.get("name", ""))
+    return ZeroPad(_crop_or_pad_spec(config.get("padding", 1)))
+
+
+class Crop(KerasLayer):
+    def __init__(self, spec):
+        super().__init__()
+        self.spec = spec
+
+    def linear(self, x):
+        top, bottom, left, right = self.spec
+        return x[:, :, top:x.shape[2] - bottom, left:x.shape[3] - right]
+
+
+@converter("Cropping2D")
+def convert_cropping(config, weights, ctx):
+    _check_channels_last(config, config.get("name", ""))
+    return Crop(_crop_or_pad_spec(config.get("cropping", 0)))
+
+
+class UpSample(KerasLayer):
+    def __init__(self, size, interpolation):
+        super().__init__()
+        self.size, self.interpolation = size, interpolation
+
+    def linear(self, x):
+        if self.interpolation == "nearest":
+            return x.repeat_interleave(self.size[0], dim=2).repeat_interleave(self.size[1], dim=3)
+        return F.interpolate(x, scale_factor=self.size, mode="bilinear", align_corners=False)
+
+
+@converter("UpSampling2D")
+def convert_upsampling(config, weights, ctx):
+    _check_channels_last(config, config.get("name", ""))
+    mode = config.get("interpolation", "nearest")
+    if mode not in ("nearest", "bilinear"):
+        raise ConversionError(f"layer {config.get('name')!r}: interpolation={mode!r} is not supported")
+    return UpSample(_pair(config.get("size", 2)), mode)
+
+
+class Merge(KerasLayer):
+    def __init__(self, op: str, axis: int = -1):
+        super().__init__()
+        self.op, self.axis = op, axis
+
+    def linear(self, *xs):
+        if self.op == "concat":
+            return torch.cat(xs, dim=torch_axis(self.axis, xs[0].dim()))
+        if self.op == "subtract":
+            return xs[0] - xs[1]
+        out = xs[0]
+        for x in xs[1:]:
+            if self.op in ("add", "average"):
+                out = out + x
+            elif self.op == "multiply":
+                out = out * x
+            elif self.op == "maximum":
+                out = torch.maximum(out, x)
+            elif self.op == "minimum":
+                out = torch.minimum(out, x)
+        return out / len(xs) if self.op == "average" else out
+
+
+for _name, _op in [("Add", "add"), ("Subtract", "subtract"), ("Multiply", "multiply"),
+                   ("Average", "average"), ("Maximum", "maximum"), ("Minimum", "minimum")]:
+    converter(_name)(lambda config, weights, ctx, _op=_op: Merge(_op))
+
+
+@converter("Concatenate")
+def convert_concatenate(config, weights, ctx):
+    return Merge("concat", int(config.get("axis", -1)))
+
+
+# --------------------------------------------------------------------------- layers with weights
+
+def _trainable(config) -> bool:
+    return bool(config.get("trainable", True))
+
+
+class Dense(KerasLayer):
+    """x @ kernel + bias on the last Keras axis; kernel stays (in, out) as Keras stores it."""
+
+    def linear(self, x):
+        y = to_keras(x) @ self.kernel
+        if hasattr(self, "bias"):
+            y = y + self.bias
+        return to_internal(y)
+
+
+@converter("Dense")
+def convert_dense(config, weights, ctx):
+    layer = Dense(activation_name(config.get("activation")), ctx)
+    layer.add_weight(weights, "kernel", _trainable(config), config, "kernel_regularizer")
+    if config.get("use_bias", True):
+        layer.add_weight(weights, "bias", _trainable(config), config, "bias_regularizer")
+    return layer
+
+
+class Conv(KerasLayer):
+    """Conv2D / DepthwiseConv2D / SeparableConv2D / Conv2DTranspose with TF 'same' padding.
+
+    Kernels stay in Keras' (kh, kw, …) layout and are rearranged for torch at each call; the
+    copy is small next to the convolution and keeps the round trip a plain copy.
+    """
+
+    def __init__(self, kind, strides, padding, dilation, activation, ctx):
+        super().__init__(activation, ctx)
+        self.kind, self.strides, self.padding, self.dilation = kind, strides, padding, dilation
+
+    def _conv(self, x, weight, groups=1):
+        kernel = weight.shape[2:]
+        if self.padding == "same":
+            x = pad_same(x, kernel, self.strides, self.dilation)
+        elif self.padding != "valid":
+            raise ConversionError(f"padding={self.padding!r} is not supported")
+        return F.conv2d(x, weight, None, self.strides, 0, self.dilation, groups)
+
+    def _transposed(self, x, weight):
+        n_h, n_w = x.shape[2], x.shape[3]
+        y = F.conv_transpose2d(x, weight, None, self.strides, 0, 0, 1, self.dilation)
+        if self.padding == "valid":
+            return y
+        out = []
+        for axis, n in ((2, n_h), (3, n_w)):
+            i = axis - 2
+            k = weight.shape[axis]
+            full = (n - 1) * self.strides[i] + (k - 1) * self.dilation[i] + 1
+            target = n * self.strides[i]
+            start = max(full - target, 0) // 2
+            out.append((start, target))
+        (sh, th), (sw, tw) = out
+        y = y[:, :, sh:sh + th, sw:sw + tw]
+        if y.shape[2] < th or y.shape[3] < tw:
+            y = F.pad(y, (0, tw - y.shape[3], 0, th - y.shape[2]))
+        return y
+
+    def linear(self, x):
+        if self.kind == "conv":
+            y = self._conv(x, self.kernel.permute(3, 2, 0, 1))
+        elif self.kind == "depthwise":
+            k = self.depthwise_kernel  # (kh, kw, in, mult)
+            w = k.permute(2, 3, 0, 1).reshape(k.shape[2] * k.shape[3], 1, k.shape[0], k.shape[1])
+            y = self._conv(x, w, groups=k.shape[2])
+        elif self.kind == "separable":
+            k = self.depthwise_kernel
+            w = k.permute(2, 3, 0, 1).reshape(k.shape[2] * k.shape[3], 1, k.shape[0], k.shape[1])
+            y = self._conv(x, w, groups=k.shape[2])
+            y = F.conv2d(y, self.pointwise_kernel.permute(3, 2, 0, 1))
+        else:  # transpose: Keras (kh, kw, out, in) → torch (in, out, kh, kw)
+            y = self._transposed(x, self.kernel.permute(3, 2, 0, 1))
+        if hasattr(self, "bias"):
+            y = y + self.bias.view(1, -1, 1, 1)
+        return y
+
+
+_CONV_KINDS = {
+    "Conv2D": ("conv", ["kernel"]),
+    "Convolution2D": ("conv", ["kernel"]),
+    "Conv2DTranspose": ("transpose", ["kernel"]),
+    "Convolution2DTranspose": ("transpose", ["kernel"]),
+    "DepthwiseConv2D": ("depthwise", ["depthwise_kernel"]),
+    "SeparableConv2D": ("separable", ["depthwise_kernel", "pointwise_kernel"]),
+    "SeparableConvolution2D": ("separable", ["depthwise_kernel", "pointwise_kernel"]),
+}
+
+
+def convert_conv(config, weights, ctx, class_name):
+    name = config.get("name", "")
+    _check_channels_last(config, name)
+    kind, kernels = _CONV_KINDS[class_name]
+    if int(config.get("groups", 1) or 1) != 1:
+        raise ConversionError(f"layer {name!r}: grouped convolution (groups={config['groups']}) is not supported")
+    if kind == "transpose" and config.get("output_padding") is not None:
+        raise ConversionError(f"layer {name!r}: Conv2DTranspose output_padding is not supported")
+    strides = _pair(config.get("strides", 1))
+    dilation = _pair(config.get("dilation_rate", 1))
+    layer = Conv(kind, strides, config.get("padding", "valid"), dilation,
+                 activation_name(config.get("activation")), ctx)
+    regularizer_keys = {"kernel": "kernel_regularizer", "depthwise_kernel": "depthwise_regularizer",
+                        "pointwise_kernel": "pointwise_regularizer"}
+    for var in kernels:
+        layer.add_weight(weights, var, _trainable(config), config, regularizer_keys[var])
+    if config.get("use_bias", True):
+        layer.add_weight(weights, "bias", _trainable(config), config, "bias_regularizer")
+    return layer
+
+
+for _name in _CONV_KINDS:
+    converter(_name)(lambda config, weights, ctx, _name=_name: convert_conv(config, weights, ctx, _name))
+
+
+class BatchNorm(KerasLayer):
+    """Keras BatchNormalization: batch statistics in train(), moving ones in eval().
+
+    Moving averages follow Keras' momentum (torch's momentum is 1 − Keras'); a layer Keras froze
+    (trainable=False) always runs in inference mode, as tf.keras 2 does.
+    """
+
+    def __init__(self, axis, epsilon, momentum, frozen):
+        super().__init__()
+        self.axis, self.epsilon, self.momentum, self.frozen = axis, epsilon, momentum, frozen
+
+    def linear(self, x):
+        axis = torch_axis(self.axis, x.dim())
+        moved = axis != 1
+        if moved:
+            x = x.movedim(axis, 1)
+        training = self.training and not self.frozen
+        y = F.batch_norm(x, self.moving_mean, self.moving_variance,
+                         getattr(self, "gamma", None), getattr(self, "beta", None),
+                         training, 1.0 - self.momentum, self.epsilon)
+        return y.movedim(1, axis) if moved else y
+
+
+@converter("BatchNormalization")
+def convert_batch_norm(config, weights, ctx):
+    axis = config.get("axis", -1)
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            raise ConversionError(f"layer {config.get('name')!r}: BatchNormalization over several axes")
+        axis = axis[0]
+    if config.get("renorm"):
+        raise ConversionError(f"layer {config.get('name')!r}: BatchNormalization renorm is not supported")
+    trainable = _trainable(config)
+    layer = BatchNorm(int(axis), float(config.get("epsilon", 1e-3)), float(config.get("momentum", 0.99)),
+                      frozen=not trainable)
+    if config.get("scale", True):
+        layer.add_weight(weights, "gamma", trainable, config, "gamma_regularizer")
+    if config.get("center", True):
+        layer.add_weight(weights, "beta", trainable, config, "beta_regularizer")
+    layer.add_weight(weights, "moving_mean", False, config)
+    layer.add_weight(weights, "moving_variance", False, config)
+    return layer

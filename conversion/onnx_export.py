@@ -1,0 +1,79 @@
+"""ONNX export: the Keras graph itself through tf2onnx, and any torch module through torch.onnx."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+
+from .errors import ConversionError
+
+
+def _atomic_target(out_path) -> tuple[str, str]:
+    out_path = os.fspath(out_path)
+    directory = os.path.dirname(os.path.abspath(out_path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=directory)
+    os.close(fd)
+    return out_path, tmp
+
+
+def keras_to_onnx(h5_path, out_path, opset: int = 17) -> str:
+    """Export the Keras model in `h5_path` to ONNX with tf2onnx (channels_last input, as Keras).
+
+    Loads with tf_keras; a Keras 3 file tf_keras cannot read is loaded with Keras 3 and exported
+    through `tf2onnx.convert.from_function`. Imports TensorFlow (torch is already imported).
+    """
+    from .keras_reference import load_keras_model, model_signature  # imports TensorFlow
+
+    import tf2onnx  # noqa: E402  (after TensorFlow on purpose)
+
+    model, flavour = load_keras_model(h5_path)
+    signature = model_signature(model)
+    out_path, tmp = _atomic_target(out_path)
+    try:
+        if flavour == "tf_keras":
+            tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset, output_path=tmp)
+        else:
+            import tensorflow as tf
+
+            function = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False))
+            tf2onnx.convert.from_function(function, input_signature=signature, opset=opset, output_path=tmp)
+        os.replace(tmp, out_path)
+    except Exception as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise ConversionError(f"tf2onnx could not export {h5_path}: {exc}") from exc
+    return out_path
+
+
+def torch_to_onnx(module: torch.nn.Module, out_path, example_inputs=None, opset: int = 17,
+                  input_shapes=None) -> str:
+    """Export `module` (in eval mode) to ONNX with a dynamic batch dimension.
+
+    `example_inputs` defaults to zeros of the module's `input_shapes` (Keras shapes, None for
+    the batch); a model whose spatial size Keras left open needs explicit example inputs.
+    """
+    if example_inputs is None:
+        shapes = input_shapes or getattr(module, "input_shapes", None)
+        if not shapes or any(s is None or any(d is None for d in s[1:]) for s in shapes):
+            raise ConversionError("torch_to_onnx needs example_inputs: the model's input size is not fixed")
+        example_inputs = tuple(torch.zeros((1,) + tuple(int(d) for d in s[1:])) for s in shapes)
+    elif isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    names = [f"input_{i}" for i in range(len(example_inputs))]
+    was_training = module.training
+    module.eval()
+    out_path, tmp = _atomic_target(out_path)
+    try:
+        torch.onnx.export(module, tuple(example_inputs), tmp, input_names=names, output_names=["output"],
+                          dynamic_axes={n: {0: "batch"} for n in names} | {"output": {0: "batch"}},
+                          opset_version=opset, dynamo=False)
+        os.replace(tmp, out_path)
+    except Exception:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    finally:
+        module.train(was_training)
+    return out_path
