@@ -145,12 +145,34 @@ def _parse_sequential(config, entry) -> ModelSpec:
                      [previous], [shape], bool(config.get("trainable", True)))
 
 
+def _skips_first_node(entry: dict) -> bool:
+    """Keras 2 numbers the calls of a nested model that starts with an InputLayer from 1: its
+    node 0 is the model's own construction, which the outer config leaves out."""
+    if entry.get("class_name") not in MODEL_CLASSES:
+        return False
+    inner = entry.get("config")
+    inner_layers = inner if isinstance(inner, list) else (inner or {}).get("layers", [])
+    return bool(inner_layers) and inner_layers[0].get("class_name") == "InputLayer"
+
+
 def _parse_functional(config) -> ModelSpec:
-    layers = [_layer_spec(e) for e in config.get("layers", [])]
+    entries = config.get("layers", [])
+    layers = [_layer_spec(e) for e in entries]
     by_name = {layer.name: layer for layer in layers}
     inputs = _refs(config.get("input_layers"))
+    outputs = _refs(config.get("output_layers"))
+    keras2 = any(e.get("inbound_nodes") and not isinstance(e["inbound_nodes"][0], dict) for e in entries)
+    if keras2:
+        shifted = {_layer_name(e) for e in entries if _skips_first_node(e)}
+
+        def fix(ref: TensorRef) -> TensorRef:
+            return TensorRef(ref.layer, ref.call - 1, ref.index) if ref.layer in shifted and ref.call > 0 else ref
+
+        for layer in layers:
+            layer.calls = [[fix(r) for r in call] for call in layer.calls]
+        outputs = [fix(r) for r in outputs]
     shapes = [_input_shape(by_name[r.layer].config) if r.layer in by_name else None for r in inputs]
-    return ModelSpec(config.get("name", "model"), layers, inputs, _refs(config.get("output_layers")),
+    return ModelSpec(config.get("name", "model"), layers, inputs, outputs,
                      shapes, bool(config.get("trainable", True)))
 
 

@@ -1,0 +1,162 @@
+"""Keras models that exercise every layer the bridge supports, saved as .h5 for the tests.
+
+Weights and biases are random and non-zero, inputs non-square. Imports TensorFlow (after torch).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch  # noqa: F401  (before TensorFlow)
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tf_keras  # noqa: E402
+from tf_keras import layers as L  # noqa: E402
+
+ROWS, COLS = 21, 26
+
+
+def randomize(model, seed: int = 0):
+    """Every weight random and non-zero; BN variances positive."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        shape = tuple(w.shape)
+        name = w.name
+        if "moving_variance" in name:
+            value = rng.uniform(0.5, 1.5, shape)
+        elif "gamma" in name:
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            value = rng.normal(0.0, 0.3, shape)
+        w.assign(value.astype(np.float32))
+    return model
+
+
+def _compile(model, optimizer="adam"):
+    model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def conv_zoo():
+    """Functional CNN: every convolution, pooling, padding and merge layer, BN, ReLU variants."""
+    inp = L.Input((ROWS, COLS, 3), name="spectrogram")
+    x = L.Conv2D(8, 3, strides=2, padding="same", name="conv_same_s2")(inp)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.ReLU(max_value=6.0, negative_slope=0.1, threshold=0.05, name="relu6ish")(x)
+    a = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="depthwise")(x)
+    b = L.SeparableConv2D(16, 3, padding="same", dilation_rate=2, name="separable")(x)
+    x = L.Add(name="add")([a, b])
+    x = L.Conv2D(16, 3, padding="valid", dilation_rate=(2, 1), use_bias=False, name="conv_dilated_nobias")(x)
+    x = L.LeakyReLU(alpha=0.2, name="leaky")(x)
+    x = L.ZeroPadding2D(((1, 2), (0, 1)), name="zeropad")(x)
+    x = L.Cropping2D(((0, 1), (1, 0)), name="crop")(x)
+    m = L.MaxPooling2D(3, strides=2, padding="same", name="maxpool_same")(x)
+    v = L.AveragePooling2D(3, strides=2, padding="same", name="avgpool_same")(x)
+    x = L.Concatenate(name="concat")([m, v])
+    x = L.UpSampling2D((2, 3), name="upsample")(x)
+    x = L.Conv2DTranspose(8, 3, strides=2, padding="same", name="deconv_same")(x)
+    y = L.Conv2DTranspose(8, (2, 3), strides=(1, 2), padding="valid", name="deconv_valid")(x)
+    y = L.MaxPooling2D(2, name="maxpool_valid")(y)
+    y = L.AveragePooling2D(2, name="avgpool_valid")(y)
+    p = L.Conv2D(8, 1, name="proj_a")(x)
+    q = L.Conv2D(8, 1, name="proj_b")(x)
+    x = L.Subtract(name="subtract")([p, q])
+    x = L.Multiply(name="multiply")([x, p])
+    x = L.Average(name="average")([x, q])
+    x = L.Maximum(name="maximum")([x, p])
+    x = L.SpatialDropout2D(0.3, name="spatial_dropout")(x)
+    g1 = L.GlobalAveragePooling2D(name="gap")(x)
+    g2 = L.GlobalMaxPooling2D(name="gmp")(y)
+    g = L.Concatenate(name="concat_vec")([g1, g2])
+    g = L.BatchNormalization(name="bn_vec")(g)
+    g = L.Dense(12, activation="tanh", name="dense_tanh")(g)
+    g = L.Dropout(0.4, name="dropout")(g)
+    out = L.Dense(1, activation="sigmoid", name="score")(g)
+    return _compile(randomize(tf_keras.Model(inp, out, name="conv_zoo")))
+
+
+ACTIVATIONS = ["linear", "relu", "sigmoid", "softmax", "tanh", "elu", "selu", "softplus", "swish", "hard_sigmoid"]
+
+
+def activation_zoo():
+    """Sequential: Flatten, Reshape and every Activation the bridge maps, ending in softmax."""
+    model = tf_keras.Sequential(name="activation_zoo")
+    model.add(L.Conv2D(6, 3, padding="same", activation="relu", input_shape=(ROWS, COLS, 2), name="c"))
+    model.add(L.MaxPooling2D(3, name="pool"))
+    model.add(L.Flatten(name="flatten"))
+    model.add(L.Dense(24, name="d0"))
+    for name in ACTIVATIONS:
+        model.add(L.Activation(name, name=f"act_{name}"))
+        model.add(L.Dense(24, name=f"d_{name}"))
+    model.add(L.Reshape((4, 6, 1), name="reshape"))
+    model.add(L.Conv2D(3, 2, name="c_after_reshape"))
+    model.add(L.Flatten(name="flatten2"))
+    model.add(L.Dense(3, activation="softmax", name="probs"))
+    return _compile(randomize(model, 1), optimizer="sgd")
+
+
+def nested_multi():
+    """Nested models (Sequential in Functional, Functional in Functional), a shared layer, a
+    shared input and two outputs."""
+    inp = L.Input((ROWS, COLS, 3), name="image")
+    block = tf_keras.Sequential([L.Conv2D(4, 3, padding="same", input_shape=(ROWS, COLS, 3), name="inner_conv"),
+                                 L.BatchNormalization(name="inner_bn"), L.Activation("relu", name="inner_relu")],
+                                name="block")
+    head_in = L.Input((4,), name="head_in")
+    head = tf_keras.Model(head_in, L.Dense(2, name="head_dense")(head_in), name="head")
+    x = block(inp)
+    pooled = L.GlobalAveragePooling2D(name="pool")(x)
+    shared = L.Dense(4, activation="relu", name="shared_dense")
+    u = shared(pooled)
+    w = shared(L.GlobalMaxPooling2D(name="maxpool")(x))  # the same Dense, a second call
+    first = L.Dense(1, activation="sigmoid", name="first")(L.Add(name="sum")([u, w]))
+    second = L.Activation("softmax", name="second")(head(u))
+    return _compile(randomize(tf_keras.Model(inp, [first, second], name="nested_multi"), 2))
+
+
+def with_lambda():
+    inp = L.Input((ROWS, COLS, 1))
+    x = L.Lambda(lambda t: t * 2.0, name="doubler")(inp)
+    x = L.Flatten()(x)
+    return tf_keras.Model(inp, L.Dense(1, name="out")(x), name="with_lambda")
+
+
+def keras3_zoo(path):
+    """A model written by Keras 3 (`keras` package), which tf_keras cannot always read."""
+    import keras
+
+    inp = keras.Input((ROWS, COLS, 3))
+    x = keras.layers.Conv2D(6, 3, strides=2, padding="same", name="k3_conv")(inp)
+    x = keras.layers.BatchNormalization(name="k3_bn")(x)
+    x = keras.layers.ReLU(name="k3_relu")(x)
+    inner = keras.Sequential([keras.Input((11, 13, 6)), keras.layers.Conv2D(6, 1, name="k3_inner")], name="k3_block")
+    x = keras.layers.Add(name="k3_add")([x, inner(x)])
+    x = keras.layers.Flatten(name="k3_flat")(x)
+    out = keras.layers.Dense(1, activation="sigmoid", name="k3_out")(x)
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(3)
+    for w in model.weights:
+        if "variance" in w.path or "gamma" in w.path:
+            w.assign(rng.uniform(0.5, 1.5, tuple(w.shape)).astype(np.float32))
+        else:
+            w.assign(rng.normal(0.0, 0.3, tuple(w.shape)).astype(np.float32))
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    model.save(path)
+    return path
+
+
+BUILDERS = {"conv_zoo": conv_zoo, "activation_zoo": activation_zoo, "nested_multi": nested_multi}
+
+
+def save_all(folder) -> dict[str, str]:
+    """Build and save every zoo model into `folder`; name → path."""
+    paths = {}
+    for name, build in BUILDERS.items():
+        path = os.path.join(folder, f"{name}.h5")
+        build().save(path)
+        paths[name] = path
+    paths["keras3_zoo"] = keras3_zoo(os.path.join(folder, "keras3_zoo.h5"))
+    return paths
