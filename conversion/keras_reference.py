@@ -1,7 +1,8 @@
 """The Keras side of parity checks: load a .h5 with tf_keras (or Keras 3) and run it.
 
-Importing this module imports TensorFlow, after torch (TensorFlow first, then torch's compiler
-stack, segfaults). Never import it from the serving process.
+Importing this module imports TensorFlow, after torch and torch._dynamo: TensorFlow first, then
+torch's compiler stack (which `torch.optim` optimizers import on their first step) segfaults.
+Never import it from the serving process.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 
 import torch  # noqa: F401  (must come before TensorFlow)
+import torch._dynamo  # noqa: F401  (so must torch's compiler stack: optimizers import it lazily)
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

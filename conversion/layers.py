@@ -521,11 +521,16 @@ class Conv(KerasLayer):
 
     def _conv(self, x, weight, groups=1):
         kernel = weight.shape[2:]
+        strides = self.strides
+        if tuple(kernel) == (1, 1) and strides != (1, 1):
+            # Same result, never padded; and torch 2.14's CPU backward of a strided 1×1
+            # convolution on channels_last input crashes the process.
+            x, strides = x[:, :, ::strides[0], ::strides[1]], (1, 1)
         if self.padding == "same":
-            x = pad_same(x, kernel, self.strides, self.dilation)
+            x = pad_same(x, kernel, strides, self.dilation)
         elif self.padding != "valid":
             raise ConversionError(f"padding={self.padding!r} is not supported")
-        return F.conv2d(x, weight, None, self.strides, 0, self.dilation, groups)
+        return F.conv2d(x, weight, None, strides, 0, self.dilation, groups)
 
     def _transposed(self, x, weight):
         n_h, n_w = x.shape[2], x.shape[3]

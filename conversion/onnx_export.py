@@ -64,10 +64,14 @@ def torch_to_onnx(module: torch.nn.Module, out_path, example_inputs=None, opset:
     names = [f"input_{i}" for i in range(len(example_inputs))]
     was_training = module.training
     module.eval()
+    with torch.no_grad():
+        produced = module(*example_inputs)
+    count = len(produced) if isinstance(produced, (tuple, list)) else 1
+    outputs = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
     out_path, tmp = _atomic_target(out_path)
     try:
-        torch.onnx.export(module, tuple(example_inputs), tmp, input_names=names, output_names=["output"],
-                          dynamic_axes={n: {0: "batch"} for n in names} | {"output": {0: "batch"}},
+        torch.onnx.export(module, tuple(example_inputs), tmp, input_names=names, output_names=outputs,
+                          dynamic_axes={n: {0: "batch"} for n in names + outputs},
                           opset_version=opset, dynamo=False)
         os.replace(tmp, out_path)
     except Exception:
