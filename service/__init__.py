@@ -1,0 +1,11 @@
+"""The orca ML endpoint's HTTP service: `/train` and `/predict` over S3 or local folders.
+
+`create_app()` builds the Flask app; `python -m service` serves it; `service.wsgi:app` is for
+gunicorn; `python -m service.demo` runs it on the bundled sample data.
+"""
+
+__version__ = "0.1.0"
+
+from .app import create_app  # noqa: E402
+
+__all__ = ["create_app", "__version__"]

@@ -1,0 +1,38 @@
+"""Flask application factory and the one error handler."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from . import config as config_module
+from .errors import ServiceError
+
+log = logging.getLogger("service")
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """The service; `config` overrides the environment (see `service.config`)."""
+    from .api import api
+
+    app = Flask("service")
+    app.config.update(config_module.from_env())
+    app.config.update(config or {})
+    app.json.sort_keys = True  # the original's JSON came out with sorted keys; clients may rely on it
+    app.register_blueprint(api)
+    app.register_error_handler(Exception, handle_error)
+    return app
+
+
+def handle_error(error: Exception):
+    """Every error becomes `{"error": message}` with its status; never a traceback."""
+    if isinstance(error, ServiceError):
+        if error.status >= 500:
+            log.warning("%s: %s", type(error).__name__, error.message)
+        return jsonify(error=error.message), error.status
+    if isinstance(error, HTTPException):
+        return jsonify(error=f"{error.name}: {error.description}"), error.code or 500
+    log.exception("unhandled error")
+    return jsonify(error="internal server error (see the server log)"), 500

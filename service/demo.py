@@ -1,0 +1,93 @@
+"""`python -m service.demo` (`make demo`): run the endpoint on the bundled Orcasound sample data.
+
+Lays out, under `./local/` (or `--dir`), without touching files that already exist:
+
+    local/models/srkw_cnn_0.h5                     a fresh, untrained srkw_cnn (607×617)
+    local/labeled/{train,validation}/{calls,nocalls}/*.png   from sample_data/orcasound
+    local/unlabeled/spectrograms/orcasoundlab_<unix seconds>.png   sample_data/orcasound/test, renamed
+    local/unlabeled/mp3/                           (empty: the sample data has no audio)
+
+then serves the endpoint on it and prints ready-to-paste curl lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "orcasound"
+FIRST_TIMESTAMP = 1594154118  # the first clip of the original README's example
+ROWS, COLS = 607, 617
+
+
+def _copy_missing(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.exists():
+        shutil.copyfile(src, dst)
+
+
+def prepare(root: str | os.PathLike = "local", sample: Path = SAMPLE) -> dict[str, str]:
+    """Create the demo layout under `root`; return the URLs to call the endpoint with."""
+    root = Path(root)
+    model = root / "models" / "srkw_cnn_0.h5"
+    if not model.exists():
+        from models.srkw_cnn import write_fresh_h5
+
+        model.parent.mkdir(parents=True, exist_ok=True)
+        write_fresh_h5(model, ROWS, COLS, seed=0)
+    for split in ("train", "validation"):
+        for png in sorted((sample / split).glob("*/*.png")):
+            _copy_missing(png, root / "labeled" / split / png.parent.name / png.name)
+    tests = sorted((sample / "test").glob("*/*.png"))
+    for i, png in enumerate(tests):
+        _copy_missing(png, root / "unlabeled" / "spectrograms" / f"orcasoundlab_{FIRST_TIMESTAMP + 3 * i}.png")
+    (root / "unlabeled" / "mp3").mkdir(parents=True, exist_ok=True)
+    return {
+        "model_url": f"{root.as_posix()}/models/srkw_cnn_0.h5",
+        "labeled_url": f"{root.as_posix()}/labeled/",
+        "unlabeled_url": f"{root.as_posix()}/unlabeled/",
+    }
+
+
+def curl_lines(base: str, urls: dict[str, str]) -> list[str]:
+    size = f"img_width={ROWS}&img_height={COLS}"
+    return [
+        f"curl '{base}/train?model_url={urls['model_url']}&labeled_url={urls['labeled_url']}&{size}&epochs=1'",
+        f"curl '{base}/predict?model_url={urls['model_url']}&unlabeled_url={urls['unlabeled_url']}&{size}'",
+    ]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", default="local", help="where to lay out the demo data (default: local)")
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "5001")))
+    parser.add_argument("--prepare-only", action="store_true", help="lay out the data, do not serve")
+    args = parser.parse_args(argv)
+
+    urls = prepare(args.dir)
+    print(f"demo data ready under {Path(args.dir).resolve()}", flush=True)
+    if args.prepare_only:
+        for line in curl_lines(f"http://127.0.0.1:{args.port}", urls):
+            print("  " + line)
+        return
+    import logging
+
+    from .__main__ import make, run
+    from .app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # local URLs must stay inside the demo folder
+    server = make(create_app({"LOCAL_ROOT": str(Path(args.dir).resolve())}), args.host, args.port)
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+    print(f"orca ML endpoint listening on http://{host}:{server.server_port}/", flush=True)
+    print("try (the first line trains one epoch and writes srkw_cnn_1.h5 beside srkw_cnn_0.h5):")
+    for line in curl_lines(f"http://{host}:{server.server_port}", urls):
+        print("  " + line, flush=True)
+    run(server)
+
+
+if __name__ == "__main__":
+    main()

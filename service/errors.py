@@ -1,0 +1,56 @@
+"""Typed errors of the service. Each carries its HTTP status; `service.app` turns every one of
+them into `{"error": message}` in a single handler. Nothing here knows Flask."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base class: an error the client should see, with its HTTP status."""
+
+    status = 500
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ServiceError):
+    """A missing or malformed query parameter (the message names it)."""
+
+    status = 400
+
+
+class Forbidden(ServiceError):
+    """Storage refused access (S3 AccessDenied, a local path outside the allowed root)."""
+
+    status = 403
+
+
+class NotFound(ServiceError):
+    """A model or dataset URL that does not exist (the message names the URL)."""
+
+    status = 404
+
+
+class Unprocessable(ServiceError):
+    """The inputs exist but cannot be used: not a Keras model, unsupported layer, empty or
+    single-class labeled set, image size not matching the model, corrupt image."""
+
+    status = 422
+
+
+class StorageError(ServiceError):
+    """Storage answered with a server error, or a download came back short or broken."""
+
+    status = 502
+
+
+class StorageUnavailable(StorageError):
+    """The storage endpoint cannot be reached (connection refused, timeout) or is not configured."""
+
+    status = 503
+
+
+class AlreadyExists(Exception):
+    """Raised by `Storage.upload` when the target key exists; never reaches the client
+    (the versioning code picks the next free name)."""

@@ -1,0 +1,360 @@
+"""Where models and datasets live: S3 (boto3) or local folders, behind one small interface.
+
+A URL given by a client becomes a `Location` (a storage backend plus a key) with `locate()`:
+
+- `s3://bucket/prefix/...` → `S3Storage`. boto3's standard configuration applies: credentials from
+  the environment / `~/.aws`, `AWS_DEFAULT_REGION`, and `AWS_ENDPOINT_URL` (or
+  `AWS_ENDPOINT_URL_S3`) for S3-compatible servers such as MinIO or moto, which botocore honours
+  itself.
+- a plain path (`local/models/srkw_cnn_0.h5`, `/data/labeled/`) or a `file://` URL → `LocalStorage`,
+  the embedded default. Keys are absolute POSIX paths. Paths must resolve inside the configured
+  local root (`ORCA_LOCAL_ROOT`), else 403; an empty root disables local URLs.
+
+Operations: `list(prefix)` (recursive, paginated, keys with size and etag), `download(key, path)`
+(checked by size: a short or broken download raises `StorageError` and leaves no file),
+`upload(path, key)` (never overwrites: raises `AlreadyExists`), `exists(key)`. Storage failures are
+mapped to the typed errors of `service.errors` (404, 403, 502, 503).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import tempfile
+import urllib.parse
+import urllib.request
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from .errors import AlreadyExists, BadRequest, Forbidden, NotFound, StorageError, StorageUnavailable
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str | None = None
+
+
+class Storage(ABC):
+    """One bucket (S3) or the local file system. Keys use '/' separators."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        """Every object whose key starts with `prefix` (recursively), sorted by key."""
+
+    @abstractmethod
+    def download(self, key: str, local_path: str, expected_size: int | None = None) -> None:
+        """Copy `key` to `local_path`; raise NotFound / StorageError; never leave a partial file."""
+
+    @abstractmethod
+    def upload(self, local_path: str, key: str) -> None:
+        """Store `local_path` as `key`, atomically; raise AlreadyExists if `key` exists."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        ...
+
+    @abstractmethod
+    def url(self, key: str) -> str:
+        """The storage URL of `key` (`s3://bucket/key` or an absolute path)."""
+
+    @abstractmethod
+    def public_url(self, key: str) -> str:
+        """A URL a browser can fetch: `https://<bucket>.s3.amazonaws.com/<key>` or `file://...`."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A URL as the client gave it, resolved to a storage backend and a key."""
+
+    storage: Storage
+    key: str
+    url: str
+
+    @property
+    def prefix(self) -> str:
+        """The key as a folder prefix: with one trailing '/', or '' for a bucket root."""
+        key = self.key.rstrip("/")
+        return key + "/" if key else ("/" if isinstance(self.storage, LocalStorage) else "")
+
+    @property
+    def prefix_url(self) -> str:
+        """The URL as a folder, with one trailing '/'."""
+        return self.url.rstrip("/") + "/"
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.key.rstrip("/"))
+
+    def sibling(self, name: str) -> "Location":
+        """The object `name` in the same folder; its URL keeps the client's spelling."""
+        folder_key = posixpath.dirname(self.key.rstrip("/"))
+        key = posixpath.join(folder_key, name) if folder_key else name
+        base = self.url.rstrip("/")
+        cut = base.rfind("/")
+        url = base[: cut + 1] + name if cut >= 0 else name
+        return Location(self.storage, key, url)
+
+
+def locate(url: str, param: str, *, local_root: str | None) -> Location:
+    """Resolve a client URL. `param` names the query parameter in error messages.
+
+    `local_root`: None allows any local path, '' disables local paths, else paths must lie inside it.
+    """
+    if not url or not url.strip():
+        raise BadRequest(f"{param} is empty")
+    url = url.strip()
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "s3":
+        bucket = parsed.netloc
+        if not bucket:
+            raise BadRequest(f"{param}: no bucket in {url!r} (expected s3://bucket/key)")
+        return Location(S3Storage(bucket), parsed.path.lstrip("/"), url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise BadRequest(f"{param}: file URL with a remote host is not supported: {url!r}")
+        path = urllib.request.url2pathname(parsed.path)
+    elif parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
+        path = url
+    else:
+        raise BadRequest(f"{param}: unsupported URL scheme {parsed.scheme!r} in {url!r} "
+                         "(use s3://bucket/key, a local path or a file:// URL)")
+    if local_root == "":
+        raise BadRequest(f"{param}: local paths are disabled on this server; use an s3:// URL")
+    absolute = os.path.realpath(os.path.abspath(path))
+    if local_root is not None:
+        root = os.path.realpath(os.path.abspath(local_root))
+        if absolute != root and not absolute.startswith(root.rstrip(os.sep) + os.sep):
+            raise Forbidden(f"{param}: {url} is outside the local data root of this server")
+    key = absolute.replace(os.sep, "/")
+    if path.endswith(("/", os.sep)) and not key.endswith("/"):
+        key += "/"
+    return Location(LocalStorage(), key, url)
+
+
+# ------------------------------------------------------------------------------------------ local
+
+class LocalStorage(Storage):
+    """Local folders; keys are absolute POSIX paths."""
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        out = []
+        if prefix.endswith("/"):
+            roots = [prefix.rstrip("/") or "/"]
+        else:  # a prefix that is not a folder: list its folder and filter
+            roots = [posixpath.dirname(prefix) or "/"]
+        for root in roots:
+            if not os.path.isdir(root):
+                continue
+            for folder, dirs, files in os.walk(root):
+                dirs.sort()
+                for name in files:
+                    path = os.path.join(folder, name)
+                    key = path.replace(os.sep, "/")
+                    if not key.startswith(prefix) or not os.path.isfile(path):
+                        continue
+                    out.append(ObjectInfo(key, os.path.getsize(path), None))
+        out.sort(key=lambda o: o.key)
+        return out
+
+    def download(self, key: str, local_path: str, expected_size: int | None = None) -> None:
+        try:
+            with open(key, "rb") as src, _atomic_output(local_path) as dst:
+                shutil.copyfileobj(src, dst, CHUNK)
+                written = dst.tell()
+                _check_size(self.url(key), written, expected_size)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"not found: {self.url(key)}") from None
+        except PermissionError:
+            raise Forbidden(f"access denied: {self.url(key)}") from None
+
+    def upload(self, local_path: str, key: str) -> None:
+        folder = os.path.dirname(key)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=folder)
+            try:
+                with os.fdopen(fd, "wb") as dst, open(local_path, "rb") as src:
+                    shutil.copyfileobj(src, dst, CHUNK)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                try:
+                    os.link(tmp, key)  # atomic, fails if `key` exists: never overwrites
+                except FileExistsError:
+                    raise AlreadyExists(key) from None
+            finally:
+                os.unlink(tmp)
+        except PermissionError:
+            raise Forbidden(f"access denied writing {self.url(key)}") from None
+
+    def exists(self, key: str) -> bool:
+        return os.path.lexists(key)
+
+    def url(self, key: str) -> str:
+        return key
+
+    def public_url(self, key: str) -> str:
+        return "file://" + urllib.parse.quote(key)
+
+
+# --------------------------------------------------------------------------------------------- S3
+
+def s3_client():
+    """A fresh client from boto3's standard configuration (env, ~/.aws, AWS_ENDPOINT_URL)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10,
+                    read_timeout=120, max_pool_connections=16)
+    return boto3.session.Session().client("s3", config=config)
+
+
+class S3Storage(Storage):
+    def __init__(self, bucket: str, client=None):
+        self.bucket = bucket
+        self._client = client
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = s3_client()
+        return self._client
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        out = []
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", ()):
+                    if item["Key"].endswith("/"):
+                        continue  # "folder" marker objects
+                    out.append(ObjectInfo(item["Key"], int(item["Size"]), item.get("ETag", "").strip('"')))
+        except Exception as error:  # noqa: BLE001 - mapped or re-raised
+            raise map_s3_error(error, self.url(prefix)) from error
+        out.sort(key=lambda o: o.key)
+        return out
+
+    def download(self, key: str, local_path: str, expected_size: int | None = None) -> None:
+        url = self.url(key)
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            length = int(response.get("ContentLength", -1))
+            with _atomic_output(local_path) as dst:
+                body = response["Body"]
+                while chunk := body.read(CHUNK):
+                    dst.write(chunk)
+                written = dst.tell()
+                if length >= 0:
+                    _check_size(url, written, length)
+                _check_size(url, written, expected_size)
+        except StorageError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            raise map_s3_error(error, url) from error
+
+    def upload(self, local_path: str, key: str) -> None:
+        if self.exists(key):
+            raise AlreadyExists(key)
+        try:
+            with open(local_path, "rb") as body:
+                try:
+                    self.client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+                except Exception as error:  # noqa: BLE001
+                    code = _error_code(error)
+                    if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                        raise AlreadyExists(key) from None
+                    if code not in ("NotImplemented", "501"):
+                        raise
+                    # S3-compatible server without conditional writes: the head check above is all
+                    # we can do.
+                    body.seek(0)
+                    self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
+        except AlreadyExists:
+            raise
+        except Exception as error:  # noqa: BLE001
+            raise map_s3_error(error, self.url(key)) from error
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except Exception as error:  # noqa: BLE001
+            if _error_code(error) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise map_s3_error(error, self.url(key)) from error
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def public_url(self, key: str) -> str:
+        return f"https://{self.bucket}.s3.amazonaws.com/{urllib.parse.quote(key)}"
+
+
+def _error_code(error: Exception) -> str | None:
+    response = getattr(error, "response", None)
+    if not isinstance(response, dict):
+        return None
+    return str(response.get("Error", {}).get("Code", "")) or None
+
+
+NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
+DENIED_CODES = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                "AllAccessDisabled", "AccountProblem", "ExpiredToken", "InvalidToken"}
+
+
+def map_s3_error(error: Exception, url: str) -> Exception:
+    """Turn a boto3/botocore exception into a typed service error naming `url`."""
+    from botocore import exceptions as bx
+
+    if isinstance(error, bx.ClientError):
+        code = _error_code(error) or ""
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        message = error.response.get("Error", {}).get("Message") or code
+        if code in NOT_FOUND_CODES or status == 404:
+            return NotFound(f"not found: {url}")
+        if code in DENIED_CODES or status == 403:
+            return Forbidden(f"access denied by S3: {url} ({code})")
+        if code in ("SlowDown", "ServiceUnavailable") or status == 503:
+            return StorageUnavailable(f"S3 is unavailable for {url}: {code}")
+        return StorageError(f"S3 error for {url}: {code} {message}".strip())
+    if isinstance(error, (bx.EndpointConnectionError, bx.ConnectTimeoutError)):
+        return StorageUnavailable(f"cannot reach the S3 endpoint for {url}: {error}")
+    if isinstance(error, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+        return StorageUnavailable(f"no AWS credentials configured on this server (needed for {url})")
+    if isinstance(error, (bx.ReadTimeoutError, bx.IncompleteReadError, bx.ResponseStreamingError,
+                          bx.ConnectionClosedError, bx.BotoCoreError, ConnectionError, TimeoutError)):
+        return StorageError(f"S3 transfer failed for {url}: {error}")
+    return error
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+def _check_size(url: str, written: int, expected: int | None) -> None:
+    if expected is not None and written != expected:
+        raise StorageError(f"incomplete download of {url}: got {written} of {expected} bytes")
+
+
+class _atomic_output:
+    """Write to a temporary file beside `path`; rename into place only if the block succeeds."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self):
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=".download-", dir=folder)
+        self.file = os.fdopen(fd, "wb")
+        return self.file
+
+    def __exit__(self, kind, value, traceback):
+        self.file.close()
+        if kind is None:
+            os.replace(self.tmp, self.path)
+        else:
+            os.unlink(self.tmp)
+        return False

@@ -1,0 +1,125 @@
+"""training.predict scores images like the original tf_keras model.predict, streaming in batches."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
+from conversion import keras_to_torch, torch_to_keras
+from models.srkw_cnn import write_fresh_h5
+from training import ImageError, TrainingError, load_image, pick_device, predict
+import importlib
+
+predict_module = importlib.import_module("training.predict")  # the module: `training.predict` is the function
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ORCASOUND = SHARED / "data" / "orcasound"
+needs_shared = pytest.mark.skipif(not ORCASOUND.is_dir(), reason=f"sample spectrograms not found at {ORCASOUND}")
+ROWS, COLS = 67, 83
+
+
+@pytest.fixture(scope="module")
+def perturbed_h5(tmp_path_factory) -> str:
+    """A small srkw_cnn with random non-zero biases, so predictions are not all ≈ 0.5."""
+    folder = tmp_path_factory.mktemp("predict")
+    fresh = write_fresh_h5(folder / "fresh.h5", rows=ROWS, cols=COLS, seed=1)
+    model = keras_to_torch(fresh)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            scale = 0.2 if name.endswith("bias") else 0.5 * float(p.abs().mean())
+            p.add_(torch.randn(p.shape, generator=generator) * scale)
+    return torch_to_keras(model, fresh, folder / "perturbed.h5")
+
+
+def sample_paths() -> list[Path]:
+    return sorted(ORCASOUND.glob("*/*/*.png"))
+
+
+def synthetic_pngs(folder: Path, n: int) -> list[Path]:
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"img_{i:03d}.png"
+        Image.fromarray(rng.integers(0, 256, (30, 40, 4), dtype=np.uint8), "RGBA").save(path)
+        paths.append(path)
+    return paths
+
+
+@needs_shared
+def test_predict_equals_tf_keras_model_predict(perturbed_h5):
+    from tf_keras.models import load_model
+
+    paths = sample_paths()
+    keras_model = load_model(perturbed_h5, compile=False)
+    x = np.stack([load_image(p, ROWS, COLS) for p in paths])  # == flow_from_directory (test_training_images)
+    expected = keras_model.predict(x, verbose=0)[:, 0]
+    ours = predict(perturbed_h5, paths, ROWS, COLS, batch_size=5, device="cpu")
+    assert len(ours) == len(paths) and all(type(v) is float for v in ours)
+    assert np.abs(np.array(ours) - expected).max() < 1e-4
+    print("predict parity max|diff|", np.abs(np.array(ours) - expected).max(), "values", expected.min(), expected.max())
+    assert np.ptp(expected) > 1e-4 and np.abs(expected - 0.5).max() > 0.01  # not trivially constant
+
+
+@needs_shared
+def test_predict_keeps_input_order_and_accepts_a_module(perturbed_h5):
+    paths = sample_paths()
+    module = keras_to_torch(perturbed_h5)
+    forward = predict(module, paths, ROWS, COLS, batch_size=4, device="cpu")
+    order = np.random.default_rng(0).permutation(len(paths))
+    shuffled = predict(module, [paths[i] for i in order], ROWS, COLS, batch_size=7, device="cpu")
+    np.testing.assert_allclose(shuffled, [forward[i] for i in order], rtol=0, atol=1e-6)
+    assert not module.training
+    assert predict(module, [], ROWS, COLS) == []
+
+
+def test_decoding_streams_a_bounded_number_of_batches_ahead(tmp_path, monkeypatch):
+    paths = synthetic_pngs(tmp_path, 40)
+    decoded = []
+    lock = threading.Lock()
+    real_decode = predict_module.decode_image
+
+    def counting_decode(path, rows, cols):
+        with lock:
+            decoded.append(path)
+        return real_decode(path, rows, cols)
+
+    monkeypatch.setattr(predict_module, "decode_image", counting_decode)
+    batches = predict_module.decoded_batches(paths, 10, 12, batch_size=4, prefetch=2)
+    first = next(batches)
+    time.sleep(0.2)
+    assert first.shape == (4, 10, 12, 3) and first.dtype == np.uint8
+    assert len(decoded) <= 3 * 4  # the batch handed out plus two decoding ahead
+    rest = list(batches)
+    assert sum(len(b) for b in rest) == 36 and len(decoded) == 40
+
+
+def test_unreadable_image_raises_image_error_naming_it(tmp_path, perturbed_h5):
+    paths = synthetic_pngs(tmp_path, 3)
+    paths[1].write_bytes(b"not an image")
+    with pytest.raises(ImageError, match=paths[1].name):
+        predict(perturbed_h5, paths, ROWS, COLS, device="cpu")
+
+
+def test_predict_rejects_a_size_the_model_does_not_take(tmp_path, perturbed_h5):
+    with pytest.raises(TrainingError, match="67x83"):
+        predict(perturbed_h5, synthetic_pngs(tmp_path, 1), 60, 83)
+
+
+def test_pick_device_prefers_cuda_and_refuses_missing_cuda():
+    assert pick_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="CUDA"):
+            pick_device("cuda")

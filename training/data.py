@@ -1,0 +1,103 @@
+"""The labeled folder: which files are which class, decoded once and kept as uint8.
+
+Layout (what the service downloads from `labeled_url`): `train/<class>/*.png` and
+`validation/<class>/*.png`; other top-level folders (`mp3/`) are ignored. Class index = position
+of the folder name in sorted order (calls = 0, nocalls = 1), as Keras' flow_from_directory.
+Only .png/.jpg/.jpeg files count.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImageError, TrainingError
+from .images import decode_image, list_images
+
+
+@dataclass
+class Split:
+    """One split (train or validation): paths, labels and, once `decode`d, uint8 pixels (N, rows, cols, 3)."""
+
+    name: str
+    paths: list[Path]
+    labels: np.ndarray  # int64, class index per path
+    pixels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def class_counts(self, n_classes: int) -> list[int]:
+        return np.bincount(self.labels, minlength=n_classes).tolist()
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    if not split_dir.is_dir():
+        return []
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def find_classes(labeled_dir: str | os.PathLike) -> list[str]:
+    """Sorted names of the class folders under train/ and validation/ that hold at least one image."""
+    root = Path(labeled_dir)
+    names = set()
+    for split in ("train", "validation"):
+        for name in _class_folders(root / split):
+            if list_images(root / split / name):
+                names.add(name)
+    return sorted(names)
+
+
+def list_split(labeled_dir: str | os.PathLike, split: str, classes: list[str]) -> Split:
+    root = Path(labeled_dir) / split
+    paths, labels = [], []
+    for index, name in enumerate(classes):
+        files = list_images(root / name)
+        paths.extend(files)
+        labels.extend([index] * len(files))
+    return Split(split, paths, np.asarray(labels, dtype=np.int64))
+
+
+def load_labeled(labeled_dir: str | os.PathLike) -> tuple[list[str], Split, Split]:
+    """(class names, train split, validation split), checked: TrainingError when training cannot work."""
+    root = Path(labeled_dir)
+    if not (root / "train").is_dir():
+        raise TrainingError(f"labeled data has no train/ folder (looked in {root})")
+    if not (root / "validation").is_dir():
+        raise TrainingError(f"labeled data has no validation/ folder (looked in {root})")
+    classes = find_classes(root)
+    train, validation = list_split(root, "train", classes), list_split(root, "validation", classes)
+    if len(train) == 0:
+        raise TrainingError(f"the training set is empty: no .png/.jpg/.jpeg files under {root / 'train'}/<class>/")
+    if len(validation) == 0:
+        raise TrainingError(f"the validation set is empty: no .png/.jpg/.jpeg files under "
+                            f"{root / 'validation'}/<class>/")
+    if len(classes) != 2:
+        raise TrainingError(f"a binary model needs images of exactly 2 classes, found {len(classes)}: {classes}")
+    missing = [name for name, count in zip(classes, train.class_counts(2)) if count == 0]
+    if missing:
+        raise TrainingError(f"only one class present in the training set: no images of {missing[0]!r} "
+                            f"under {root / 'train' / missing[0]}")
+    return classes, train, validation
+
+
+def decode_split(split: Split, rows: int, cols: int, workers: int | None = None) -> Split:
+    """Decode every file of the split once (threads: PIL releases the GIL) into `split.pixels`."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    pixels = np.empty((len(split), rows, cols, 3), dtype=np.uint8)
+
+    def decode(i: int) -> None:
+        try:
+            pixels[i] = decode_image(split.paths[i], rows, cols)
+        except ImageError as e:
+            raise TrainingError(f"{split.name} image {split.paths[i]}: {e}") from e
+
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(decode, range(len(split))):
+            pass
+    split.pixels = pixels
+    return split

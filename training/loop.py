@@ -1,0 +1,229 @@
+"""`train`: fine-tune a Keras .h5 model on a labeled folder, as the original `/train` did.
+
+One function per step, like torchvision's reference classification script:
+load_model → load_labeled/decode_split → make_optimizer/make_loss → train_one_epoch/evaluate per
+epoch (keeping the state with the lowest val_loss, as ModelCheckpoint(save_best_only=True)) →
+reload the best state → evaluate it (cm, model_acc, model_loss) → torch_to_keras.
+
+Keras' numbers, reproduced: the epoch `loss` is the batch loss (binary cross-entropy + the L1/L2
+regularization penalty, computed before the batch's update) averaged over the epoch's samples
+(Keras weights each batch by its size, so a short last batch counts less); `acc` is the fraction
+of training samples with (p > 0.5) == label, over the augmented images with Dropout active;
+`val_loss`/`val_acc` the same on the validation images in eval mode (regularization included,
+as in Keras' evaluate).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from conversion import keras_to_torch, torch_to_keras
+
+from .augment import random_shear_zoom
+from .data import Split, decode_split, load_labeled
+from .device import pick_device
+from .errors import TrainingError
+from .images import RESCALE
+from .optim import make_loss, make_optimizer, make_scheduler
+
+LOG = logging.getLogger("training")
+THRESHOLD = 0.5
+
+RESPONSE_KEYS = ("acc", "val_acc", "loss", "val_loss", "cm", "labeled_files", "model_acc", "model_loss")
+
+
+@dataclass
+class TrainResult:
+    acc: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    cm: list[int] = field(default_factory=list)  # [tn, fp, fn, tp] of the saved model on validation
+    labeled_files: int = 0
+    model_acc: float = 0.0
+    model_loss: float = 0.0
+    best_epoch: int = 0  # 1-based epoch whose weights were saved
+    device: str = "cpu"
+
+    def to_response(self) -> dict:
+        """The original /train JSON, less `model_url` (the service adds it)."""
+        data = asdict(self)
+        return {key: data[key] for key in RESPONSE_KEYS}
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    acc: float
+    cm: list[int]
+
+
+# --------------------------------------------------------------------------- steps
+
+def load_model(model_h5, device: torch.device):
+    model = keras_to_torch(model_h5)
+    return model.to(device)
+
+
+def check_input_size(model, rows: int, cols: int) -> None:
+    """TrainingError unless the model's Keras input is (None, rows, cols, 3) (None dims accept any size)."""
+    shapes = getattr(model, "input_shapes", None) or [None]
+    if len(shapes) != 1:
+        raise TrainingError(f"model has {len(shapes)} inputs; only single-input image models are supported")
+    shape = shapes[0]
+    if shape is None:
+        return
+    shape = tuple(shape)
+    if len(shape) != 4:
+        raise TrainingError(f"model input shape {shape} is not an image batch (None, rows, cols, channels)")
+    _, m_rows, m_cols, channels = shape
+    if (m_rows is not None and m_rows != rows) or (m_cols is not None and m_cols != cols):
+        raise TrainingError(f"image size {rows}x{cols} (img_width x img_height) does not match the model's "
+                            f"input {m_rows}x{m_cols} (rows x cols)")
+    if channels not in (None, 3):
+        raise TrainingError(f"model expects {channels} channels; the spectrograms are RGB (3)")
+
+
+def to_batch(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (N, rows, cols, 3) → float32 in [0, 1] on `device`, bit-identical to images.load_image."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels))
+    if device.type == "cuda":
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True).float().mul_(float(RESCALE))
+
+
+def _logits(model, x: torch.Tensor) -> torch.Tensor:
+    logits = model.forward_logits(x)
+    if isinstance(logits, tuple) or logits.dim() != 2 or logits.shape[1] != 1:
+        shape = [tuple(t.shape) for t in logits] if isinstance(logits, tuple) else tuple(logits.shape)
+        raise TrainingError(f"model output has shape {shape}; binary training needs one sigmoid unit (N, 1)")
+    return logits
+
+
+def train_one_epoch(model, loss_fn, optimizer, scheduler, split: Split, device: torch.device,
+                    batch_size: int, generator: torch.Generator, augment: bool = True) -> tuple[float, float]:
+    """One pass over the shuffled, augmented training images; returns (loss, acc) like Keras' fit."""
+    model.train()
+    order = torch.randperm(len(split), generator=generator).numpy()
+    labels = torch.from_numpy(split.labels)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        x = to_batch(split.pixels[index], device)
+        if augment:
+            x = random_shear_zoom(x, generator)
+        y = labels[index].to(device)
+        logits = _logits(model, x)
+        loss = loss_fn(logits, y) + model.regularization_loss().to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        with torch.no_grad():
+            loss_sum += loss.detach().double() * len(index)
+            correct += ((torch.sigmoid(logits[:, 0]) > THRESHOLD).long() == y).sum()
+    return float(loss_sum) / len(split), int(correct) / len(split)
+
+
+@torch.no_grad()
+def evaluate(model, loss_fn, split: Split, device: torch.device, batch_size: int) -> EvalResult:
+    """Eval-mode loss (BCE mean + regularization), accuracy and [tn, fp, fn, tp] at p > 0.5."""
+    model.eval()
+    labels = torch.from_numpy(split.labels)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    cm = torch.zeros(4, dtype=torch.int64, device=device)
+    for start in range(0, len(split), batch_size):
+        x = to_batch(split.pixels[start:start + batch_size], device)
+        y = labels[start:start + batch_size].to(device)
+        logits = _logits(model, x)
+        loss_sum += loss_fn(logits, y, reduction="sum").double()
+        predicted = (torch.sigmoid(logits[:, 0]) > THRESHOLD).long()
+        cm += torch.bincount(y * 2 + predicted, minlength=4)  # [tn, fp, fn, tp]
+    loss = float(loss_sum) / len(split) + float(model.regularization_loss())
+    cm_list = [int(v) for v in cm.cpu()]
+    return EvalResult(loss, (cm_list[0] + cm_list[3]) / len(split), cm_list)
+
+
+def _make_generator(seed: int | None) -> torch.Generator:
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+# --------------------------------------------------------------------------- train
+
+def train(model_h5: str | os.PathLike, labeled_dir: str | os.PathLike, rows: int, cols: int, epochs: int,
+          out_h5: str | os.PathLike, *, device: str | torch.device | None = None, seed: int | None = None,
+          batch_size: int = 32, augment: bool = True, log: logging.Logger = LOG) -> TrainResult:
+    """Fine-tune `model_h5` on `labeled_dir` (train/<class>/, validation/<class>/) for `epochs`
+    epochs and write the epoch with the lowest val_loss to `out_h5` (a copy of model_h5 with new
+    weights). `rows`, `cols` are the original's img_width, img_height. `seed` makes a CPU run
+    repeatable. Raises TrainingError for inputs that cannot be trained on.
+    """
+    if int(epochs) < 1:
+        raise TrainingError(f"epochs must be at least 1, got {epochs}")
+    if int(batch_size) < 1:
+        raise TrainingError(f"batch_size must be at least 1, got {batch_size}")
+    device = pick_device(device)
+    model = load_model(model_h5, device)
+    check_input_size(model, rows, cols)
+    classes, train_split, val_split = load_labeled(labeled_dir)
+    if min(val_split.class_counts(2)) == 0:
+        log.warning("the validation set holds only one class (%s): val_acc and cm cover that class only",
+                    dict(zip(classes, val_split.class_counts(2))))
+    config = model.training_config
+    loss_fn = make_loss(config, log)
+    optimizer = make_optimizer(config, model.parameters(), log)
+    scheduler = make_scheduler(config, optimizer)
+    started = time.perf_counter()
+    decode_split(train_split, rows, cols)
+    decode_split(val_split, rows, cols)
+    log.info("training %s on %s: %d training images %s, %d validation images, %dx%d, %d epochs, %s, "
+             "decoded in %.1f s", os.fspath(model_h5), os.fspath(labeled_dir), len(train_split),
+             dict(zip(classes, train_split.class_counts(2))), len(val_split), rows, cols, epochs,
+             device, time.perf_counter() - started)
+
+    devices = [device.index or 0] if device.type == "cuda" else []
+    result = TrainResult(labeled_files=len(train_split), device=str(device))
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)  # Dropout draws from torch's global generator
+        generator = _make_generator(seed)  # shuffling and augmentation
+        best_loss, best_state = math.inf, None
+        for epoch in range(1, int(epochs) + 1):
+            started = time.perf_counter()
+            loss, acc = train_one_epoch(model, loss_fn, optimizer, scheduler, train_split, device,
+                                        batch_size, generator, augment)
+            val = evaluate(model, loss_fn, val_split, device, batch_size)
+            for name, value in (("loss", loss), ("acc", acc), ("val_loss", val.loss), ("val_acc", val.acc)):
+                getattr(result, name).append(float(value))
+            improved = val.loss < best_loss  # ModelCheckpoint(monitor="val_loss", save_best_only=True)
+            if improved:
+                best_loss, result.best_epoch = val.loss, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            log.info("epoch %d/%d loss=%.4f acc=%.4f val_loss=%.4f val_acc=%.4f %.1fs%s", epoch, epochs,
+                     loss, acc, val.loss, val.acc, time.perf_counter() - started, " (best)" if improved else "")
+    if best_state is None:
+        log.warning("val_loss was never finite: keeping the last epoch's weights")
+        result.best_epoch = int(epochs)
+    else:
+        model.load_state_dict(best_state)
+    final = evaluate(model, loss_fn, val_split, device, batch_size)
+    result.cm, result.model_acc, result.model_loss = final.cm, float(final.acc), float(final.loss)
+    torch_to_keras(model, model_h5, out_h5)
+    log.info("saved epoch %d to %s: model_acc=%.4f model_loss=%.4f cm=%s", result.best_epoch,
+             os.fspath(out_h5), result.model_acc, result.model_loss, result.cm)
+    return result
