@@ -241,3 +241,19 @@ def test_verify_cli_prints_the_table_and_fails_above_tolerance(zoo):
     strict = subprocess.run([sys.executable, "-m", "conversion", "verify", "--tolerance", "-1",
                              zoo["nested_multi"]], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert strict.returncode == 1 and "FAIL" in strict.stdout
+
+
+def test_keras_2_2_list_style_sequential_config_converts(zoo, tmp_path):
+    """Keras ≤ 2.2 stored a Sequential's config as the bare layer list."""
+    source = zoo["activation_zoo"]
+    old_style = tmp_path / "old.h5"
+    with h5py.File(source) as a, h5py.File(old_style, "w") as b:
+        for key in a:
+            a.copy(key, b)
+        for attr, value in a.attrs.items():
+            b.attrs[attr] = value
+        config = json.loads(b.attrs["model_config"])
+        b.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": config["config"]["layers"]})
+    x = torch.rand(2, keras_zoo.ROWS, keras_zoo.COLS, 2)
+    with torch.no_grad():
+        assert torch.equal(keras_to_torch(source)(x), keras_to_torch(old_style)(x))
