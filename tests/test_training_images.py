@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import torch  # noqa: F401  (before TensorFlow)
@@ -95,3 +94,17 @@ def test_list_images_counts_only_png_jpg_jpeg_sorted(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == [
         "a.PNG", "b.png", "c.jpg", "d.jpeg", "sub/g.png"]
     assert list_images(tmp_path / "nowhere") == []
+
+
+@needs_shared
+def test_cached_uint8_pixels_become_the_same_floats_on_the_device():
+    """Training caches decode_image's uint8 and rescales per batch (training.loop.to_batch): same bits."""
+    import torch
+
+    from training.loop import to_batch
+
+    paths = sorted(ORCASOUND.glob("train/*/*.png"))[:4]
+    pixels = np.stack([decode_image(p, 67, 83) for p in paths])
+    batch = to_batch(pixels, torch.device("cpu"))
+    assert batch.dtype == torch.float32
+    np.testing.assert_array_equal(batch.numpy(), np.stack([load_image(p, 67, 83) for p in paths]))

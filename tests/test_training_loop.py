@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -95,6 +96,7 @@ def test_two_epochs_on_real_samples_report_like_the_original(seeded_runs, labele
     assert result.model_acc == (result.cm[0] + result.cm[3]) / 4
     response = result.to_response()
     assert set(response) == RESPONSE_KEYS
+    assert json.loads(json.dumps(response)) == response
     assert response["cm"] == result.cm and out_h5.is_file()
 
 
