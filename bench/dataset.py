@@ -1,0 +1,91 @@
+"""The benchmark's dataset: N spectrograms derived from the bundled Orcasound sample PNGs.
+
+Each file is one of the real 640x480 RGBA spectrograms in `sample_data/orcasound/` (cycled
+through in sorted order) with a small deterministic perturbation (a few hundred pixels nudged by
+±1 in R, G and B; alpha kept), so every file is different but still looks like a spectrogram.
+
+Layout (the original endpoint's):
+- unlabeled: `<root>/unlabeled/spectrograms/orcasoundlab_<unix seconds>.png`, 3 s apart;
+- labeled: `<root>/labeled/{train,validation}/{calls,nocalls}/<name>.png`, 3/4 train and 1/4
+  validation, classes alternating, derived from the samples of the same class.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "orcasound"
+T0 = 1594154118
+CLASSES = ("calls", "nocalls")
+PERTURBED_PIXELS = 400
+
+
+def sample_pngs(cls: str | None = None) -> list[Path]:
+    pattern = f"*/{cls}/*.png" if cls else "*/*/*.png"
+    found = sorted(SAMPLE.glob(pattern))
+    if not found:
+        raise FileNotFoundError(f"no sample spectrograms under {SAMPLE}")
+    return found
+
+
+def perturbed(source: Path, seed: int) -> Image.Image:
+    """`source` as RGBA with PERTURBED_PIXELS pixels' RGB nudged by ±1 (deterministic in `seed`)."""
+    with Image.open(source) as img:
+        pixels = np.array(img.convert("RGBA"), dtype=np.int16)
+    rng = np.random.default_rng(seed)
+    h, w = pixels.shape[:2]
+    ys = rng.integers(0, h, PERTURBED_PIXELS)
+    xs = rng.integers(0, w, PERTURBED_PIXELS)
+    delta = rng.choice(np.array([-1, 1], dtype=np.int16), size=(PERTURBED_PIXELS, 3))
+    pixels[ys, xs, :3] = np.clip(pixels[ys, xs, :3] + delta, 0, 255)
+    return Image.fromarray(pixels.astype(np.uint8), "RGBA")
+
+
+def _write(image: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG", compress_level=1)
+
+
+def split_counts(labeled: int) -> dict[tuple[str, str], int]:
+    """Files per (split, class): 3/4 train, the rest validation, each split with both classes."""
+    if labeled < 4:
+        raise ValueError("--labeled must be at least 4 (train and validation, both classes)")
+    validation = max(2, labeled // 4)
+    train = labeled - validation
+    counts = {}
+    for split, n in (("train", train), ("validation", validation)):
+        counts[(split, "calls")] = (n + 1) // 2
+        counts[(split, "nocalls")] = n // 2
+    return counts
+
+
+def make_dataset(root: str | os.PathLike, unlabeled: int, labeled: int, progress=None) -> dict:
+    """Write the dataset under `root`; returns {"unlabeled": [paths], "labeled": {(split, cls): [paths]}}."""
+    root = Path(root)
+    sources = sample_pngs()
+    out_unlabeled = []
+    for i in range(unlabeled):
+        path = root / "unlabeled" / "spectrograms" / f"orcasoundlab_{T0 + 3 * i}.png"
+        _write(perturbed(sources[i % len(sources)], seed=i), path)
+        out_unlabeled.append(path)
+        if progress and (i + 1) % 32 == 0:
+            progress(f"unlabeled {i + 1}/{unlabeled}")
+    out_labeled: dict = {}
+    seed = 1_000_000
+    for (split, cls), n in split_counts(labeled).items():
+        by_class = sample_pngs(cls)
+        files = []
+        for i in range(n):
+            source = by_class[i % len(by_class)]
+            path = root / "labeled" / split / cls / f"{source.stem.split('.')[0]}_{i:05d}.png"
+            _write(perturbed(source, seed=seed), path)
+            seed += 1
+            files.append(path)
+        out_labeled[(split, cls)] = files
+    if progress:
+        progress(f"labeled {labeled} ({', '.join(f'{s}/{c}={len(v)}' for (s, c), v in out_labeled.items())})")
+    return {"unlabeled": out_unlabeled, "labeled": out_labeled}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# GPU check: run on a machine with an NVIDIA GPU, from the repository root, with the .venv built
+# (`make setup`). Prints the GPU, runs the CUDA-marked tests and the benchmark with ORCA_DEVICE=cuda.
+#   bash bench/gpu_check.sh [extra bench.run arguments, e.g. --quick]
+# Results go to bench/results-cuda/ (results.json, results.png, logs).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+status=0
+
+echo "== GPU"
+if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv
+else
+    echo "nvidia-smi not found: this is not a GPU machine"; exit 2
+fi
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" || exit 2
+
+echo "== pytest -m cuda"
+"$PY" -m pytest -q -m cuda
+rc=$?
+# exit code 5 = no tests collected (no cuda-marked tests): not a failure
+if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then status=$rc; fi
+
+echo "== benchmark with ORCA_DEVICE=cuda"
+ORCA_DEVICE=cuda "$PY" -m bench.run --out bench/results-cuda "$@" || status=$?
+
+echo "== GPU after the run"
+nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv
+exit $status

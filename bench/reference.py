@@ -1,0 +1,157 @@
+"""The original endpoint's pipeline, as a benchmark reference: tf_keras on files downloaded from S3.
+
+Run as its own process (`python -m bench.reference --config JSON --out JSON`): it imports
+TensorFlow and nothing of torch, so its peak memory is TensorFlow's alone and it never shares a
+process with the service.
+
+What the original did per request, and what is timed here:
+- /predict: download the model and `unlabeled/spectrograms/*` from S3 into a temp folder →
+  `load_model` → `ImageDataGenerator(rescale=1/255).flow_from_directory(target_size=(rows, cols),
+  class_mode=None, shuffle=False, batch_size=32)` → `model.predict`. Done twice in the same
+  process: the first ("cold") pays TensorFlow's graph tracing, the second ("warm") does not.
+- /train: download the model and `labeled/{train,validation}/*` → `load_model` (compiled from the
+  file's training_config) → `fit` with a train generator `ImageDataGenerator(rescale=1/255,
+  shear_range=0.2, zoom_range=0.2)` (class_mode binary, batch 32, shuffled) and a validation
+  generator (rescale only), `ModelCheckpoint(save_best_only=True, monitor='val_loss')` →
+  confusion matrix from `predict` on validation → reload the checkpoint, `evaluate` on validation
+  → upload the new .h5 to S3.
+Downloads use 8 threads, like the service's default ORCA_DOWNLOAD_THREADS, and are also timed alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from .memory import proc_status_mib  # noqa: E402
+
+DOWNLOAD_THREADS = 8
+
+
+def log(message: str) -> None:
+    print(f"[reference] {message}", file=sys.stderr, flush=True)
+
+
+def download_prefix(s3, bucket: str, prefix: str, folder: str, subfolders=None) -> int:
+    """Download every object under `prefix` (keeping the relative path) into `folder`."""
+    keys = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend(o["Key"] for o in page.get("Contents", ()))
+    if subfolders:
+        keys = [k for k in keys if k[len(prefix):].split("/", 1)[0] in subfolders]
+    keys = [k for k in keys if k.lower().endswith(".png")]
+
+    def one(key):
+        target = os.path.join(folder, *key[len(prefix):].split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        s3.download_file(bucket, key, target)
+
+    with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
+        list(pool.map(one, keys))
+    return len(keys)
+
+
+def predict_request(s3, keras, cfg: dict) -> dict:
+    """One /predict as the original served it; returns timings and the predictions by file name."""
+    timings = {}
+    with tempfile.TemporaryDirectory(prefix="bench-ref-predict-") as tmp:
+        t0 = time.perf_counter()
+        model_path = os.path.join(tmp, "model.h5")
+        s3.download_file(cfg["bucket"], cfg["model_key"], model_path)
+        unlabeled = os.path.join(tmp, "unlabeled")
+        n = download_prefix(s3, cfg["bucket"], cfg["unlabeled_prefix"], unlabeled, {"spectrograms"})
+        t1 = time.perf_counter()
+        model = keras.models.load_model(model_path)
+        t2 = time.perf_counter()
+        generator = keras.preprocessing.image.ImageDataGenerator(rescale=1 / 255).flow_from_directory(
+            unlabeled, target_size=(cfg["rows"], cfg["cols"]), class_mode=None, shuffle=False, batch_size=32)
+        values = model.predict(generator, verbose=0)[:, -1]
+        t3 = time.perf_counter()
+        names = [os.path.basename(f) for f in generator.filenames]
+    timings.update(download_s=t1 - t0, load_model_s=t2 - t1, predict_s=t3 - t2, total_s=t3 - t0, images=n)
+    del model
+    keras.backend.clear_session()
+    return {"timings": timings, "predictions": dict(zip(names, (float(v) for v in values)))}
+
+
+def train_request(s3, keras, cfg: dict) -> dict:
+    """One /train as the original served it (fit + checkpoint + cm + evaluate + upload)."""
+    import numpy as np
+
+    timings = {}
+    with tempfile.TemporaryDirectory(prefix="bench-ref-train-") as tmp:
+        t0 = time.perf_counter()
+        model_path = os.path.join(tmp, "model.h5")
+        s3.download_file(cfg["bucket"], cfg["model_key"], model_path)
+        labeled = os.path.join(tmp, "labeled")
+        n = download_prefix(s3, cfg["bucket"], cfg["labeled_prefix"], labeled, {"train", "validation"})
+        t1 = time.perf_counter()
+        model = keras.models.load_model(model_path)  # compiled from the file's training_config
+        target = (cfg["rows"], cfg["cols"])
+        train = keras.preprocessing.image.ImageDataGenerator(
+            rescale=1 / 255, shear_range=0.2, zoom_range=0.2).flow_from_directory(
+            os.path.join(labeled, "train"), target_size=target, batch_size=32, class_mode="binary")
+        validation = keras.preprocessing.image.ImageDataGenerator(rescale=1 / 255).flow_from_directory(
+            os.path.join(labeled, "validation"), target_size=target, batch_size=32, class_mode="binary",
+            shuffle=False)
+        best = os.path.join(tmp, "srkw_cnn_1.h5")
+        checkpoint = keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True)
+        t2 = time.perf_counter()
+        history = model.fit(train, validation_data=validation, epochs=cfg["epochs"], callbacks=[checkpoint],
+                            verbose=0)
+        t3 = time.perf_counter()
+        # the original's confusion matrix (last epoch's weights) and the saved model's evaluation
+        predicted = (model.predict(validation, verbose=0)[:, -1] >= 0.5).astype(int)
+        actual = validation.classes
+        cm = [int(np.sum((actual == a) & (predicted == p))) for a in (0, 1) for p in (0, 1)]
+        saved = keras.models.load_model(best)
+        model_loss, model_acc = saved.evaluate(validation, verbose=0)[:2]
+        s3.upload_file(best, cfg["bucket"], cfg["output_key"])
+        t4 = time.perf_counter()
+    timings.update(download_s=t1 - t0, setup_s=t2 - t1, fit_s=t3 - t2, after_fit_s=t4 - t3, total_s=t4 - t0,
+                   images=n, train_images=int(train.samples), validation_images=int(validation.samples))
+    result = {key: [float(v) for v in values] for key, values in history.history.items()}
+    result.update(cm=cm, model_acc=float(model_acc), model_loss=float(model_loss))
+    return {"timings": timings, "result": result}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="JSON: bucket, model_key, unlabeled_prefix, "
+                        "labeled_prefix, output_key, rows, cols, epochs")
+    parser.add_argument("--out", required=True, help="where to write the JSON results")
+    args = parser.parse_args(argv)
+    cfg = json.loads(args.config)
+
+    t0 = time.perf_counter()
+    import boto3
+    import tensorflow as tf
+    import tf_keras as keras
+    import_s = time.perf_counter() - t0
+    log(f"imported TensorFlow {tf.__version__} in {import_s:.1f} s")
+    s3 = boto3.client("s3")
+
+    out = {"tensorflow": tf.__version__, "import_s": import_s,
+           "tf_gpus": len(tf.config.list_physical_devices("GPU"))}
+    out["predict_cold"] = predict_request(s3, keras, cfg)
+    log(f"predict cold: {out['predict_cold']['timings']['total_s']:.1f} s")
+    out["predict_warm"] = predict_request(s3, keras, cfg)
+    log(f"predict warm: {out['predict_warm']['timings']['total_s']:.1f} s")
+    out["train"] = train_request(s3, keras, cfg)
+    log(f"train: {out['train']['timings']['total_s']:.1f} s")
+    out["memory_mib"] = proc_status_mib()
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

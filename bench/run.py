@@ -1,0 +1,317 @@
+"""`python -m bench.run`: this service against the original endpoint's pipeline, on the same machine.
+
+1. makes a dataset of spectrograms derived from the bundled sample PNGs (`bench.dataset`);
+2. starts moto's S3 server on 127.0.0.1 (a free port) and uploads the data and a fresh
+   `srkw_cnn_0.h5`;
+3. runs the reference (`bench.reference`: tf_keras ImageDataGenerator + predict / fit, the original
+   pipeline) in its own process: /predict twice (cold, warm) and /train;
+4. starts this service (`python -m service`, its own process, no TensorFlow) pointed at the same
+   S3 server and times, over real HTTP, /predict cold (first call), /predict warm (second call)
+   and /train with the same epochs;
+5. prints a table and writes `results.json` and `results.png` into --out.
+
+Images per second: /predict = unlabeled images / request seconds; /train = training images × epochs
+/ request seconds; every request figure includes the S3 downloads and model loading, as a client
+sees it. speedup = ours / reference (> 1: this service is faster). Peak memory = VmHWM of each
+process (the reference's process includes TensorFlow's import; the service's includes torch's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import torch  # noqa: F401  (torch before anything that might import TensorFlow; see DESIGN.md)
+
+from .chart import bar_chart
+from .dataset import make_dataset
+from .memory import proc_status_mib
+
+ROOT = Path(__file__).resolve().parent.parent
+BUCKET = "orcabench"
+QUICK = {"unlabeled": 32, "labeled": 16, "epochs": 1}
+DEFAULTS = {"unlabeled": 256, "labeled": 128, "epochs": 2}
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+STAGES = ("predict_cold", "predict_warm", "train")
+
+_T0 = time.perf_counter()
+
+
+LOAD: dict[str, list[float]] = {}  # 1-minute load average when each stage ended
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.perf_counter() - _T0:7.1f} s] {message}", flush=True)
+
+
+def note_load(stage: str) -> None:
+    """Other processes on the machine skew every timing: record the load average per stage."""
+    LOAD[stage] = [round(v, 2) for v in os.getloadavg()]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--unlabeled", type=int, help=f"unlabeled spectrograms (default {DEFAULTS['unlabeled']})")
+    parser.add_argument("--labeled", type=int, help=f"labeled spectrograms, 3/4 train (default {DEFAULTS['labeled']})")
+    parser.add_argument("--rows", type=int, default=607, help="img_width: image rows (default 607)")
+    parser.add_argument("--cols", type=int, default=617, help="img_height: image columns (default 617)")
+    parser.add_argument("--epochs", type=int, help=f"training epochs (default {DEFAULTS['epochs']})")
+    parser.add_argument("--out", default="bench/results", help="folder for results.json/results.png")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: {QUICK} unless given explicitly")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per stage before giving up")
+    args = parser.parse_args(argv)
+    base = QUICK if args.quick else DEFAULTS
+    for key, value in base.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for key in ("unlabeled", "labeled", "rows", "cols", "epochs"):
+        if getattr(args, key) < 1:
+            parser.error(f"--{key} must be positive")
+    return args
+
+
+def upload_tree(s3, folder: Path, prefix: str) -> int:
+    count = 0
+    for path in sorted(folder.rglob("*.png")):
+        s3.upload_file(str(path), BUCKET, prefix + path.relative_to(folder).as_posix())
+        count += 1
+    return count
+
+
+class Service:
+    """`python -m service` in a subprocess on a free port; its output goes to `log_path`."""
+
+    def __init__(self, env: dict, log_path: Path, timeout: float = 120):
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        started = time.perf_counter()
+        self.process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        self.base = None
+        while time.perf_counter() - started < timeout:
+            text = log_path.read_text(errors="replace")
+            marker = "listening on "
+            if marker in text:
+                self.base = text.split(marker, 1)[1].split()[0].rstrip("/")
+                break
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the service exited with {self.process.returncode}:\n{text[-3000:]}")
+            time.sleep(0.1)
+        if self.base is None:
+            self.stop()
+            raise RuntimeError(f"the service did not start within {timeout} s")
+        self.get("/health")
+        self.startup_s = time.perf_counter() - started
+
+    def get(self, path: str, timeout: float = 3600, **params):
+        url = f"{self.base}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise RuntimeError(f"GET {path} answered {error.code}: {error.read()[:2000]!r}") from error
+
+    def timed(self, path: str, timeout: float, **params):
+        t0 = time.perf_counter()
+        body = self.get(path, timeout=timeout, **params)
+        return body, time.perf_counter() - t0
+
+    def memory(self) -> dict:
+        return proc_status_mib(self.process.pid)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def run_reference(cfg: dict, env: dict, out_dir: Path, timeout: float) -> dict:
+    out_json = out_dir / "reference.json"
+    log_path = out_dir / "reference.log"
+    with open(log_path, "wb") as log:
+        completed = subprocess.run([sys.executable, "-m", "bench.reference", "--config", json.dumps(cfg),
+                                    "--out", str(out_json)], cwd=ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, timeout=timeout)
+    if completed.returncode != 0:
+        raise RuntimeError(f"the reference failed ({completed.returncode}); see {log_path}:\n"
+                           f"{log_path.read_text(errors='replace')[-3000:]}")
+    return json.loads(out_json.read_text())
+
+
+def print_table(results: dict) -> None:
+    ips, speedup = results["images_per_second"], results["speedup"]
+    ref, ours = results["reference"], results["ours"]
+    rows = [("stage", "reference s", "ours s", "reference img/s", "ours img/s", "speed-up")]
+    for stage in STAGES:
+        rows.append((stage, f"{ref['seconds'][stage]:.2f}", f"{ours['seconds'][stage]:.2f}",
+                     f"{ips[stage]['reference']:.2f}", f"{ips[stage]['ours']:.2f}", f"{speedup[stage]:.2f}x"))
+    rows.append(("peak RSS MiB", f"{ref['peak_rss_mib']:.0f}", f"{ours['peak_rss_mib']:.0f}", "", "", ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        print("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+    print(f"reference download alone: predict cold {ref['download_s']['predict_cold']:.2f} s, "
+          f"train {ref['download_s']['train']:.2f} s; "
+          f"max |ours - reference| prediction: {results['parity']['max_abs_diff_predict']:.2e}")
+    print(f"load average (1, 5, 15 min) after each stage on {os.cpu_count()} cores: "
+          + ", ".join(f"{k} {v}" for k, v in results.get("load_average", {}).items()))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, value in AWS_ENV.items():
+        os.environ[name] = value
+    os.environ.pop("AWS_PROFILE", None)
+
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
+
+    from models.srkw_cnn import write_fresh_h5
+
+    config = {"unlabeled": args.unlabeled, "labeled": args.labeled, "rows": args.rows, "cols": args.cols,
+              "epochs": args.epochs, "quick": args.quick, "cpu_count": os.cpu_count(),
+              "machine": platform.machine(), "python": platform.python_version(),
+              "torch": torch.__version__, "orca_device": os.environ.get("ORCA_DEVICE") or "auto",
+              "cuda_available": torch.cuda.is_available()}
+    note_load("start")
+    progress(f"config {json.dumps(config)}")
+    with tempfile.TemporaryDirectory(prefix="orca-bench-") as tmp:
+        tmp = Path(tmp)
+        data = make_dataset(tmp / "data", args.unlabeled, args.labeled, progress=lambda m: progress(f"dataset: {m}"))
+        train_images = sum(len(v) for (split, _), v in data["labeled"].items() if split == "train")
+        config["train_images"] = train_images
+        config["validation_images"] = args.labeled - train_images
+        model_path = write_fresh_h5(tmp / "srkw_cnn_0.h5", args.rows, args.cols, seed=0)
+
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        moto.start()
+        service = None
+        try:
+            host, port = moto.get_host_and_port()
+            endpoint = f"http://{host}:{port}"
+            os.environ["AWS_ENDPOINT_URL"] = endpoint
+            s3 = boto3.client("s3")
+            s3.create_bucket(Bucket=BUCKET)
+            s3.upload_file(model_path, BUCKET, "models/srkw_cnn_0.h5")
+            n = upload_tree(s3, tmp / "data" / "unlabeled", "unlabeled/")
+            n += upload_tree(s3, tmp / "data" / "labeled", "labeled/")
+            progress(f"moto S3 on {endpoint}: uploaded the model and {n} spectrograms")
+            env = dict(os.environ)
+
+            progress("reference (tf_keras, own process): predict cold, predict warm, train ...")
+            cfg = {"bucket": BUCKET, "model_key": "models/srkw_cnn_0.h5", "unlabeled_prefix": "unlabeled/",
+                   "labeled_prefix": "labeled/", "output_key": "reference/models/srkw_cnn_1.h5",
+                   "rows": args.rows, "cols": args.cols, "epochs": args.epochs}
+            ref = run_reference(cfg, env, out_dir, args.timeout)
+            note_load("reference")
+            progress(f"reference done: predict cold {ref['predict_cold']['timings']['total_s']:.1f} s, "
+                     f"warm {ref['predict_warm']['timings']['total_s']:.1f} s, "
+                     f"train {ref['train']['timings']['total_s']:.1f} s")
+
+            progress("service (python -m service, own process) starting ...")
+            service_env = dict(env, HOST="127.0.0.1", PORT="0", ORCA_LOCAL_ROOT="",
+                               ORCA_WORK_DIR=str(tmp), PYTHONUNBUFFERED="1")
+            service = Service(service_env, out_dir / "service.log")
+            idle = service.memory()
+            progress(f"service up at {service.base} in {service.startup_s:.1f} s")
+            predict_params = dict(model_url=f"s3://{BUCKET}/models/srkw_cnn_0.h5",
+                                  unlabeled_url=f"s3://{BUCKET}/unlabeled/", img_width=args.rows,
+                                  img_height=args.cols)
+            ours_seconds, answers = {}, {}
+            for stage in ("predict_cold", "predict_warm"):
+                progress(f"ours: GET /predict ({stage.split('_')[1]}) on {args.unlabeled} images ...")
+                answers[stage], ours_seconds[stage] = service.timed("/predict", args.timeout, **predict_params)
+                note_load(f"ours_{stage}")
+                progress(f"ours: {stage} {ours_seconds[stage]:.1f} s")
+            memory_after_predict = service.memory()
+            progress(f"ours: GET /train ({args.epochs} epochs on {train_images} images) ...")
+            train_answer, ours_seconds["train"] = service.timed(
+                "/train", args.timeout, model_url=f"s3://{BUCKET}/models/srkw_cnn_0.h5",
+                labeled_url=f"s3://{BUCKET}/labeled/", img_width=args.rows, img_height=args.cols,
+                epochs=args.epochs, seed=0)
+            note_load("ours_train")
+            progress(f"ours: train {ours_seconds['train']:.1f} s -> {train_answer.get('model_url')}")
+            memory_end = service.memory()
+        finally:
+            if service is not None:
+                service.stop()
+            moto.stop()
+
+    ref_seconds = {stage: ref[stage]["timings"]["total_s"] for stage in STAGES}
+    work = {"predict_cold": args.unlabeled, "predict_warm": args.unlabeled, "train": train_images * args.epochs}
+    ips = {stage: {"reference": work[stage] / ref_seconds[stage], "ours": work[stage] / ours_seconds[stage]}
+           for stage in STAGES}
+    speedup = {stage: ips[stage]["ours"] / ips[stage]["reference"] for stage in STAGES}
+    ours_values = {os.path.basename(item["audio_url"]).rsplit(".", 1)[0] + ".png": item["predicted_value"]
+                   for item in answers["predict_warm"]}
+    ref_values = ref["predict_warm"]["predictions"]
+    common = sorted(set(ours_values) & set(ref_values))
+    results = {
+        "config": config,
+        "reference": {
+            "seconds": ref_seconds,
+            "download_s": {stage: ref[stage]["timings"]["download_s"] for stage in STAGES},
+            "predict_compute_s": {stage: ref[stage]["timings"]["predict_s"] for stage in ("predict_cold", "predict_warm")},
+            "fit_s": ref["train"]["timings"]["fit_s"],
+            "import_s": ref["import_s"],
+            "peak_rss_mib": ref["memory_mib"].get("VmHWM", 0.0),
+            "tensorflow": ref["tensorflow"],
+            "tf_gpus": ref["tf_gpus"],
+            "train_result": ref["train"]["result"],
+        },
+        "ours": {
+            "seconds": ours_seconds,
+            "startup_s": service.startup_s,
+            "idle_rss_mib": idle.get("VmRSS", 0.0),
+            "peak_rss_after_predict_mib": memory_after_predict.get("VmHWM", 0.0),
+            "peak_rss_mib": memory_end.get("VmHWM", 0.0),
+            "train_result": train_answer,
+        },
+        "images_per_second": ips,
+        "speedup": speedup,
+        "load_average": LOAD,
+        "parity": {"compared_predictions": len(common),
+                   "max_abs_diff_predict": max((abs(ours_values[k] - ref_values[k]) for k in common), default=0.0)},
+    }
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    bar_chart(out_dir / "results.png", list(STAGES),
+              {"reference": [ips[s]["reference"] for s in STAGES], "ours": [ips[s]["ours"] for s in STAGES]},
+              title=(f"orca ML endpoint vs original tf_keras pipeline: {args.unlabeled} unlabeled, "
+                     f"{train_images} train images x {args.epochs} epochs, {args.rows}x{args.cols}"),
+              unit="images / s",
+              notes=[f"speed-up (ours / reference): " + ", ".join(f"{s} {speedup[s]:.2f}x" for s in STAGES),
+                     f"peak RSS: reference {results['reference']['peak_rss_mib']:.0f} MiB, "
+                     f"service {results['ours']['peak_rss_mib']:.0f} MiB",
+                     f"{os.cpu_count()} CPU cores, ORCA_DEVICE={config['orca_device']}, "
+                     f"cuda available: {config['cuda_available']}"])
+    print_table(results)
+    progress(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.png'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

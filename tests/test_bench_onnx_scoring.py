@@ -1,0 +1,45 @@
+"""training.onnx_scoring: ONNX Runtime scores match the torch path (training.predict) within 1e-4,
+and the export is cached per model file content."""
+
+from pathlib import Path
+
+import pytest
+
+from models.srkw_cnn import write_fresh_h5
+from training.errors import TrainingError
+from training.onnx_scoring import OnnxScorer, export_cached, score
+from training.predict import predict
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "orcasound"
+ROWS, COLS = 67, 83
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return write_fresh_h5(tmp_path_factory.mktemp("onnx") / "srkw_cnn_0.h5", ROWS, COLS, seed=3)
+
+
+def test_onnx_scores_match_torch_predict(model, tmp_path):
+    paths = sorted(SAMPLE.glob("*/*/*.png"))
+    assert len(paths) > 8
+    expected = predict(model, paths, ROWS, COLS, device="cpu", batch_size=4)
+    got = OnnxScorer(model, cache_dir=tmp_path).score(paths, ROWS, COLS, batch_size=4)  # several batches + a short one
+    assert len(got) == len(expected)
+    assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-4
+    assert score(model, paths[:3], ROWS, COLS, cache_dir=tmp_path) == pytest.approx(got[:3], abs=1e-6)
+
+
+def test_export_is_cached_by_content(model, tmp_path):
+    first = export_cached(model, tmp_path)
+    mtime = first.stat().st_mtime_ns
+    copy = tmp_path / "renamed.h5"
+    copy.write_bytes(Path(model).read_bytes())
+    assert export_cached(copy, tmp_path) == first and first.stat().st_mtime_ns == mtime
+    other = write_fresh_h5(tmp_path / "other.h5", ROWS, COLS, seed=4)
+    assert export_cached(other, tmp_path) != first
+    assert len(list(tmp_path.glob("*.onnx"))) == 2
+
+
+def test_wrong_image_size_is_refused(model, tmp_path):
+    with pytest.raises(TrainingError, match="67x83"):
+        OnnxScorer(model, cache_dir=tmp_path).score([SAMPLE / "train/calls/extracted_calls1.wav.png"], 60, 83)

@@ -1,0 +1,63 @@
+"""`python -m bench.run --quick` end to end on tiny images: moto S3, the tf_keras reference in its own
+process, the service over HTTP; checks the shape of results.json and the chart, never timings."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("predict_cold", "predict_warm", "train")
+
+
+@pytest.mark.slow
+def test_bench_quick_run_writes_results_and_chart(tmp_path):
+    out = tmp_path / "results"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--rows", "67", "--cols", "83", "--unlabeled", "8",
+         "--labeled", "8", "--epochs", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "speed-up" in completed.stdout
+
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) >= {"config", "reference", "ours", "images_per_second", "speedup", "parity"}
+    config = results["config"]
+    assert (config["unlabeled"], config["labeled"], config["rows"], config["cols"], config["epochs"]) == (8, 8, 67, 83, 1)
+    assert config["train_images"] == 6 and config["validation_images"] == 2
+    for side in ("reference", "ours"):
+        assert set(results[side]["seconds"]) == set(STAGES)
+        assert all(results[side]["seconds"][s] > 0 for s in STAGES)
+        assert results[side]["peak_rss_mib"] > 0
+    for stage in STAGES:
+        assert results["images_per_second"][stage]["reference"] > 0
+        assert results["images_per_second"][stage]["ours"] > 0
+        assert results["speedup"][stage] > 0
+    assert all(v > 0 for v in results["reference"]["download_s"].values())
+    assert results["parity"]["compared_predictions"] == 8
+    assert results["parity"]["max_abs_diff_predict"] < 1e-4  # same weights, same preprocessing
+    trained = results["ours"]["train_result"]
+    assert trained["model_url"].endswith("/models/srkw_cnn_1.h5") and len(trained["loss"]) == 1
+    assert len(results["reference"]["train_result"]["loss"]) == 1
+
+    png = out / "results.png"
+    assert png.stat().st_size > 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dataset_is_real_spectrograms_all_different(tmp_path):
+    from PIL import Image
+
+    from bench.dataset import make_dataset
+
+    data = make_dataset(tmp_path, unlabeled=30, labeled=8)
+    names = [p.name for p in data["unlabeled"]]
+    assert names[0] == "orcasoundlab_1594154118.png" and names[1] == "orcasoundlab_1594154121.png"
+    every = data["unlabeled"] + [p for files in data["labeled"].values() for p in files]
+    assert len({p.read_bytes() for p in every}) == len(every)
+    for path in every[:3] + every[-3:]:
+        with Image.open(path) as img:
+            assert img.size == (640, 480) and img.mode == "RGBA"
+    assert {key: len(v) for key, v in data["labeled"].items()} == {
+        ("train", "calls"): 3, ("train", "nocalls"): 3, ("validation", "calls"): 1, ("validation", "nocalls"): 1}
