@@ -11,9 +11,11 @@ from .graph import KerasModel
 from .keras_file import TrainingConfig, read_keras_file, read_training_config
 from .layers import supported_layers
 from .onnx_export import keras_to_onnx, torch_to_onnx
+from .onnx_to_keras import onnx_to_keras
+from .onnx_to_torch import OnnxModule, onnx_to_torch
 
 __all__ = [
-    "ConversionError", "KerasModel", "TrainingConfig", "count_parameters", "keras_to_onnx",
-    "keras_to_torch", "read_keras_file", "read_training_config", "supported_layers",
-    "torch_to_keras", "torch_to_onnx",
+    "ConversionError", "KerasModel", "OnnxModule", "TrainingConfig", "count_parameters",
+    "keras_to_onnx", "keras_to_torch", "onnx_to_keras", "onnx_to_torch", "read_keras_file",
+    "read_training_config", "supported_layers", "torch_to_keras", "torch_to_onnx",
 ]
