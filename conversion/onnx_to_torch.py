@@ -208,6 +208,9 @@ class OnnxModule(nn.Module):
             node.attrs["_partial"] = [partial.get(name) for name in node.inputs]
             self.nodes.append(node)
         self.static_values = static  # ONNX name → numpy: every value known at load time (not weights)
+        # output → the input of the Sigmoid/Softmax that produces it, for losses on logits
+        self.logit_sources = {n.outputs[0]: n.inputs[0] for n in self.nodes
+                              if n.op_type in ("Sigmoid", "Softmax") and n.outputs[0] in self.output_names}
 
     # ------------------------------------------------------------------ running
 
@@ -216,6 +219,13 @@ class OnnxModule(nn.Module):
         return self.params[key] if where == "params" else getattr(self.consts, key)
 
     def forward(self, *inputs):
+        return self._run(inputs, logits=False)
+
+    def forward_logits(self, *inputs):
+        """The outputs before a final Sigmoid/Softmax node (the outputs themselves otherwise)."""
+        return self._run(inputs, logits=True)
+
+    def _run(self, inputs, logits: bool):
         if len(inputs) != len(self.input_names):
             raise ConversionError(f"expected {len(self.input_names)} inputs ({self.input_names}), got {len(inputs)}")
         env: dict[str, torch.Tensor] = dict(zip(self.input_names, inputs))
@@ -234,7 +244,8 @@ class OnnxModule(nn.Module):
             for name, value in zip(node.outputs, results):
                 if name:
                     env[name] = value
-        outs = tuple(env[name] if name in env else self._initializer(name) for name in self.output_names)
+        names = [self.logit_sources.get(name, name) if logits else name for name in self.output_names]
+        outs = tuple(env[name] if name in env else self._initializer(name) for name in names)
         return outs[0] if len(outs) == 1 else outs
 
     def extra_repr(self):

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import ModelSpec, register
+
 KERAS_FORMAT_VERSION = "2.21.0"  # the tf_keras release whose .h5 layout this writer follows
 CONV_FILTERS = (64, 64, 128, 128)
 DROPOUT_AFTER = (0.5, None, 0.6, 0.6)
@@ -40,6 +42,7 @@ def _same_pad(size: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+@register("srkw_cnn", ModelSpec(rows=607, cols=617, learning_rate=3e-5))
 class SRKWCNN(nn.Module):
     """The SRKW CNN on NCHW input; returns logits (N, 1): apply a sigmoid for P(nocalls).
 

@@ -1,0 +1,105 @@
+"""Model formats the service trains and serves: `.h5`, `.onnx`, `.pt` (registry checkpoints)."""
+
+from __future__ import annotations
+
+import torch  # noqa: F401  (before anything that may import TensorFlow)
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from conversion import ConversionError, torch_to_onnx
+from conversion.formats import load_trainable, save_checkpoint, save_trained
+from models.registry import ModelSpec, RegistryError, build, lookup, register, registered
+from models.srkw_cnn import write_fresh_h5
+
+
+def test_builtin_models_are_registered_with_their_specs():
+    specs = registered()
+    assert specs["srkw_cnn"].rows == 607 and specs["srkw_cnn"].cols == 617
+    assert specs["small_cnn"].channels == 3
+
+
+def test_pt_checkpoint_round_trip_keeps_every_weight(tmp_path):
+    torch.manual_seed(0)
+    net = build("small_cnn", ModelSpec(rows=40, cols=56))
+    path = save_checkpoint(net, "small_cnn", ModelSpec(rows=40, cols=56), tmp_path / "tiny_3.pt")
+    model = load_trainable(path).eval()
+    assert model.input_shapes == [(None, 40, 56, 3)]
+    x = torch.rand(2, 40, 56, 3)
+    with torch.no_grad():
+        expected = torch.sigmoid(net.eval()(x.permute(0, 3, 1, 2)))
+        assert torch.equal(model(x), expected)
+    out = save_trained(model, path, tmp_path / "tiny_4.pt")
+    again = load_trainable(out)
+    for key, value in net.state_dict().items():
+        assert torch.equal(again.net.state_dict()[key], value), key
+
+
+def test_pt_holding_a_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "evil_0.pt"
+    torch.save({"format": "orca-ml-checkpoint", "payload": RegistryError("not plain data")}, path)
+    with pytest.raises(ConversionError, match="refused to unpickle"):
+        load_trainable(path)
+
+
+def test_pt_with_an_unknown_model_name_is_a_clear_error(tmp_path):
+    path = tmp_path / "m_0.pt"
+    torch.save({"format": "orca-ml-checkpoint", "version": 1, "registry_name": "no_such_model",
+                "spec": {"rows": 8, "cols": 8}, "state_dict": {}}, path)
+    with pytest.raises(ConversionError, match="no_such_model"):
+        load_trainable(path)
+
+
+class Unregistered(torch.nn.Module):
+    def __init__(self, rows=8, cols=8):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_models_outside_the_package_are_named_module_colon_class():
+    with pytest.raises(RegistryError, match="not registered"):
+        lookup(f"{__name__}:Unregistered")
+    with pytest.raises(RegistryError, match="cannot import"):
+        lookup("no_such_package.models:Net")
+    register("test_formats_unregistered", ModelSpec(rows=8, cols=8))(Unregistered)
+    assert lookup(f"{__name__}:Unregistered").name == "test_formats_unregistered"
+
+
+def test_onnx_model_trains_every_weight_and_is_written_back_as_onnx(tmp_path):
+    torch.manual_seed(1)
+    net = build("small_cnn", ModelSpec(rows=36, cols=52)).eval()
+    source = torch_to_onnx(net, tmp_path / "researcher_0.onnx", example_inputs=(torch.zeros(1, 3, 36, 52),))
+    model = load_trainable(source)
+    assert model.input_shapes == [(None, 36, 52, 3)]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert before and all(p.requires_grad for p in model.parameters())
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.rand(4, 36, 52, 3)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model.forward_logits(x), torch.rand(4, 1))
+    loss.backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed == set(before)
+    model.eval()
+    out = save_trained(model, source, tmp_path / "researcher_1.onnx")
+    session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+    feed = x.permute(0, 3, 1, 2).numpy()
+    with torch.no_grad():
+        expected = model.forward_logits(x).numpy()
+    got = session.run(None, {session.get_inputs()[0].name: feed})[0]
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_h5_goes_through_the_keras_bridge_and_formats_cannot_be_mixed(tmp_path):
+    source = write_fresh_h5(tmp_path / "srkw_cnn_0.h5", rows=67, cols=83)
+    model = load_trainable(source)
+    assert model.input_shapes[0] == (None, 67, 83, 3)
+    with pytest.raises(ConversionError, match="written back as .h5"):
+        save_trained(model, source, tmp_path / "srkw_cnn_1.pt")
+    with pytest.raises(ConversionError, match="unknown model format"):
+        load_trainable(tmp_path / "model.bin")
