@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 
 import h5py
-import numpy as np
 import torch
 
+from .atomic import atomic_output
 from .errors import ConversionError
 from .graph import KerasGraph, KerasModel, WeightPool, check_supported, parse_model, parse_weight_name
-from .keras_file import attr_list, layer_weight_paths, open_h5, read_keras_file
-from .layers import ConvertContext, LayerWeights, SavedWeight
+from .keras_file import layer_weight_paths, open_h5, read_keras_file
+from .layers import ConvertContext, LayerWeights
 
 
 class _FileWeights:
@@ -90,10 +89,7 @@ def torch_to_keras(module: KerasModel, template_h5: str | os.PathLike, out_h5: s
     missing = [k for k in paths if k not in state]
     if missing:
         raise ConversionError(f"module lacks weights {missing[:5]} that the template needs")
-    directory = os.path.dirname(os.path.abspath(out_h5))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_output(out_h5, ".h5") as tmp:
         shutil.copyfile(os.fspath(template_h5), tmp)
         with open_h5(tmp, "r+") as f:
             for key, path in paths.items():
@@ -106,11 +102,6 @@ def torch_to_keras(module: KerasModel, template_h5: str | os.PathLike, out_h5: s
                 dataset[...] = value.astype(dataset.dtype, copy=False)
             if "optimizer_weights" in f:
                 del f["optimizer_weights"]
-        os.replace(tmp, out_h5)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return out_h5
 
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 
 import torch
 from torch import nn
 
+from .atomic import atomic_output
 from .bridge import keras_to_torch, torch_to_keras
 from .errors import ConversionError
 from .keras_file import TrainingConfig
@@ -84,15 +84,8 @@ def save_checkpoint(module: nn.Module, registry_name: str, spec, path) -> str:
     path = os.fspath(path)
     payload = {"format": CHECKPOINT_FORMAT, "version": 1, "registry_name": registry_name,
                "spec": spec.to_dict(), "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
+    with atomic_output(path, ".pt") as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import torch
 
+from .atomic import atomic_output
 from .errors import ConversionError
-
-
-def _atomic_target(out_path) -> tuple[str, str]:
-    out_path = os.fspath(out_path)
-    directory = os.path.dirname(os.path.abspath(out_path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=directory)
-    os.close(fd)
-    return out_path, tmp
 
 
 def keras_to_onnx(h5_path, out_path, opset: int = 17) -> str:
@@ -30,21 +22,19 @@ def keras_to_onnx(h5_path, out_path, opset: int = 17) -> str:
 
     model, flavour = load_keras_model(h5_path)
     signature = model_signature(model)
-    out_path, tmp = _atomic_target(out_path)
     try:
-        if flavour == "tf_keras":
-            tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset, output_path=tmp)
-        else:
-            import tensorflow as tf
+        with atomic_output(out_path, ".onnx") as tmp:
+            if flavour == "tf_keras":
+                tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset, output_path=tmp)
+            else:
+                import tensorflow as tf
 
-            function = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False))
-            tf2onnx.convert.from_function(function, input_signature=signature, opset=opset, output_path=tmp)
-        os.replace(tmp, out_path)
+                function = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False))
+                tf2onnx.convert.from_function(function, input_signature=signature, opset=opset,
+                                              output_path=tmp)
     except Exception as exc:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         raise ConversionError(f"tf2onnx could not export {h5_path}: {exc}") from exc
-    return out_path
+    return os.fspath(out_path)
 
 
 def torch_to_onnx(module: torch.nn.Module, out_path, example_inputs=None, opset: int = 17,
@@ -68,16 +58,11 @@ def torch_to_onnx(module: torch.nn.Module, out_path, example_inputs=None, opset:
         produced = module(*example_inputs)
     count = len(produced) if isinstance(produced, (tuple, list)) else 1
     outputs = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
-    out_path, tmp = _atomic_target(out_path)
     try:
-        torch.onnx.export(module, tuple(example_inputs), tmp, input_names=names, output_names=outputs,
-                          dynamic_axes={n: {0: "batch"} for n in names + outputs},
-                          opset_version=opset, dynamo=False)
-        os.replace(tmp, out_path)
-    except Exception:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        with atomic_output(out_path, ".onnx") as tmp:
+            torch.onnx.export(module, tuple(example_inputs), tmp, input_names=names, output_names=outputs,
+                              dynamic_axes={n: {0: "batch"} for n in names + outputs},
+                              opset_version=opset, dynamo=False)
     finally:
         module.train(was_training)
-    return out_path
+    return os.fspath(out_path)

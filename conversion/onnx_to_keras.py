@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from .atomic import atomic_output
 from .errors import ConversionError
 
 _KERAS_OPS: dict[str, Callable] = {}
@@ -733,17 +733,9 @@ def onnx_to_keras(onnx_path, out_h5) -> str:
     keras_model = tf_keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0],
                                  name=re.sub(r"[^0-9A-Za-z_]", "_", model.graph.name or "onnx_model"))
     out_h5 = os.fspath(out_h5)
-    directory = os.path.dirname(os.path.abspath(out_h5))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=directory)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():  # "HDF5 is legacy": it is the format this project exchanges
-            warnings.simplefilter("ignore", UserWarning)
-            keras_model.save(tmp, save_format="h5", include_optimizer=False)
-        os.replace(tmp, out_h5)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(out_h5, ".h5") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "HDF5 is legacy": it is the format this project exchanges
+        keras_model.save(tmp, save_format="h5", include_optimizer=False)
     return out_h5
 
 

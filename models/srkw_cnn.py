@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 
 import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from conversion.atomic import atomic_output
 
 from .registry import ModelSpec, register
 
@@ -173,32 +174,23 @@ def write_keras_h5(module: SRKWCNN, path: str | os.PathLike) -> str:
     path = os.fspath(path)
     config, layer_names = keras_model_config(module.rows, module.cols)
     weights = iter(keras_weights(module))
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=directory)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["backend"] = "tensorflow"
-            f.attrs["keras_version"] = KERAS_FORMAT_VERSION
-            f.attrs["model_config"] = json.dumps(config)
-            f.attrs["training_config"] = json.dumps(TRAINING_CONFIG)
-            group = f.create_group("model_weights")
-            group.attrs["backend"] = "tensorflow"
-            group.attrs["keras_version"] = KERAS_FORMAT_VERSION
-            group.attrs["layer_names"] = np.array([n.encode() for n, _ in layer_names] +
-                                                  [b"top_level_model_weights"])
-            for name, weight_names in layer_names:
-                layer = group.create_group(name)
-                layer.attrs["weight_names"] = np.array([w.encode() for w in weight_names])
-                if weight_names:
-                    for weight_name, value in zip(weight_names, next(weights)):
-                        layer.create_dataset(weight_name, data=np.ascontiguousarray(value, dtype=np.float32))
-            group.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], dtype=np.float64)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_output(path, ".h5") as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["backend"] = "tensorflow"
+        f.attrs["keras_version"] = KERAS_FORMAT_VERSION
+        f.attrs["model_config"] = json.dumps(config)
+        f.attrs["training_config"] = json.dumps(TRAINING_CONFIG)
+        group = f.create_group("model_weights")
+        group.attrs["backend"] = "tensorflow"
+        group.attrs["keras_version"] = KERAS_FORMAT_VERSION
+        group.attrs["layer_names"] = np.array([n.encode() for n, _ in layer_names] +
+                                              [b"top_level_model_weights"])
+        for name, weight_names in layer_names:
+            layer = group.create_group(name)
+            layer.attrs["weight_names"] = np.array([w.encode() for w in weight_names])
+            if weight_names:
+                for weight_name, value in zip(weight_names, next(weights)):
+                    layer.create_dataset(weight_name, data=np.ascontiguousarray(value, dtype=np.float32))
+        group.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], dtype=np.float64)
     return path
 
 
