@@ -97,7 +97,9 @@ class Builder:
             return np.asarray(self.module.static_values[name])
         if name in self.weights:
             return self.weights[name]
-        return None
+        source = next((n.inputs[0] for n in self.module.nodes  # the exporter dedups equal weights
+                       if n.op_type == "Identity" and n.outputs[0] == name), None)
+        return self.const(source) if source else None
 
     def need_const(self, node, i, what):
         value = self.const(node.inputs[i]) if i < len(node.inputs) else None

@@ -103,3 +103,16 @@ def test_h5_goes_through_the_keras_bridge_and_formats_cannot_be_mixed(tmp_path):
         save_trained(model, source, tmp_path / "srkw_cnn_1.pt")
     with pytest.raises(ConversionError, match="unknown model format"):
         load_trainable(tmp_path / "model.bin")
+
+
+def test_registered_model_exports_to_a_keras_h5_the_bridge_reads(tmp_path):
+    """Fresh BatchNorms fold into equal conv biases, which the exporter dedups via Identity."""
+    from conversion import keras_to_torch, onnx_to_keras
+
+    net = build("small_cnn", ModelSpec(rows=48, cols=60)).eval()
+    onnx_path = torch_to_onnx(net, tmp_path / "small.onnx", example_inputs=(torch.zeros(1, 3, 48, 60),))
+    keras_model = keras_to_torch(onnx_to_keras(onnx_path, tmp_path / "small_1.h5"))
+    x = torch.rand(2, 48, 60, 3)
+    with torch.no_grad():
+        expected = net(x.permute(0, 3, 1, 2))
+        assert (keras_model.forward_logits(x) - expected).abs().max() <= 1e-4 * max(1.0, expected.abs().max())
