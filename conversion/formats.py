@@ -72,6 +72,19 @@ class ChannelsFirstModel(nn.Module):
         return torch.zeros(())
 
 
+class WithOutputActivation(nn.Module):
+    """A logits model followed by its sigmoid (one unit) or softmax: what exchanged files hold, since
+    the pipeline reads a model's output as probabilities."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        logits = self.net(x)
+        return torch.sigmoid(logits) if logits.shape[-1] == 1 else torch.softmax(logits, dim=-1)
+
+
 def _default_config(learning_rate: float) -> TrainingConfig:
     return TrainingConfig(optimizer="Adam", optimizer_params={"learning_rate": learning_rate},
                           loss="binary_crossentropy", metrics=["accuracy"])

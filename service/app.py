@@ -15,6 +15,7 @@ log = logging.getLogger("service")
 
 def create_app(config: dict | None = None) -> Flask:
     """The service; `config` overrides the environment (see `service.config`)."""
+    from . import ops
     from .api import api
 
     app = Flask("service")
@@ -22,6 +23,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.update(config or {})
     app.json.sort_keys = True  # the original's JSON came out with sorted keys; clients may rely on it
     app.register_blueprint(api)
+    ops.install(app)  # jobs, /models, /ready, /metrics; token, allow-list and metrics hooks
     app.register_error_handler(Exception, handle_error)
     return app
 
@@ -31,7 +33,10 @@ def handle_error(error: Exception):
     if isinstance(error, ServiceError):
         if error.status >= 500:
             log.warning("%s: %s", type(error).__name__, error.message)
-        return jsonify(error=error.message), error.status
+        response = jsonify(error=error.message)
+        if error.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="orca-ml-endpoint"'
+        return response, error.status
     if isinstance(error, HTTPException):
         return jsonify(error=f"{error.name}: {error.description}"), error.code or 500
     log.exception("unhandled error")

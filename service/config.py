@@ -9,6 +9,14 @@
 | ORCA_MAX_EPOCHS       | MAX_EPOCHS      | 1000               | upper bound of `epochs`                             |
 | ORCA_MAX_IMAGE_SIZE   | MAX_IMAGE_SIZE  | 4096               | upper bound of `img_width` and `img_height`         |
 | ORCA_DOWNLOAD_THREADS | DOWNLOAD_THREADS| 8                  | parallel downloads per request                      |
+| API_TOKEN             | API_TOKEN       | unset (no auth)    | bearer token every endpoint but /health requires    |
+| ORCA_ALLOWED_PREFIXES | ALLOWED_PREFIXES| unset (all)        | comma-separated URL prefixes that may be read/written|
+| ORCA_MAX_LISTING      | MAX_LISTING     | 100000             | most objects one dataset/folder listing may hold    |
+| ORCA_MAX_QUEUED       | MAX_QUEUED      | 8                  | training jobs that may wait (429 beyond)            |
+| ORCA_JOB_HISTORY      | JOB_HISTORY     | 100                | finished jobs kept for GET /jobs                    |
+| ORCA_READY_BUCKET     | READY_BUCKET    | unset              | bucket /ready checks with HeadBucket                |
+| ORCA_S3_MAX_ATTEMPTS  | S3_MAX_ATTEMPTS | 5                  | attempts per S3 call (botocore standard retries)    |
+| ORCA_S3_RETRY_BASE    | S3_RETRY_BASE   | 0.2                | seconds; backoff base of re-downloads of broken bodies|
 """
 
 from __future__ import annotations
@@ -23,7 +31,16 @@ ENV = {
     "MAX_EPOCHS": ("ORCA_MAX_EPOCHS", int),
     "MAX_IMAGE_SIZE": ("ORCA_MAX_IMAGE_SIZE", int),
     "DOWNLOAD_THREADS": ("ORCA_DOWNLOAD_THREADS", int),
+    "API_TOKEN": ("API_TOKEN", str),
+    "ALLOWED_PREFIXES": ("ORCA_ALLOWED_PREFIXES", str),
+    "MAX_LISTING": ("ORCA_MAX_LISTING", int),
+    "MAX_QUEUED": ("ORCA_MAX_QUEUED", int),
+    "JOB_HISTORY": ("ORCA_JOB_HISTORY", int),
+    "READY_BUCKET": ("ORCA_READY_BUCKET", str),
+    "S3_MAX_ATTEMPTS": ("ORCA_S3_MAX_ATTEMPTS", int),
+    "S3_RETRY_BASE": ("ORCA_S3_RETRY_BASE", float),
 }
+OPTIONAL = ("WORK_DIR", "DEVICE", "API_TOKEN", "ALLOWED_PREFIXES", "READY_BUCKET")  # '' means unset
 
 
 def defaults() -> dict:
@@ -35,6 +52,14 @@ def defaults() -> dict:
         "MAX_EPOCHS": 1000,
         "MAX_IMAGE_SIZE": 4096,
         "DOWNLOAD_THREADS": 8,
+        "API_TOKEN": None,
+        "ALLOWED_PREFIXES": None,
+        "MAX_LISTING": 100_000,
+        "MAX_QUEUED": 8,
+        "JOB_HISTORY": 100,
+        "READY_BUCKET": None,
+        "S3_MAX_ATTEMPTS": 5,
+        "S3_RETRY_BASE": 0.2,
     }
 
 
@@ -44,12 +69,13 @@ def from_env(environ=os.environ) -> dict:
         value = environ.get(name)
         if value is None:
             continue
-        if kind is int:
+        if kind in (int, float):
             try:
-                config[key] = int(value)
+                config[key] = kind(value)
             except ValueError:
-                raise SystemExit(f"{name} must be an integer, got {value!r}") from None
-        elif key in ("WORK_DIR", "DEVICE"):
+                raise SystemExit(f"{name} must be a{'n integer' if kind is int else ' number'}, "
+                                 f"got {value!r}") from None
+        elif key in OPTIONAL:
             config[key] = value or None
         else:
             config[key] = value  # LOCAL_ROOT: '' disables local paths

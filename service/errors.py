@@ -20,6 +20,12 @@ class BadRequest(ServiceError):
     status = 400
 
 
+class Unauthorized(ServiceError):
+    """No or a wrong bearer token (API_TOKEN is set)."""
+
+    status = 401
+
+
 class Forbidden(ServiceError):
     """Storage refused access (S3 AccessDenied, a local path outside the allowed root)."""
 
@@ -37,6 +43,12 @@ class Unprocessable(ServiceError):
     single-class labeled set, image size not matching the model, corrupt image."""
 
     status = 422
+
+
+class TooManyRequests(ServiceError):
+    """The training queue is full (ORCA_MAX_QUEUED)."""
+
+    status = 429
 
 
 class StorageError(ServiceError):

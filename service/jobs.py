@@ -2,12 +2,14 @@
 folder, call `training`, publish the new model version. Knows storage and jobs, not layer layouts.
 
 Training is serialized by one process-wide lock (`TRAIN_LOCK`): concurrent /train requests queue
-and each gets its own version. Scoring runs concurrently. Nothing is cached between requests, so
-a clip deleted from the unlabeled set is never scored again.
+and each gets its own version. Scoring runs concurrently (one at a time per unlabeled prefix).
+/predict reuses models and spectrograms cached by URL + ETag (service.cache); the mirror of a
+prefix follows deletions, so a clip deleted from the unlabeled set is never scored again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import posixpath
@@ -37,6 +39,7 @@ class Settings:
     device: str | None = None
     batch_size: int = 32
     download_threads: int = 8
+    max_listing: int = 100_000
 
 
 def _is_image(key: str) -> bool:
@@ -100,8 +103,10 @@ def _training_errors():
     return (conversion.ConversionError, training.TrainingError, training.ImageError)
 
 
-def fetch_labeled(labeled: Location, folder: str, threads: int) -> dict[str, int]:
-    """Mirror `train/<class>/…` and `validation/<class>/…` images of `labeled` into `folder`."""
+def fetch_labeled(labeled: Location, folder: str, threads: int,
+                  listing: list[ObjectInfo] | None = None) -> dict[str, int]:
+    """Mirror `train/<class>/…` and `validation/<class>/…` images of `labeled` into `folder`.
+    `listing`, if given, receives the objects mirrored (for the provenance sidecar)."""
     prefix = labeled.prefix
     jobs, counts = [], {split: 0 for split in SPLITS}
     for info in _list_dataset(labeled, "labeled_url"):
@@ -115,11 +120,28 @@ def fetch_labeled(labeled: Location, folder: str, threads: int) -> dict[str, int
         if not counts[split]:
             raise Unprocessable(f"labeled_url has no {split} images "
                                 f"(expected {split}/<class>/*.png): {labeled.url}")
+    if listing is not None:
+        listing.extend(info for info, _ in jobs)
     _download_all(labeled, jobs, threads)
     return counts
 
 
-def run_train(params: TrainParams, settings: Settings) -> dict:
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_train(params: TrainParams, settings: Settings, on_epoch=None) -> dict:
+    """Train, publish `NAME_{N+1}` (.h5, .onnx or .pt, as the model came), then its provenance
+    sidecar `.json` and curves `.png`.
+    `on_epoch(epoch, epochs, metrics)` is passed to `training.train` (job progress)."""
+    from . import __version__, metrics, provenance
+    from .storage import MAX_LISTING
+
+    MAX_LISTING.set(settings.max_listing)  # this thread may be a job worker, not a request
     model = locate(params.model_url, "model_url", local_root=settings.local_root)
     labeled = locate(params.labeled_url, "labeled_url", local_root=settings.local_root)
     import training
@@ -128,55 +150,160 @@ def run_train(params: TrainParams, settings: Settings) -> dict:
     with TRAIN_LOCK, tempfile.TemporaryDirectory(prefix="orca-train-", dir=settings.work_dir) as tmp:
         started = time.monotonic()
         model_path = _fetch_model(model, tmp)
+        parent_info = model.storage.stat(model.key)
         data = os.path.join(tmp, "labeled")
-        counts = fetch_labeled(labeled, data, settings.download_threads)
+        listing: list[ObjectInfo] = []
+        counts = fetch_labeled(labeled, data, settings.download_threads, listing)
         log.info("train: %s on %s (%s), %d epochs", model.url, labeled.url, counts, params.epochs)
-        out_path = os.path.join(tmp, "trained.h5")
+        out_path = os.path.join(tmp, "trained" + posixpath.splitext(model_path)[1])  # same format
+        replacements = {model_path: model.url, data + os.sep: labeled.prefix_url}
         try:
             result = training.train(model_path, data, params.rows, params.cols, params.epochs, out_path,
                                     device=settings.device, seed=params.seed,
-                                    batch_size=settings.batch_size)
+                                    batch_size=settings.batch_size, on_epoch=on_epoch)
         except errors as error:
-            raise _unprocessable(error, {model_path: model.url, data + os.sep: labeled.prefix_url}) from error
+            raise _unprocessable(error, replacements) from error
+        skipped = [{"url": _unprocessable(Exception(item["path"]), replacements).message, "split": item["split"],
+                    "reason": _unprocessable(Exception(item["reason"]), replacements).message}
+                   for item in result.skipped_files]
+        metrics.count_skipped(len(skipped), stage="train")
         written = publish_new_version(model, out_path)
+        metrics.MODELS_WRITTEN.inc()
         response = dict(result.to_response())
         response["model_url"] = written.url
+        try:
+            sidecar = provenance.build_sidecar(
+                written=written, parent=model, parent_info=parent_info, labeled=labeled, labeled_objects=listing,
+                result=result, skipped_urls=skipped, duration_s=time.monotonic() - started, version=__version__)
+            sidecar["parent"]["sha256"] = _sha256(model_path)
+            sidecar["model_sha256"] = _sha256(out_path)
+            png = provenance.curves_png(result, title=f"{written.name} (from {model.name})")
+            provenance.write_beside(written, sidecar, png, tmp)
+        except Exception:  # noqa: BLE001 - the model is written; a missing sidecar must not fail /train
+            log.exception("train: could not write the provenance sidecar of %s", written.url)
         log.info("train: wrote %s in %.1f s", written.url, time.monotonic() - started)
         return response
 
 
-def run_predict(params: PredictParams, settings: Settings) -> list[dict]:
+LAST_PREDICT_SKIPPED = 0  # files skipped by the latest /predict of this process (the answer carries its own)
+
+
+class PredictItems(list):
+    """The /predict answer: a plain list of items (JSON as is), plus `skipped`, the files not scored:
+    [{"url": storage URL, "reason": why}] (corrupt or not an image, or over ORCA_MAX_PIXELS)."""
+
+    def __init__(self, items=(), skipped=()):
+        super().__init__(items)
+        self.skipped = list(skipped)
+
+
+def _unlabeled_clips(unlabeled: Location) -> list[tuple[str, ObjectInfo]]:
+    """(file name, object) of `spectrograms/<stem>.<png|jpg>` under `unlabeled`, sorted by name."""
+    spectrograms = unlabeled.prefix + "spectrograms/"
+    clips = []
+    for info in _list_dataset(unlabeled, "unlabeled_url"):
+        relative = info.key[len(spectrograms):] if info.key.startswith(spectrograms) else None
+        if relative is None or "/" in relative or not _is_image(relative) or relative.startswith("."):
+            continue  # only spectrograms/<stem>.<png|jpg>; mp3/ and the rest are ignored
+        clips.append((relative, info))
+    clips.sort(key=lambda clip: clip[0])  # sorted by file name, as the original returned them
+    return clips
+
+
+_TORCH_MODELS: dict = {}  # (path, size, mtime_ns, device) → eval-mode module: the CUDA path's model cache
+
+
+def _torch_scorer(model_path: str, rows: int, cols: int, device_name: str | None):
+    from training.device import pick_device, resolve_precision
+    from training.loop import check_input_size
+    from training.predict import score_pixels
+
+    device = pick_device(device_name)
+    precision = resolve_precision()
+    stat = os.stat(model_path)
+    key = (model_path, stat.st_size, stat.st_mtime_ns, str(device))
+    module = _TORCH_MODELS.get(key)
+    if module is None:
+        from conversion.formats import load_trainable
+
+        module = load_trainable(model_path).to(device).eval()
+        _TORCH_MODELS.clear()  # one model on the device at a time
+        _TORCH_MODELS[key] = module
+    check_input_size(module, rows, cols)
+    return lambda pixels: score_pixels(module, pixels, device, precision)
+
+
+def run_predict(params: PredictParams, settings: Settings) -> PredictItems:
+    """Score every unlabeled spectrogram: ONNX Runtime on the CPU, torch on CUDA (training.device).
+
+    The model comes from the model cache (URL + ETag), S3 spectrograms from the prefix's local
+    mirror (service.cache), streamed: downloads and decoding run on threads a few batches ahead of
+    the scorer. Unreadable images and images over ORCA_MAX_PIXELS are skipped, logged and listed
+    in the answer's `skipped`.
+    """
+    global LAST_PREDICT_SKIPPED
+    import contextlib
+    import sys
+
+    from training.device import scoring_backend
+    from training.errors import ImageError, TrainingError
+    from training.stream import apply_pil_pixel_limit, max_pixels_from_env, stream_batches
+
+    from .cache import PrefixMirror, cached_model, onnx_cache_dir
+    from .storage import LocalStorage
+
     model = locate(params.model_url, "model_url", local_root=settings.local_root)
     unlabeled = locate(params.unlabeled_url, "unlabeled_url", local_root=settings.local_root)
-    import training
+    started = time.monotonic()
+    model_path = cached_model(model)
+    clips = _unlabeled_clips(unlabeled)
+    if not clips:
+        return PredictItems()
+    max_pixels = max_pixels_from_env()
+    apply_pil_pixel_limit(max_pixels)
+    backend = scoring_backend(settings.device)
+    replacements = {model_path: model.url}
+    errors = (TrainingError, ImageError) + ((sys.modules["conversion"].ConversionError,)
+                                            if "conversion" in sys.modules else ())
+    items, skipped = [], []
+    try:
+        if backend == "onnxruntime":
+            from training.onnx_scoring import MAX_ORT_BATCH, OnnxScorer
 
-    errors = _training_errors()
-    with tempfile.TemporaryDirectory(prefix="orca-predict-", dir=settings.work_dir) as tmp:
-        model_path = _fetch_model(model, tmp)
-        spectrograms = unlabeled.prefix + "spectrograms/"
-        clips = []
-        for info in _list_dataset(unlabeled, "unlabeled_url"):
-            relative = info.key[len(spectrograms):] if info.key.startswith(spectrograms) else None
-            if relative is None or "/" in relative or not _is_image(relative) or relative.startswith("."):
-                continue  # only spectrograms/<stem>.<png|jpg>; mp3/ and the rest are ignored
-            clips.append((relative, info))
-        clips.sort(key=lambda clip: clip[0])  # sorted by file name, as the original returned them
-        folder = os.path.join(tmp, "spectrograms")
-        jobs = [(info, os.path.join(folder, name)) for name, info in clips]
-        _download_all(unlabeled, jobs, settings.download_threads)
-        if not jobs:
-            return []
-        try:
-            values = training.predict(model_path, [path for _, path in jobs], params.rows, params.cols,
-                                      device=settings.device, batch_size=settings.batch_size)
-        except errors as error:
-            raise _unprocessable(error, {model_path: model.url,
-                                         folder + os.sep: unlabeled.prefix_url + "spectrograms/"}) from error
-        items = []
-        for (name, _), value in zip(clips, values):
-            stem = posixpath.splitext(name)[0]
-            item = describe_clip(stem)
-            item["audio_url"] = unlabeled.storage.public_url(f"{unlabeled.prefix}mp3/{stem}.mp3")
-            item["predicted_value"] = float(value)
-            items.append(item)
-        return items
+            scorer = OnnxScorer(model_path, cache_dir=onnx_cache_dir())
+            scorer.check_size(params.rows, params.cols)
+            score, batch_size = scorer.score_pixels, min(settings.batch_size, MAX_ORT_BATCH)
+        else:
+            score = _torch_scorer(model_path, params.rows, params.cols, settings.device)
+            batch_size = settings.batch_size
+        if isinstance(unlabeled.storage, LocalStorage):
+            mirror, synced = None, contextlib.nullcontext(None)
+        else:
+            mirror = PrefixMirror(unlabeled, unlabeled.prefix + "spectrograms/")
+            synced = mirror.synced({name: info for name, info in clips})
+            replacements[str(mirror.folder) + os.sep] = unlabeled.prefix_url + "spectrograms/"
+        with synced as fetch_name:
+            fetch = (lambda clip: clip[1].key) if fetch_name is None else (lambda clip: fetch_name(clip[0]))
+            for batch in stream_batches(clips, fetch, params.rows, params.cols, batch_size,
+                                        workers=settings.download_threads, skip_unreadable=True,
+                                        max_pixels=max_pixels):
+                for (name, info), reason in batch.skipped:
+                    url = unlabeled.storage.url(info.key)
+                    reason = _unprocessable(Exception(reason), replacements).message
+                    log.warning("predict: skipped %s: %s", url, reason)
+                    skipped.append({"url": url, "reason": reason})
+                if batch.items:
+                    for (name, _), value in zip(batch.items, score(batch.pixels)):
+                        stem = posixpath.splitext(name)[0]
+                        item = describe_clip(stem)
+                        item["audio_url"] = unlabeled.storage.public_url(f"{unlabeled.prefix}mp3/{stem}.mp3")
+                        item["predicted_value"] = float(value)
+                        items.append(item)
+    except errors as error:
+        raise _unprocessable(error, replacements) from error
+    LAST_PREDICT_SKIPPED = len(skipped)
+    log.info("predict: %d scored, %d skipped with %s in %.1f s%s", len(items), len(skipped), backend,
+             time.monotonic() - started,
+             f" (mirror: {mirror.downloaded} downloaded, {mirror.reused} reused, {mirror.removed} removed)"
+             if mirror is not None else "")
+    return PredictItems(items, skipped)

@@ -10,26 +10,75 @@ A URL given by a client becomes a `Location` (a storage backend plus a key) with
   the embedded default. Keys are absolute POSIX paths. Paths must resolve inside the configured
   local root (`ORCA_LOCAL_ROOT`), else 403; an empty root disables local URLs.
 
-Operations: `list(prefix)` (recursive, paginated, keys with size and etag), `download(key, path)`
-(checked by size: a short or broken download raises `StorageError` and leaves no file),
-`upload(path, key)` (never overwrites: raises `AlreadyExists`), `exists(key)`. Storage failures are
-mapped to the typed errors of `service.errors` (404, 403, 502, 503).
+Operations: `list(prefix)` (recursive, paginated, keys with size and etag; more than
+`MAX_LISTING` objects is a 422), `download(key, path)` (checked by size: a short or broken download
+raises `StorageError` and leaves no file), `upload(path, key)` (never overwrites: raises
+`AlreadyExists`), `exists(key)`, `stat(key)`, `read_bytes(key)`. Storage failures are mapped to the
+typed errors of `service.errors` (404, 403, 502, 503).
+
+Faults: S3 calls are retried by botocore (standard mode: throttling such as SlowDown, 5xx,
+dropped connections; `RETRY.attempts` attempts with exponential backoff); a GetObject body that
+breaks off while streaming (which botocore does not retry) is downloaded again here, with backoff.
+Uploads send a complete local file in one conditional PUT: S3 stores all of it or nothing.
+Local writes go to a temporary file that is linked into place only when complete.
 """
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import os
 import posixpath
+import random
 import shutil
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from .errors import AlreadyExists, BadRequest, Forbidden, NotFound, StorageError, StorageUnavailable
+from .errors import (AlreadyExists, BadRequest, Forbidden, NotFound, StorageError, StorageUnavailable,
+                     Unprocessable)
 
 CHUNK = 1 << 20
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RetryPolicy:
+    """S3 retries: `attempts` in all per call (botocore's max_attempts, and ours for streamed bodies);
+    our backoff sleeps base * 2**try * U(0.5, 1], at most `cap` seconds."""
+
+    attempts: int = 5
+    base: float = 0.2
+    cap: float = 5.0
+
+    def sleep(self, attempt: int) -> None:
+        time.sleep(min(self.cap, self.base * (2 ** attempt)) * (0.5 + random.random() / 2))
+
+
+RETRY = RetryPolicy()
+DEFAULT_MAX_LISTING = 100_000
+# The most objects one listing may return (ORCA_MAX_LISTING); set per request / job by the service.
+MAX_LISTING: contextvars.ContextVar[int] = contextvars.ContextVar("orca_max_listing", default=DEFAULT_MAX_LISTING)
+# Callables applied to every new S3 client (tests register botocore event handlers here).
+CLIENT_HOOKS: list = []
+
+
+def configure(attempts: int | None = None, base: float | None = None) -> None:
+    """Process-wide S3 retry settings (from ORCA_S3_MAX_ATTEMPTS / ORCA_S3_RETRY_BASE)."""
+    if attempts is not None:
+        RETRY.attempts = max(1, int(attempts))
+    if base is not None:
+        RETRY.base = max(0.0, float(base))
+
+
+def _check_listing(count: int, url: str) -> None:
+    limit = MAX_LISTING.get()
+    if count > limit:
+        raise Unprocessable(f"{url} holds more than {limit} objects (ORCA_MAX_LISTING); "
+                            "use a narrower prefix")
 
 
 @dataclass(frozen=True)
@@ -57,6 +106,23 @@ class Storage(ABC):
     @abstractmethod
     def exists(self, key: str) -> bool:
         ...
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size and ETag of `key`, or None if it does not exist."""
+        raise NotImplementedError
+
+    def read_bytes(self, key: str, max_size: int = 1 << 20) -> bytes:
+        """A small object's content (sidecars); StorageError if larger than `max_size`."""
+        with tempfile.TemporaryDirectory(prefix="orca-read-") as tmp:
+            path = os.path.join(tmp, "object")
+            self.download(key, path)
+            if os.path.getsize(path) > max_size:
+                raise StorageError(f"{self.url(key)} is larger than {max_size} bytes")
+            with open(path, "rb") as f:
+                return f.read()
+
+    def ping(self) -> None:
+        """Raise a StorageError subclass unless the backend answers (used by /ready)."""
 
     @abstractmethod
     def url(self, key: str) -> str:
@@ -125,21 +191,52 @@ def locate(url: str, param: str, *, local_root: str | None) -> Location:
                          "(use s3://bucket/key, a local path or a file:// URL)")
     if local_root == "":
         raise BadRequest(f"{param}: local paths are disabled on this server; use an s3:// URL")
-    absolute = os.path.realpath(os.path.abspath(path))
+    if "\x00" in path:
+        raise BadRequest(f"{param}: NUL character in {url!r}")
+    absolute = os.path.realpath(os.path.abspath(path))  # `..` and symlinks resolved before the check
+    root = None
     if local_root is not None:
         root = os.path.realpath(os.path.abspath(local_root))
-        if absolute != root and not absolute.startswith(root.rstrip(os.sep) + os.sep):
+        if not _inside(absolute, root):
             raise Forbidden(f"{param}: {url} is outside the local data root of this server")
     key = absolute.replace(os.sep, "/")
     if path.endswith(("/", os.sep)) and not key.endswith("/"):
         key += "/"
-    return Location(LocalStorage(), key, url)
+    return Location(LocalStorage(root), key, url)
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 # ------------------------------------------------------------------------------------------ local
 
 class LocalStorage(Storage):
-    """Local folders; keys are absolute POSIX paths."""
+    """Local folders; keys are absolute POSIX paths. With a `root`, a file or folder that resolves
+    outside it (a symlink pointing out) is neither listed nor read nor written."""
+
+    def __init__(self, root: str | None = None):
+        self.root = root
+
+    def _confined(self, path: str) -> bool:
+        return self.root is None or _inside(os.path.realpath(path), self.root)
+
+    def _check(self, key: str, writing: bool = False) -> None:
+        target = os.path.dirname(key) if writing else key
+        if not self._confined(target):
+            raise Forbidden(f"{self.url(key)} resolves outside the local data root of this server")
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        self._check(key)
+        try:
+            size = os.path.getsize(key)
+        except OSError:
+            return None
+        return ObjectInfo(key, size, None) if os.path.isfile(key) else None
+
+    def ping(self) -> None:
+        if self.root is not None and not os.path.isdir(self.root):
+            raise StorageUnavailable(f"the local data root {self.root} does not exist")
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         out = []
@@ -157,11 +254,15 @@ class LocalStorage(Storage):
                     key = path.replace(os.sep, "/")
                     if not key.startswith(prefix) or not os.path.isfile(path):
                         continue
+                    if os.path.islink(path) and not self._confined(path):
+                        continue  # a symlink pointing out of the data root
                     out.append(ObjectInfo(key, os.path.getsize(path), None))
+                    _check_listing(len(out), prefix)
         out.sort(key=lambda o: o.key)
         return out
 
     def download(self, key: str, local_path: str, expected_size: int | None = None) -> None:
+        self._check(key)
         try:
             with open(key, "rb") as src, _atomic_output(local_path) as dst:
                 shutil.copyfileobj(src, dst, CHUNK)
@@ -174,6 +275,7 @@ class LocalStorage(Storage):
 
     def upload(self, local_path: str, key: str) -> None:
         folder = os.path.dirname(key)
+        self._check(key, writing=True)
         try:
             os.makedirs(folder, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=folder)
@@ -208,9 +310,12 @@ def s3_client():
     import boto3
     from botocore.config import Config
 
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10,
+    config = Config(retries={"max_attempts": RETRY.attempts, "mode": "standard"}, connect_timeout=10,
                     read_timeout=120, max_pool_connections=16)
-    return boto3.session.Session().client("s3", config=config)
+    client = boto3.session.Session().client("s3", config=config)
+    for hook in CLIENT_HOOKS:
+        hook(client)
+    return client
 
 
 class S3Storage(Storage):
@@ -233,28 +338,69 @@ class S3Storage(Storage):
                     if item["Key"].endswith("/"):
                         continue  # "folder" marker objects
                     out.append(ObjectInfo(item["Key"], int(item["Size"]), item.get("ETag", "").strip('"')))
+                    _check_listing(len(out), self.url(prefix))
+        except Unprocessable:
+            raise
         except Exception as error:  # noqa: BLE001 - mapped or re-raised
             raise map_s3_error(error, self.url(prefix)) from error
         out.sort(key=lambda o: o.key)
         return out
 
     def download(self, key: str, local_path: str, expected_size: int | None = None) -> None:
+        """GetObject (botocore retries the call); a body that breaks off or comes back shorter than
+        its Content-Length is fetched again, up to RETRY.attempts times with backoff."""
         url = self.url(key)
+        for attempt in range(RETRY.attempts):
+            try:
+                self._download_once(key, local_path, expected_size, url)
+                return
+            except _BrokenBody as broken:
+                if attempt + 1 >= RETRY.attempts:
+                    raise StorageError(f"S3 transfer failed for {url} after {RETRY.attempts} attempts: "
+                                       f"{broken}") from broken
+                log.warning("download of %s broke off (%s); retrying", url, broken)
+                RETRY.sleep(attempt)
+
+    def _download_once(self, key: str, local_path: str, expected_size: int | None, url: str) -> None:
+        from botocore import exceptions as bx
+
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
-            length = int(response.get("ContentLength", -1))
+        except Exception as error:  # noqa: BLE001 - botocore already retried what it could
+            raise map_s3_error(error, url) from error
+        length = int(response.get("ContentLength", -1))
+        try:
             with _atomic_output(local_path) as dst:
                 body = response["Body"]
-                while chunk := body.read(CHUNK):
-                    dst.write(chunk)
+                try:
+                    while chunk := body.read(CHUNK):
+                        dst.write(chunk)
+                except (bx.ResponseStreamingError, bx.IncompleteReadError, bx.ReadTimeoutError,
+                        bx.ConnectionClosedError, ConnectionError, TimeoutError) as error:
+                    raise _BrokenBody(str(error)) from error
                 written = dst.tell()
-                if length >= 0:
-                    _check_size(url, written, length)
+                if length >= 0 and written != length:
+                    raise _BrokenBody(f"got {written} of {length} bytes")
                 _check_size(url, written, expected_size)
-        except StorageError:
+        except (StorageError, _BrokenBody):
             raise
         except Exception as error:  # noqa: BLE001
             raise map_s3_error(error, url) from error
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as error:  # noqa: BLE001
+            if _error_code(error) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise map_s3_error(error, self.url(key)) from error
+        return ObjectInfo(key, int(head.get("ContentLength", 0)), str(head.get("ETag", "")).strip('"') or None)
+
+    def ping(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as error:  # noqa: BLE001
+            raise map_s3_error(error, f"s3://{self.bucket}") from error
 
     def upload(self, local_path: str, key: str) -> None:
         if self.exists(key):
@@ -292,6 +438,10 @@ class S3Storage(Storage):
 
     def public_url(self, key: str) -> str:
         return f"https://{self.bucket}.s3.amazonaws.com/{urllib.parse.quote(key)}"
+
+
+class _BrokenBody(Exception):
+    """A GetObject body that broke off while streaming (retried by `S3Storage.download`)."""
 
 
 def _error_code(error: Exception) -> str | None:

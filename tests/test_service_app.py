@@ -14,7 +14,7 @@ def test_index_names_the_service_and_its_endpoints(client):
     response = client.get("/")
     assert response.status_code == 200
     assert response.get_json()["name"] == "orca-ml-endpoint"
-    assert set(response.get_json()["endpoints"]) == {"/train", "/predict", "/health"}
+    assert set(response.get_json()["endpoints"]) >= {"/train", "/predict", "/health", "/ready", "/metrics", "/jobs/train"}
 
 
 def test_json_keys_come_out_sorted(client):

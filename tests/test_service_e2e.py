@@ -72,6 +72,7 @@ def stack(tmp_path_factory):
         moto.start()
         host, port = moto.get_host_and_port()
         mp.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+        mp.setenv("ORCA_CACHE_DIR", str(work / "cache"))
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket=BUCKET)
         model = write_fresh_h5(work / "srkw_cnn_0.h5", ROWS, COLS, seed=0)
@@ -139,7 +140,8 @@ def test_client_sequence_train_then_predict(stack, tmp_path):
     assert body["model_url"] == f"s3://{BUCKET}/models/srkw_cnn_1.h5"
     assert 0 <= body["model_acc"] <= 1 and body["model_loss"] > 0
     assert body["model_acc"] == pytest.approx((tn + tp) / 4)
-    assert stack.keys("models/") == ["models/srkw_cnn_0.h5", "models/srkw_cnn_1.h5"]
+    assert [k for k in stack.keys("models/") if k.endswith(".h5")] == ["models/srkw_cnn_0.h5", "models/srkw_cnn_1.h5"]
+    assert {"models/srkw_cnn_1.json", "models/srkw_cnn_1.png"} <= set(stack.keys("models/"))  # provenance
 
     # the written model is a Keras model that evaluates on validation to model_acc / model_loss
     model_path = _download(stack, "models/srkw_cnn_1.h5", tmp_path / "srkw_cnn_1.h5")
@@ -213,7 +215,7 @@ def test_concurrent_trains_from_the_same_model_write_distinct_versions(stack):
     written = sorted(body["model_url"] for _, body in results)
     assert len(set(written)) == 2
     assert all(url.startswith(f"s3://{BUCKET}/models/srkw_cnn_") for url in written)
-    new = set(stack.keys("models/")) - set(before)
+    new = {k for k in stack.keys("models/") if k.endswith(".h5")} - set(before)
     assert {f"s3://{BUCKET}/{k}" for k in new} == set(written)
     for key, etag in before.items():  # nothing existing was overwritten
         assert stack.s3.head_object(Bucket=BUCKET, Key=key)["ETag"] == etag
@@ -301,12 +303,13 @@ def test_image_size_not_matching_the_model_is_422(stack):
     assert stack.keys("models/") == before
 
 
-def test_corrupt_spectrogram_is_422_naming_it(stack):
+def test_corrupt_spectrogram_is_skipped_not_scored(stack):
+    """A corrupt file is skipped (counted in X-Skipped-Files, see tests/test_perf_predict_robustness.py)."""
     stack.s3.put_object(Bucket=BUCKET, Key="corrupt/spectrograms/orcasoundlab_1594154118.png", Body=b"not a png")
+    stack.put_file("corrupt/spectrograms/orcasoundlab_1594154121.png", sorted(SAMPLE.glob("test/*/*.png"))[0])
     status, body = stack.get("/predict", **_predict_args(unlabeled_url=f"s3://{BUCKET}/corrupt/"))
-    assert status == 422, body
-    assert f"s3://{BUCKET}/corrupt/spectrograms/orcasoundlab_1594154118.png" in body["error"]
-    assert "/tmp" not in body["error"]
+    assert status == 200, body
+    assert [item["audio_url"].rsplit("/", 1)[1] for item in body] == ["orcasoundlab_1594154121.mp3"]
 
 
 def test_unlabeled_set_without_spectrograms_is_an_empty_list(stack):

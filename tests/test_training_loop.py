@@ -184,11 +184,38 @@ def test_image_size_that_does_not_match_the_model_raises_naming_both(model_h5, t
         train(model_h5, root, COLS, ROWS, 1, tmp_path / "out.h5")
 
 
-def test_corrupt_training_image_raises_training_error_naming_it(model_h5, tmp_path):
+def test_corrupt_training_image_is_skipped_and_reported(model_h5, tmp_path):
     root = synthetic_labeled(tmp_path, {"train": {"calls": 2, "nocalls": 2}, "validation": {"calls": 1, "nocalls": 1}})
     (root / "train" / "nocalls" / "broken.png").write_bytes(b"\x89PNG broken")
+    epochs = []
+    result = train(model_h5, root, ROWS, COLS, 1, tmp_path / "out.h5", seed=0, device="cpu",
+                   on_epoch=lambda e, n, m: epochs.append((e, n, sorted(m))))
+    assert result.labeled_files == 4 and (tmp_path / "out.h5").exists()
+    assert [s["path"].endswith("broken.png") and s["split"] == "train" for s in result.skipped_files] == [True]
+    assert result.counts == {"train": {"calls": 2, "nocalls": 2}, "validation": {"calls": 1, "nocalls": 1}}
+    assert epochs == [(1, 1, ["acc", "best", "loss", "seconds", "val_acc", "val_loss"])]
+    assert set(result.to_response()) == RESPONSE_KEYS
     with pytest.raises(TrainingError, match="broken.png"):
+        train(model_h5, root, ROWS, COLS, 1, tmp_path / "out2.h5", skip_corrupt=False)
+
+
+def test_class_left_without_readable_images_raises_training_error(model_h5, tmp_path):
+    root = synthetic_labeled(tmp_path, {"train": {"calls": 2}, "validation": {"calls": 1, "nocalls": 1}})
+    (root / "train" / "nocalls").mkdir()
+    (root / "train" / "nocalls" / "broken.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(TrainingError, match="only one class"):
         train(model_h5, root, ROWS, COLS, 1, tmp_path / "out.h5")
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_roc_auc_and_average_precision_match_their_definitions():
+    from training.loop import average_precision, roc_auc
+
+    labels, scores = [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]
+    assert roc_auc(labels, scores) == pytest.approx(0.75)
+    assert average_precision(labels, scores) == pytest.approx(0.5 * 1.0 + 0.5 * (2 / 3))
+    assert roc_auc([0, 1, 1], [0.5, 0.5, 0.5]) == pytest.approx(0.5)
+    assert roc_auc([1, 1], [0.1, 0.2]) is None and average_precision([0, 0], [0.1, 0.2]) is None
 
 
 def test_synthetic_run_with_uneven_batches_and_one_class_validation(model_h5, tmp_path, caplog):

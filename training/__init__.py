@@ -6,12 +6,38 @@
 - `predict(model, image_paths, rows, cols)` → P(class 1) per image;
 - `load_image(source, rows, cols)` → the float32 image exactly as tf_keras' pipeline made it;
 - `pick_device()` → the one place that picks CUDA or CPU.
+
+Importing the package does not import torch (the names below load their module on first use), so
+the service can score with ONNX Runtime (`training.onnx_scoring`) without loading torch.
 """
 
-from .device import pick_device
+import sys
+import types
+from importlib import import_module
+
 from .errors import ImageError, TrainingError
 from .images import load_image
-from .loop import TrainResult, train
-from .predict import predict
+
+_LAZY = {"pick_device": ".device", "TrainResult": ".loop", "train": ".loop", "predict": ".predict"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """`training.predict` stays the function even after `import training.predict` binds the submodule."""
+
+    def __setattr__(self, name, value):
+        if name == "predict" and isinstance(value, types.ModuleType):
+            value = value.predict
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = ["ImageError", "TrainResult", "TrainingError", "load_image", "pick_device", "predict", "train"]

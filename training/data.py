@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ class Split:
     paths: list[Path]
     labels: np.ndarray  # int64, class index per path
     pixels: np.ndarray | None = None
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason) dropped by decode_split
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -85,19 +86,46 @@ def load_labeled(labeled_dir: str | os.PathLike) -> tuple[list[str], Split, Spli
     return classes, train, validation
 
 
-def decode_split(split: Split, rows: int, cols: int, workers: int | None = None) -> Split:
-    """Decode every file of the split once (threads: PIL releases the GIL) into `split.pixels`."""
+def decode_split(split: Split, rows: int, cols: int, workers: int | None = None,
+                 skip_corrupt: bool = False) -> Split:
+    """Decode every file of the split once (threads: PIL releases the GIL) into `split.pixels`.
+
+    A file that is not a readable image raises TrainingError naming it, or, with `skip_corrupt`,
+    is dropped from the split (paths, labels) and recorded in `split.skipped` as (path, reason).
+    """
     workers = workers or min(8, os.cpu_count() or 1)
     pixels = np.empty((len(split), rows, cols, 3), dtype=np.uint8)
+    failures: dict[int, str] = {}
 
     def decode(i: int) -> None:
         try:
             pixels[i] = decode_image(split.paths[i], rows, cols)
         except ImageError as e:
-            raise TrainingError(f"{split.name} image {split.paths[i]}: {e}") from e
+            if not skip_corrupt:
+                raise TrainingError(f"{split.name} image {split.paths[i]}: {e}") from e
+            failures[i] = str(e)
 
     with ThreadPoolExecutor(workers) as pool:
         for _ in pool.map(decode, range(len(split))):
             pass
+    if failures:
+        keep = [i for i in range(len(split)) if i not in failures]
+        split.skipped = [(split.paths[i], failures[i]) for i in sorted(failures)]
+        split.paths = [split.paths[i] for i in keep]
+        split.labels = split.labels[keep]
+        pixels = pixels[keep]
     split.pixels = pixels
     return split
+
+
+def check_decoded(classes: list[str], train: Split, validation: Split, root: str | os.PathLike) -> None:
+    """After corrupt files were skipped: the sets must still be trainable (TrainingError, else)."""
+    root = Path(root)
+    if len(train) == 0:
+        raise TrainingError(f"the training set is empty: no readable images under {root / 'train'}/<class>/")
+    if len(validation) == 0:
+        raise TrainingError(f"the validation set is empty: no readable images under {root / 'validation'}/<class>/")
+    missing = [name for name, count in zip(classes, train.class_counts(len(classes))) if count == 0]
+    if missing:
+        raise TrainingError(f"only one class present in the training set: no readable images of {missing[0]!r} "
+                            f"under {root / 'train' / missing[0]}")

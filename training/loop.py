@@ -3,7 +3,7 @@
 One function per step, like torchvision's reference classification script:
 load_model → load_labeled/decode_split → make_optimizer/make_loss → train_one_epoch/evaluate per
 epoch (keeping the state with the lowest val_loss, as ModelCheckpoint(save_best_only=True)) →
-reload the best state → evaluate it (cm, model_acc, model_loss) → torch_to_keras.
+reload the best state → evaluate it (cm, model_acc, model_loss) → save it in the format it came in.
 
 Keras' numbers, reproduced: the epoch `loss` is the batch loss (binary cross-entropy + the L1/L2
 regularization penalty, computed before the batch's update) averaged over the epoch's samples
@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from conversion import keras_to_torch, torch_to_keras
+from conversion.formats import load_trainable, save_trained
 
 from .augment import random_shear_zoom
-from .data import Split, decode_split, load_labeled
+from .data import Split, check_decoded, decode_split, load_labeled
 from .device import pick_device
 from .errors import TrainingError
 from .images import RESCALE
@@ -52,6 +52,15 @@ class TrainResult:
     model_loss: float = 0.0
     best_epoch: int = 0  # 1-based epoch whose weights were saved
     device: str = "cpu"
+    # provenance only (not in the /train JSON): ranking quality of the saved model on validation
+    # (None when validation holds a single class), the data actually used, what was skipped
+    roc_auc: float | None = None
+    average_precision: float | None = None
+    classes: list[str] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)  # {"train": {class: n}, "validation": {class: n}}, used images
+    skipped_files: list[dict] = field(default_factory=list)  # [{"path", "split", "reason"}]: corrupt images
+    hyperparameters: dict = field(default_factory=dict)  # epochs, batch_size, optimizer, learning_rate, seed, ...
+    duration_s: float = field(default=0.0, compare=False)
 
     def to_response(self) -> dict:
         """The original /train JSON, less `model_url` (the service adds it)."""
@@ -64,12 +73,53 @@ class EvalResult:
     loss: float
     acc: float
     cm: list[int]
+    scores: np.ndarray | None = None  # P(class 1) per image, in split order
+
+
+# --------------------------------------------------------------------------- ranking metrics
+
+def roc_auc(labels, scores) -> float | None:
+    """Area under the ROC curve (ties count one half: the Mann-Whitney U statistic); None for one class."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):  # average ranks over ties
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    u = ranks[labels].sum() - positives * (positives + 1) / 2
+    return float(u / (positives * negatives))
+
+
+def average_precision(labels, scores) -> float | None:
+    """Average precision as scikit-learn defines it: sum over thresholds of (R_n - R_{n-1}) P_n."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = int(labels.sum())
+    if positives == 0 or positives == len(labels):
+        return None
+    order = np.argsort(-scores, kind="mergesort")
+    scores, labels = scores[order], labels[order]
+    last = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]  # last index of each distinct score
+    tp = np.cumsum(labels)[last]
+    precision = tp / (last + 1)
+    recall = tp / positives
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 # --------------------------------------------------------------------------- steps
 
 def load_model(model_h5, device: torch.device):
-    model = keras_to_torch(model_h5)
+    """The model file (.h5 Keras, .onnx, .pt checkpoint) as a trainable module on `device`."""
+    model = load_trainable(model_h5)
     return model.to(device)
 
 
@@ -142,16 +192,20 @@ def evaluate(model, loss_fn, split: Split, device: torch.device, batch_size: int
     labels = torch.from_numpy(split.labels)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     cm = torch.zeros(4, dtype=torch.int64, device=device)
+    scores = []
     for start in range(0, len(split), batch_size):
         x = to_batch(split.pixels[start:start + batch_size], device)
         y = labels[start:start + batch_size].to(device)
         logits = _logits(model, x)
         loss_sum += loss_fn(logits, y, reduction="sum").double()
-        predicted = (torch.sigmoid(logits[:, 0]) > THRESHOLD).long()
+        probability = torch.sigmoid(logits[:, 0])
+        scores.append(probability.double().cpu())
+        predicted = (probability > THRESHOLD).long()
         cm += torch.bincount(y * 2 + predicted, minlength=4)  # [tn, fp, fn, tp]
     loss = float(loss_sum) / len(split) + float(model.regularization_loss())
     cm_list = [int(v) for v in cm.cpu()]
-    return EvalResult(loss, (cm_list[0] + cm_list[3]) / len(split), cm_list)
+    score_array = torch.cat(scores).numpy() if scores else np.zeros(0)
+    return EvalResult(loss, (cm_list[0] + cm_list[3]) / len(split), cm_list, score_array)
 
 
 def _make_generator(seed: int | None) -> torch.Generator:
@@ -163,16 +217,40 @@ def _make_generator(seed: int | None) -> torch.Generator:
     return generator
 
 
+def _jsonable(value):
+    """Plain JSON types only (optimizer configs may hold numpy scalars or nested objects)."""
+    import json
+
+    try:
+        return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _learning_rate(optimizer) -> float | None:
+    try:
+        return float(optimizer.param_groups[0]["lr"])
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return None
+
+
 # --------------------------------------------------------------------------- train
 
 def train(model_h5: str | os.PathLike, labeled_dir: str | os.PathLike, rows: int, cols: int, epochs: int,
           out_h5: str | os.PathLike, *, device: str | torch.device | None = None, seed: int | None = None,
-          batch_size: int = 32, augment: bool = True, log: logging.Logger = LOG) -> TrainResult:
+          batch_size: int = 32, augment: bool = True, log: logging.Logger = LOG,
+          on_epoch=None, skip_corrupt: bool = True) -> TrainResult:
     """Fine-tune `model_h5` on `labeled_dir` (train/<class>/, validation/<class>/) for `epochs`
     epochs and write the epoch with the lowest val_loss to `out_h5` (a copy of model_h5 with new
     weights). `rows`, `cols` are the original's img_width, img_height. `seed` makes a CPU run
     repeatable. Raises TrainingError for inputs that cannot be trained on.
+
+    `on_epoch(epoch, epochs, metrics)` (optional) is called after each epoch with that epoch's
+    {"loss", "acc", "val_loss", "val_acc", "seconds", "best"}; an exception it raises aborts training.
+    A training or validation image that is not readable is skipped (listed in
+    `result.skipped_files`) unless `skip_corrupt=False`; a class left without images is still an error.
     """
+    run_started = time.perf_counter()
     if int(epochs) < 1:
         raise TrainingError(f"epochs must be at least 1, got {epochs}")
     if int(batch_size) < 1:
@@ -189,15 +267,31 @@ def train(model_h5: str | os.PathLike, labeled_dir: str | os.PathLike, rows: int
     optimizer = make_optimizer(config, model.parameters(), log)
     scheduler = make_scheduler(config, optimizer)
     started = time.perf_counter()
-    decode_split(train_split, rows, cols)
-    decode_split(val_split, rows, cols)
+    decode_split(train_split, rows, cols, skip_corrupt=skip_corrupt)
+    decode_split(val_split, rows, cols, skip_corrupt=skip_corrupt)
+    skipped = [{"path": os.fspath(path), "split": split.name, "reason": reason}
+               for split in (train_split, val_split) for path, reason in split.skipped]
+    for item in skipped:
+        log.warning("skipped a corrupt %s image: %s", item["split"], item["reason"])
+    check_decoded(classes, train_split, val_split, labeled_dir)
     log.info("training %s on %s: %d training images %s, %d validation images, %dx%d, %d epochs, %s, "
              "decoded in %.1f s", os.fspath(model_h5), os.fspath(labeled_dir), len(train_split),
              dict(zip(classes, train_split.class_counts(2))), len(val_split), rows, cols, epochs,
              device, time.perf_counter() - started)
 
     devices = [device.index or 0] if device.type == "cuda" else []
-    result = TrainResult(labeled_files=len(train_split), device=str(device))
+    result = TrainResult(labeled_files=len(train_split), device=str(device), classes=list(classes),
+                         skipped_files=skipped,
+                         counts={s.name: dict(zip(classes, s.class_counts(len(classes))))
+                                 for s in (train_split, val_split)})
+    result.hyperparameters = {
+        "epochs": int(epochs), "batch_size": int(batch_size), "seed": seed, "augment": bool(augment),
+        "img_width": int(rows), "img_height": int(cols),
+        "optimizer": getattr(config, "optimizer", None),
+        "optimizer_params": _jsonable(getattr(config, "optimizer_params", None)),
+        "learning_rate": _learning_rate(optimizer),
+        "loss": _jsonable(getattr(config, "loss", None)),
+    }
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)  # Dropout draws from torch's global generator
@@ -216,6 +310,10 @@ def train(model_h5: str | os.PathLike, labeled_dir: str | os.PathLike, rows: int
                 best_state = copy.deepcopy(model.state_dict())
             log.info("epoch %d/%d loss=%.4f acc=%.4f val_loss=%.4f val_acc=%.4f %.1fs%s", epoch, epochs,
                      loss, acc, val.loss, val.acc, time.perf_counter() - started, " (best)" if improved else "")
+            if on_epoch is not None:
+                on_epoch(epoch, int(epochs), {"loss": float(loss), "acc": float(acc), "val_loss": float(val.loss),
+                                              "val_acc": float(val.acc), "best": bool(improved),
+                                              "seconds": time.perf_counter() - started})
     if best_state is None:
         log.warning("val_loss was never finite: keeping the last epoch's weights")
         result.best_epoch = int(epochs)
@@ -223,7 +321,10 @@ def train(model_h5: str | os.PathLike, labeled_dir: str | os.PathLike, rows: int
         model.load_state_dict(best_state)
     final = evaluate(model, loss_fn, val_split, device, batch_size)
     result.cm, result.model_acc, result.model_loss = final.cm, float(final.acc), float(final.loss)
-    torch_to_keras(model, model_h5, out_h5)
+    result.roc_auc = roc_auc(val_split.labels, final.scores)
+    result.average_precision = average_precision(val_split.labels, final.scores)
+    save_trained(model, model_h5, out_h5)
+    result.duration_s = time.perf_counter() - run_started
     log.info("saved epoch %d to %s: model_acc=%.4f model_loss=%.4f cm=%s", result.best_epoch,
              os.fspath(out_h5), result.model_acc, result.model_loss, result.cm)
     return result

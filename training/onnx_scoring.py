@@ -1,14 +1,17 @@
-"""ONNX Runtime CPU scoring of a Keras .h5 model (not wired into the service yet).
+"""ONNX Runtime CPU scoring of a Keras .h5 model: what /predict uses on the CPU.
 
-The model file is bridged to PyTorch (`conversion.keras_to_torch`) and exported once with
+The model file is bridged to PyTorch (`conversion.formats.load_trainable`) and exported once with
 `conversion.torch_to_onnx` (dynamic batch) into a cache folder, keyed by the SHA-256 of the file's
 bytes, so a model is exported once whatever its name or path and a changed file is re-exported.
-Scoring decodes PNGs on a thread pool a few batches ahead of inference, with the exact
-preprocessing of `training.images.load_image` (`decode_image` then `to_float`, which is what
-`load_image` is), and runs ONNX Runtime's CPU provider with one intra-op thread per core.
+When torch is not imported yet in this process, the export runs in a child process
+(`python -m training.onnx_scoring export MODEL.h5 OUT.onnx`), so a service that only scores never
+loads torch (≈630 MiB of resident memory for the CUDA build). Scoring decodes PNGs on a thread
+pool a few batches ahead of inference (`training.stream`), with the exact preprocessing of
+`training.images.load_image`, and runs ONNX Runtime's CPU provider with one intra-op thread per
+core, in batches of at most MAX_ORT_BATCH images (the arena keeps the peak of one batch).
 
     scorer = OnnxScorer("srkw_cnn_0.h5")
-    values = scorer.score(paths, rows=607, cols=617, batch_size=32)   # P(class 1) per image
+    values = scorer.score(paths, rows=607, cols=617, batch_size=16)   # P(class 1) per image
 
 Numbers on the 2-core CPU machines of this project: see bench/README.md.
 """
@@ -17,8 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import tempfile
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable
 
@@ -26,11 +32,16 @@ import numpy as np
 
 from .errors import TrainingError
 from .images import to_float
-from .predict import decoded_batches
+from .stream import stream_batches
 
 CACHE_ENV = "ORCA_ONNX_CACHE"
-_SESSIONS: dict[tuple[str, int], object] = {}
+MAX_ORT_BATCH = 16   # peak RSS of one 607x617 batch: ~0.9 GiB at 16, ~1.7 GiB at 32, same speed
+MAX_SESSIONS = 2     # ORT sessions kept (LRU): the current model version and the previous one
+_SESSIONS: "OrderedDict[tuple[str, int], object]" = OrderedDict()
+_DIGESTS: dict[tuple[str, int, int], str] = {}   # (real path, size, mtime_ns) → sha256
 _LOCK = threading.Lock()
+_EXPORT_LOCKS: dict[str, threading.Lock] = {}
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def default_cache_dir() -> Path:
@@ -38,32 +49,72 @@ def default_cache_dir() -> Path:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """SHA-256 of the file's bytes, memoized in this process by (real path, size, mtime)."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        digest = _DIGESTS[key] = h.hexdigest()
+        if len(_DIGESTS) > 256:
+            _DIGESTS.pop(next(iter(_DIGESTS)))
+    return digest
 
 
-def export_cached(model_h5: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The ONNX file for `model_h5` in `cache_dir`, exported on first use (`<sha256>.onnx`)."""
+def export_cached(model_h5: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                  isolate: bool | None = None) -> Path:
+    """The ONNX file for `model_h5` in `cache_dir`, exported on first use (`<sha256>.onnx`).
+
+    `isolate` (default: when torch is not imported in this process yet): export in a child process.
+    """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / f"{file_sha256(model_h5)}.onnx"
-    if not target.exists():
-        from conversion import keras_to_torch, torch_to_onnx
-
-        module = keras_to_torch(model_h5)
-        torch_to_onnx(module, target)  # atomic: written beside the target, then renamed
+    if target.exists():
+        return target
+    with _LOCK:
+        lock = _EXPORT_LOCKS.setdefault(str(target), threading.Lock())
+    with lock:  # concurrent requests for a new model export it once
+        if not target.exists():
+            if isolate is None:
+                isolate = "torch" not in sys.modules
+            if isolate:
+                _export_in_child(model_h5, target)
+            else:
+                _export(model_h5, target)
     return target
+
+
+def _export(model_h5, target) -> None:
+    from conversion import torch_to_onnx
+    from conversion.formats import load_trainable
+
+    module = load_trainable(model_h5)  # .h5, .onnx or .pt, seen with NHWC input
+    torch_to_onnx(module, target)  # atomic: written beside the target, then renamed
+
+
+def _export_in_child(model_h5, target) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    completed = subprocess.run([sys.executable, "-m", "training.onnx_scoring", "export", os.fspath(model_h5),
+                                os.fspath(target)], cwd=ROOT, env=env, capture_output=True, text=True)
+    if completed.returncode != 0 or not Path(target).exists():
+        lines = [l for l in (completed.stderr or "").strip().splitlines() if l.strip()]
+        reason = lines[-1] if lines else f"exit code {completed.returncode}"
+        if reason.startswith("ERROR: "):
+            reason = reason[len("ERROR: "):]
+        raise TrainingError(f"cannot convert {os.fspath(model_h5)} to ONNX: {reason}")
 
 
 class OnnxScorer:
     """P(class 1) of image files with ONNX Runtime on the CPU, for one Keras .h5 model."""
 
     def __init__(self, model_h5: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                 threads: int | None = None, decode_workers: int | None = None):
-        self.onnx_path = export_cached(model_h5, cache_dir)
+                 threads: int | None = None, decode_workers: int | None = None, isolate: bool | None = None):
+        self.onnx_path = export_cached(model_h5, cache_dir, isolate=isolate)
         self.threads = threads or os.cpu_count() or 1
         self.decode_workers = decode_workers
         self.session = _session(self.onnx_path, self.threads)
@@ -82,16 +133,23 @@ class OnnxScorer:
             raise TrainingError(f"the model expects {m_rows}x{m_cols} images (img_width x img_height), "
                                 f"got {rows}x{cols}")
 
-    def score(self, paths: Iterable, rows: int, cols: int, batch_size: int = 32) -> list[float]:
-        """P(class 1) for each image in `paths` order (decoded like images.load_image)."""
-        self.check_size(rows, cols)
-        paths = list(paths)
+    def score_pixels(self, pixels: np.ndarray) -> list[float]:
+        """P(class 1) of uint8 images (n, rows, cols, 3), run in chunks of at most MAX_ORT_BATCH."""
         scores: list[float] = []
-        for pixels in decoded_batches(paths, rows, cols, batch_size, workers=self.decode_workers):
-            (out,) = self.session.run(None, {self.input_name: to_float(pixels)})
+        for i in range(0, len(pixels), MAX_ORT_BATCH):
+            (out,) = self.session.run(None, {self.input_name: to_float(pixels[i:i + MAX_ORT_BATCH])})
             if out.ndim != 2 or out.shape[1] not in (1, 2):
                 raise TrainingError(f"model output has shape {out.shape}; expected (N, 1) sigmoid or (N, 2) softmax")
             scores.extend(float(v) for v in out[:, -1])
+        return scores
+
+    def score(self, paths: Iterable, rows: int, cols: int, batch_size: int = MAX_ORT_BATCH) -> list[float]:
+        """P(class 1) for each image in `paths` order (decoded like images.load_image); ImageError if one is unreadable."""
+        self.check_size(rows, cols)
+        scores: list[float] = []
+        for batch in stream_batches(list(paths), None, rows, cols, batch_size, workers=self.decode_workers or 4,
+                                    decode_workers=self.decode_workers):
+            scores.extend(self.score_pixels(batch.pixels))
         return scores
 
 
@@ -106,12 +164,36 @@ def _session(onnx_path: Path, threads: int):
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # the CPU arena stays on: without it every batch maps and faults in fresh pages (2-3x slower
+            # on the 2-core machines); its peak is bounded by MAX_ORT_BATCH instead
             session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
             _SESSIONS[key] = session
+            while len(_SESSIONS) > MAX_SESSIONS:
+                _SESSIONS.popitem(last=False)
+        else:
+            _SESSIONS.move_to_end(key)
         return session
 
 
-def score(model_h5: str | os.PathLike, paths: Iterable, rows: int, cols: int, batch_size: int = 32,
+def score(model_h5: str | os.PathLike, paths: Iterable, rows: int, cols: int, batch_size: int = MAX_ORT_BATCH,
           cache_dir: str | os.PathLike | None = None) -> list[float]:
     """`OnnxScorer(model_h5, cache_dir).score(paths, rows, cols, batch_size)`."""
     return OnnxScorer(model_h5, cache_dir).score(paths, rows, cols, batch_size)
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] != "export":
+        print("usage: python -m training.onnx_scoring export MODEL.h5 OUT.onnx", file=sys.stderr)
+        return 2
+    import torch  # noqa: F401  (the bridge needs it; imported before anything else, see DESIGN.md)
+
+    try:
+        _export(argv[1], argv[2])
+    except Exception as error:  # noqa: BLE001 - reported to the parent on the last stderr line
+        print(f"ERROR: {type(error).__name__}: {error}".replace("\n", " "), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,92 @@
+"""Access control: an optional bearer token and an optional allow-list of storage prefixes.
+
+- `API_TOKEN` set: every endpoint except `/health` needs `Authorization: Bearer <token>`
+  (compared in constant time); otherwise 401 `{"error"}` with `WWW-Authenticate: Bearer`.
+- `ORCA_ALLOWED_PREFIXES` set (comma-separated, e.g. `s3://orcagsoc/,s3://other/models/`): every
+  URL the service reads or writes (model_url, labeled_url, unlabeled_url, the folder a new version
+  is written to, /models folders) must lie under one of them, else 403. An entry without a path
+  (`s3://bucket`) allows the whole bucket; entries are folder prefixes (a trailing `/` is implied),
+  so `s3://other/models` does not allow `s3://other/models_old/`. Local paths are resolved (`..`,
+  symlinks) before the comparison with local entries (absolute paths or `file://` URLs); with no
+  local entry in the list, local paths are governed by `ORCA_LOCAL_ROOT` alone.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import urllib.parse
+import urllib.request
+
+from .errors import Forbidden, Unauthorized
+
+PUBLIC_PATHS = frozenset({"/health"})
+
+
+def check_token(expected: str | None, header: str | None, path: str) -> None:
+    if not expected or path in PUBLIC_PATHS:
+        return
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise Unauthorized("missing or wrong bearer token (send Authorization: Bearer <API_TOKEN>)")
+
+
+def _normalize_s3(url: str) -> str | None:
+    parsed = urllib.parse.urlsplit(url.strip())
+    if parsed.scheme != "s3" or not parsed.netloc:
+        return None
+    return f"s3://{parsed.netloc}/{parsed.path.lstrip('/')}"
+
+
+def _local_path(url: str) -> str | None:
+    url = url.strip()
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "file":
+        path = urllib.request.url2pathname(parsed.path)
+    elif parsed.scheme == "":
+        path = url
+    else:
+        return None
+    return os.path.realpath(os.path.abspath(path))
+
+
+class AllowList:
+    def __init__(self, spec: str | None):
+        entries = [e.strip() for e in (spec or "").split(",") if e.strip()]
+        self.enabled = bool(entries)
+        self.s3, self.local = [], []
+        for entry in entries:
+            s3 = _normalize_s3(entry)
+            if s3 is not None:
+                self.s3.append(s3.rstrip("/") + "/")
+            else:
+                path = _local_path(entry)
+                if path is not None:
+                    self.local.append(path.rstrip(os.sep) + os.sep)
+
+    def allows(self, url: str) -> bool:
+        if not self.enabled:
+            return True
+        s3 = _normalize_s3(url)
+        if s3 is not None:
+            if any(part in (".", "..") for part in s3[len("s3://"):].split("/")):
+                return False  # dot segments: some HTTP stacks normalize them; never guess
+            return any((s3 + "/").startswith(e) or s3.startswith(e) for e in self.s3)
+        path = _local_path(url)
+        if path is None:
+            return True  # an unsupported scheme: `locate` answers 400
+        if not self.local:
+            return True  # local paths: ORCA_LOCAL_ROOT decides
+        return any((path + os.sep).startswith(e) for e in self.local)
+
+    def check(self, url: str | None, param: str, action: str = "read") -> None:
+        if url and url.strip() and not self.allows(url):
+            raise Forbidden(f"{param}: {action} access to {url.strip()} is not allowed on this server "
+                            "(outside ORCA_ALLOWED_PREFIXES)")
+
+    def check_model_write(self, model_url: str | None) -> None:
+        """The new version goes beside the model: its folder must be allowed too."""
+        if not model_url or not model_url.strip():
+            return
+        folder = model_url.strip().rstrip("/").rsplit("/", 1)[0] + "/" if "/" in model_url else model_url
+        self.check(folder, "model_url", "write")

@@ -1,0 +1,178 @@
+"""Local caches that make a warm /predict cheap: model files by URL + ETag, and a mirror of each S3
+unlabeled prefix that follows the bucket (new and changed objects downloaded, vanished ones removed).
+
+Everything lives under `cache_root()`: env ORCA_CACHE_DIR, default `<system temp>/orca-cache`:
+
+- `models/<sha256(url)[:32]>/<etag><ext>`: one file per model version seen, the newest
+  KEEP_MODEL_VERSIONS kept per URL. An unchanged model (same URL, same ETag) is not downloaded
+  again; its ONNX export is cached by content hash (training.onnx_scoring, `onnx/` below the root).
+- `mirrors/<sha256(prefix url)[:32]>/`: the spectrograms of one unlabeled prefix plus `index.json`
+  (name → [etag, size]). Its size is that of the prefix's current spectrograms (deletions are
+  followed); there is one mirror per prefix ever scored and nothing evicts whole mirrors: delete
+  the folder (or the whole cache root) while the service is idle to reclaim the space.
+
+Local-storage URLs are read in place (no copy), so they need no mirror. A mirror is used under a
+per-prefix lock (a thread lock plus `flock` on `mirrors/<id>.lock`, so several worker processes
+sharing the cache are safe): concurrent /predict calls on the same prefix run one after the other,
+on different prefixes concurrently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import posixpath
+import tempfile
+import threading
+from pathlib import Path
+
+from .errors import NotFound
+from .storage import LocalStorage, Location, ObjectInfo
+
+CACHE_ENV = "ORCA_CACHE_DIR"
+KEEP_MODEL_VERSIONS = 3
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or os.path.join(tempfile.gettempdir(), "orca-cache"))
+
+
+def onnx_cache_dir() -> Path:
+    """Where ONNX exports go: ORCA_ONNX_CACHE if set (training.onnx_scoring's own setting), else under the root."""
+    return Path(os.environ.get("ORCA_ONNX_CACHE") or cache_root() / "onnx")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:80] or "none"
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path):
+    """A per-path lock across threads (dict of locks) and processes (flock)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(str(lock_path), threading.Lock())
+    with lock:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a+") as handle:
+            try:
+                import fcntl
+
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except (ImportError, OSError):  # not POSIX: the thread lock still holds
+                pass
+            yield
+
+
+def _object_info(location: Location) -> ObjectInfo:
+    try:
+        for info in location.storage.list(location.key):
+            if info.key == location.key:
+                return info
+    except NotFound:
+        pass
+    raise NotFound(f"model_url not found: {location.url}")
+
+
+def cached_model(model: Location) -> str:
+    """A local path of the model file at `model`: in place for local storage, else the cached copy
+    for the object's current ETag (downloaded once per URL + ETag)."""
+    if not model.key or model.key.endswith("/"):
+        raise NotFound(f"model_url is a folder, not a model file: {model.url}")
+    if isinstance(model.storage, LocalStorage):
+        if not os.path.isfile(model.key):
+            raise NotFound(f"model_url not found: {model.url}")
+        return model.key
+    info = _object_info(model)
+    folder = cache_root() / "models" / _digest(model.storage.url(model.key))
+    ext = posixpath.splitext(model.key)[1] or ".h5"
+    path = folder / f"{_safe(info.etag or 'size' + str(info.size))}-{info.size}{ext}"
+    if path.is_file() and path.stat().st_size == info.size:
+        return str(path)
+    with _locked(folder.with_suffix(".lock")):
+        if not (path.is_file() and path.stat().st_size == info.size):
+            try:
+                model.storage.download(model.key, str(path), expected_size=info.size)
+            except NotFound:
+                raise NotFound(f"model_url not found: {model.url}") from None
+        versions = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")),
+                          key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in versions[KEEP_MODEL_VERSIONS:]:
+            if old != path:
+                with contextlib.suppress(OSError):
+                    old.unlink()
+    return str(path)
+
+
+class PrefixMirror:
+    """The local copy of the objects `name → ObjectInfo` of one storage prefix (see the module doc).
+
+    with mirror.synced(wanted) as fetch:   # removes what is no longer wanted, under the prefix lock
+        path = fetch(name)                 # downloads `name` unless the mirror has its ETag already
+    """
+
+    def __init__(self, location: Location, folder_key: str):
+        self.location = location
+        ident = _digest(location.storage.url(folder_key))
+        self.folder = cache_root() / "mirrors" / ident
+        self.lock_path = cache_root() / "mirrors" / f"{ident}.lock"
+        self.index_path = self.folder / "index.json"
+        self.downloaded = 0
+        self.reused = 0
+        self.removed = 0
+
+    def _load_index(self) -> dict:
+        try:
+            return {k: tuple(v) for k, v in json.loads(self.index_path.read_text()).items()}
+        except (OSError, ValueError, AttributeError, TypeError):
+            return {}
+
+    def _save_index(self, index: dict) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".index-", dir=self.folder)
+        with os.fdopen(fd, "w") as f:
+            json.dump(index, f)
+        os.replace(tmp, self.index_path)
+
+    @contextlib.contextmanager
+    def synced(self, wanted: dict[str, ObjectInfo]):
+        with _locked(self.lock_path):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            index = self._load_index()
+            for entry in os.scandir(self.folder):  # vanished keys, stale temp files
+                if entry.name != "index.json" and entry.name not in wanted:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                        self.removed += entry.name in index
+                    index.pop(entry.name, None)
+            for name in list(index):
+                if name not in wanted:
+                    del index[name]
+            guard = threading.Lock()
+
+            def fetch(name: str) -> str:
+                info = wanted[name]
+                path = os.path.join(self.folder, name)
+                stamp = (info.etag, info.size)
+                with guard:
+                    fresh = index.get(name) == stamp
+                if fresh and os.path.isfile(path):
+                    self.reused += 1
+                    return path
+                self.location.storage.download(info.key, path, expected_size=info.size)
+                with guard:
+                    index[name] = stamp
+                    self.downloaded += 1
+                return path
+
+            try:
+                yield fetch
+            finally:
+                with guard:
+                    self._save_index({k: list(v) for k, v in index.items()})

@@ -1,0 +1,234 @@
+"""Operations endpoints: background training jobs, model versions with provenance, readiness,
+Prometheus metrics; and the request hooks (bearer token, allow-list, listing bound, metrics).
+
+    POST /jobs/train      the /train parameters (JSON body or query) → 202 {"job_id", "status", "url"}
+    GET  /jobs/<id>       one job (see service.jobqueue)
+    GET  /jobs            recent jobs, newest first
+    GET  /models?model_url=<folder>   model versions, newest first, with their sidecar summaries
+    GET  /ready           storage reachable → 200, else 503
+    GET  /metrics         Prometheus text format 0.0.4
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from . import jobqueue, metrics
+from .access import AllowList, check_token
+from .errors import BadRequest, ServiceError
+from .storage import DEFAULT_MAX_LISTING, MAX_LISTING, locate
+
+log = logging.getLogger(__name__)
+
+ops = Blueprint("ops", __name__)
+
+URL_PARAMS = ("model_url", "labeled_url", "unlabeled_url")
+
+
+@functools.lru_cache(maxsize=8)
+def device_name(configured: str | None) -> str:
+    try:
+        from training import device
+
+        label = getattr(device, "device_label", None)  # does not import torch on a CPU-only machine
+        return label(configured) if label is not None else str(device.pick_device(configured))
+    except Exception as error:  # noqa: BLE001 - /health must answer
+        return f"unavailable ({type(error).__name__})"
+
+
+def _settings():
+    from .api import _settings as settings
+
+    return settings()
+
+
+def _limits():
+    from .api import _limits as limits
+
+    return limits()
+
+
+def submit_train(params, settings) -> jobqueue.Job:
+    from . import jobs
+
+    def run(job):
+        return jobs.run_train(params, settings, on_epoch=job.on_epoch)
+
+    public = {"model_url": params.model_url, "labeled_url": params.labeled_url, "img_width": params.rows,
+              "img_height": params.cols, "epochs": params.epochs, "seed": params.seed}
+    return jobqueue.manager_for(current_app).submit("train", public, run)
+
+
+def _job_args() -> dict:
+    """Query arguments overlaid with a JSON object body; values as the strings /train would get."""
+    args = {k: v for k, v in request.args.items()}
+    if request.data:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object of /train parameters")
+        for key, value in body.items():
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise BadRequest(f"{key} must be a string or a number")
+            args[key] = str(value) if not isinstance(value, float) or not value.is_integer() else str(int(value))
+    return args
+
+
+@ops.post("/jobs/train")
+def create_train_job():
+    from .params import train_params
+
+    args = _job_args()
+    _check_allowed(args, writes=True)
+    params = train_params(args, _limits())
+    job = submit_train(params, _settings())
+    response = jsonify(job_id=job.id, status=job.status, url=f"/jobs/{job.id}")
+    response.status_code = 202
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return response
+
+
+@ops.get("/jobs/<job_id>")
+def get_job(job_id: str):
+    return jsonify(jobqueue.manager_for(current_app).get(job_id).to_json())
+
+
+@ops.get("/jobs")
+def list_jobs():
+    manager = jobqueue.manager_for(current_app)
+    jobs = manager.list()
+    return jsonify(jobs=[j.to_json() for j in jobs], queued=manager.queued(), max_queued=manager.max_queued)
+
+
+@ops.get("/models")
+def list_models():
+    from .provenance import list_versions
+
+    url = (request.args.get("model_url") or "").strip()
+    if not url:
+        raise BadRequest("missing parameter: model_url (a folder of model versions)")
+    folder = locate(url, "model_url", local_root=current_app.config["LOCAL_ROOT"])
+    return jsonify(model_url=folder.prefix_url, versions=list_versions(folder))
+
+
+@ops.get("/ready")
+def ready():
+    c = current_app.config
+    checks = {}
+    failures = []
+    if c["LOCAL_ROOT"]:
+        import os
+
+        from .storage import LocalStorage
+
+        root = os.path.realpath(os.path.abspath(c["LOCAL_ROOT"]))
+        checks["local_root"] = _probe(lambda: LocalStorage(root).ping(), failures, "local_root")
+    if c["READY_BUCKET"]:
+        from .storage import S3Storage
+
+        bucket = c["READY_BUCKET"]
+        checks["s3"] = _probe(lambda: S3Storage(bucket).ping(), failures, "s3")
+    elif c["LOCAL_ROOT"] == "":  # S3 only: the endpoint and credentials must work
+        checks["s3"] = _probe(_list_buckets, failures, "s3")
+    status = 503 if failures else 200
+    body = {"status": "ready" if not failures else "unavailable", "checks": checks}
+    if failures:
+        body["error"] = "; ".join(failures)
+    return jsonify(body), status
+
+
+def _list_buckets() -> None:
+    from .storage import map_s3_error, s3_client
+
+    try:
+        s3_client().list_buckets()
+    except Exception as error:  # noqa: BLE001
+        raise map_s3_error(error, "s3://") from error
+
+
+def _probe(check, failures: list, name: str) -> str:
+    try:
+        check()
+        return "ok"
+    except ServiceError as error:
+        failures.append(f"{name}: {error.message}")
+        return error.message
+    except Exception as error:  # noqa: BLE001
+        failures.append(f"{name}: {type(error).__name__}")
+        return type(error).__name__
+
+
+@ops.get("/metrics")
+def prometheus():
+    return Response(metrics.render(), mimetype="text/plain", content_type=metrics.CONTENT_TYPE)
+
+
+# --------------------------------------------------------------------------------------- hooks
+
+def _check_allowed(args, writes: bool) -> None:
+    allow = current_app.extensions.get("orca_allow")
+    if allow is None or not allow.enabled:
+        return
+    for name in URL_PARAMS:
+        allow.check(args.get(name), name)
+    if writes:
+        allow.check_model_write(args.get("model_url"))
+
+
+def before_request():
+    g.orca_started = time.perf_counter()
+    check_token(current_app.config["API_TOKEN"], request.headers.get("Authorization"), request.path)
+    g.orca_listing_token = MAX_LISTING.set(current_app.config["MAX_LISTING"])
+    # /jobs/train checks its JSON body itself; the rest take URLs from the query
+    if request.path != "/jobs/train":
+        _check_allowed(request.args, writes=request.path == "/train")
+
+
+def after_request(response):
+    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    started = getattr(g, "orca_started", None)
+    if started is not None:
+        metrics.LATENCY.observe(time.perf_counter() - started, endpoint=endpoint)
+    metrics.REQUESTS.inc(endpoint=endpoint, method=request.method, status=str(response.status_code))
+    if endpoint == "/predict" and response.status_code == 200:
+        try:  # scored = items answered; skipped = the X-Skipped-Files header the /predict route sets
+            items = response.get_json(silent=True) if response.is_json else None
+            metrics.count_scored(len(items) if isinstance(items, list) else 0)
+            metrics.count_skipped(int(response.headers.get("X-Skipped-Files") or 0), stage="predict")
+        except Exception:  # noqa: BLE001 - metrics never break a response
+            pass
+    return response
+
+
+def teardown_request(_error=None) -> None:
+    token = g.pop("orca_listing_token", None)
+    if token is not None:
+        try:
+            MAX_LISTING.reset(token)
+        except ValueError:  # set in another context (cannot happen with Flask; be safe)
+            MAX_LISTING.set(DEFAULT_MAX_LISTING)
+
+
+def install(app) -> None:
+    """Register the blueprint, the hooks and the process-wide settings on `app`."""
+    from . import storage
+
+    app.register_blueprint(ops)
+    app.before_request(before_request)
+    app.after_request(after_request)
+    app.teardown_request(teardown_request)
+    app.extensions["orca_allow"] = AllowList(app.config["ALLOWED_PREFIXES"])
+    storage.configure(app.config["S3_MAX_ATTEMPTS"], app.config["S3_RETRY_BASE"])
+    metrics.BUILD_INFO.set(1, version=_version())
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+

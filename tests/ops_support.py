@@ -1,0 +1,84 @@
+"""Helpers of the tests/test_ops_*.py files: a tiny local data root, a served app, JSON over HTTP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import torch  # noqa: F401  (before anything may import TensorFlow)
+
+from werkzeug.serving import make_server
+
+from models.srkw_cnn import write_fresh_h5
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "orcasound"
+ROWS, COLS = 67, 83
+TRAIN_KEYS = {"acc", "val_acc", "loss", "val_loss", "cm", "labeled_files", "model_acc", "model_loss", "model_url"}
+
+
+def make_root(root: Path, per_class: int = 2) -> dict:
+    """root/models/srkw_cnn_0.h5 (67x83) and root/labeled/{train,validation}/{calls,nocalls}/ with a
+    few sample spectrograms; returns the /train parameters for them."""
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    model = root / "models" / "srkw_cnn_0.h5"
+    if not model.exists():
+        write_fresh_h5(model, rows=ROWS, cols=COLS, seed=0)
+    for split in ("train", "validation"):
+        for cls in ("calls", "nocalls"):
+            folder = root / "labeled" / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for png in sorted((SAMPLE / split / cls).glob("*.png"))[:per_class]:
+                shutil.copyfile(png, folder / png.name)
+    return {"model_url": str(model), "labeled_url": str(root / "labeled") + "/", "img_width": ROWS,
+            "img_height": COLS, "epochs": 1, "seed": 0}
+
+
+class Served:
+    """An app on a werkzeug threaded server on a free port."""
+
+    def __init__(self, app):
+        self.app = app
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.base = f"http://127.0.0.1:{self.server.server_port}"
+
+    def close(self):
+        self.server.shutdown()
+        self.thread.join()
+
+    def request(self, method, path, params=None, body=None, headers=None, timeout=300):
+        url = f"{self.base}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                raw, status, kind = response.read(), response.status, response.headers.get_content_type()
+                headers = dict(response.headers)
+        except urllib.error.HTTPError as error:
+            raw, status, kind = error.read(), error.code, error.headers.get_content_type()
+            headers = dict(error.headers)
+        body = json.loads(raw) if kind == "application/json" else raw.decode()
+        return status, body, headers
+
+    def get(self, path, **params):
+        status, body, _ = self.request("GET", path, params or None)
+        return status, body
+
+    def wait_job(self, job_id, timeout=300):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, job = self.get(f"/jobs/{job_id}")
+            assert status == 200, job
+            if job["status"] in ("succeeded", "failed"):
+                return job
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} did not finish in {timeout} s")

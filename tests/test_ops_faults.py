@@ -1,0 +1,255 @@
+"""Faults: the object store going away and coming back, throttling and 5xx retried, a download
+that breaks off retried, and a process killed mid-training or mid-upload leaving no version behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import torch  # noqa: F401  (before TensorFlow)
+import boto3
+import pytest
+from botocore.awsrequest import AWSResponse
+from moto.server import ThreadedMotoServer
+
+from ops_support import COLS, ROWS, SAMPLE, Served, make_root
+from models.srkw_cnn import write_fresh_h5
+from service import create_app, storage
+
+BUCKET = "orcafaults"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def fast_botocore_backoff(monkeypatch):
+    """botocore's standard retry backoff (up to 20 s) made instant; the attempts still happen."""
+    from botocore.retries import standard
+
+    monkeypatch.setattr(standard.ExponentialBackoff, "delay_amount", lambda self, context: 0.01)
+
+
+@pytest.fixture(scope="module")
+def moto_stack(tmp_path_factory):
+    work = tmp_path_factory.mktemp("faults")
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        mp.delenv("AWS_PROFILE", raising=False)
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        moto.start()
+        host, port = moto.get_host_and_port()
+        mp.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        s3.upload_file(write_fresh_h5(work / "srkw_cnn_0.h5", ROWS, COLS, seed=0), BUCKET, "models/srkw_cnn_0.h5")
+        for split in ("train", "validation"):
+            for cls in ("calls", "nocalls"):
+                for png in sorted((SAMPLE / split / cls).glob("*.png"))[:2]:
+                    s3.upload_file(str(png), BUCKET, f"labeled/{split}/{cls}/{png.name}")
+        for i, png in enumerate(sorted(SAMPLE.glob("test/*/*.png"))[:3]):
+            s3.upload_file(str(png), BUCKET, f"unlabeled/spectrograms/orcasoundlab_{1594154118 + 3 * i}.png")
+        served = Served(create_app({"LOCAL_ROOT": "", "DEVICE": "cpu", "READY_BUCKET": BUCKET,
+                                    "S3_MAX_ATTEMPTS": 3, "S3_RETRY_BASE": 0.01}))
+        state = {"moto": moto, "port": port}
+        try:
+            yield served, s3, state
+        finally:
+            served.close()
+            state["moto"].stop()
+            storage.configure(5, 0.2)
+
+
+PREDICT = {"model_url": f"s3://{BUCKET}/models/srkw_cnn_0.h5", "unlabeled_url": f"s3://{BUCKET}/unlabeled/",
+           "img_width": ROWS, "img_height": COLS}
+TRAIN = {"model_url": f"s3://{BUCKET}/models/srkw_cnn_0.h5", "labeled_url": f"s3://{BUCKET}/labeled/",
+         "img_width": ROWS, "img_height": COLS, "epochs": 1, "seed": 0}
+
+
+def _models(s3):
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="models/").get("Contents", ()))
+
+
+def test_object_store_gone_mid_training_then_back(moto_stack):
+    served, s3, state = moto_stack
+    assert served.get("/ready")[0] == 200
+    assert served.get("/predict", **PREDICT)[0] == 200
+    before = _models(s3)
+
+    # the store goes away while a job trains: the job fails with 503, nothing is written, the service stays up
+    status, body, _ = served.request("POST", "/jobs/train", body=dict(TRAIN, epochs=40))
+    assert status == 202
+    deadline = time.monotonic() + 120
+    while served.get(f"/jobs/{body['job_id']}")[1]["progress"]["epoch"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    state["moto"].stop()
+    job = served.wait_job(body["job_id"])
+    assert job["status"] == "failed" and job["error"]["status"] == 503, job
+    assert "cannot reach" in job["error"]["message"]
+
+    status, body = served.get("/predict", **PREDICT)
+    assert status == 503 and "cannot reach" in body["error"]
+    status, body = served.get("/ready")
+    assert status == 503 and body["status"] == "unavailable"
+    assert served.get("/health")[0] == 200
+
+    # back on the same port: everything works again
+    state["moto"] = ThreadedMotoServer(ip_address="127.0.0.1", port=state["port"], verbose=False)
+    state["moto"].start()
+    assert _models(s3) == before  # the interrupted job left nothing
+    assert served.get("/ready")[0] == 200
+    status, items = served.get("/predict", **PREDICT)
+    assert status == 200 and len(items) == 3
+    status, result = served.get("/train", **TRAIN)
+    assert status == 200 and result["model_url"].endswith("_1.h5")
+
+
+def _inject(responses):
+    """A CLIENT_HOOK answering the next S3 requests with the given (status, code) errors, then the real store."""
+    pending = list(responses)
+    seen = []
+
+    def handler(request, **kwargs):
+        seen.append(request.method)
+        if not pending:
+            return None
+        status, code = pending.pop(0)
+        body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                f'<Message>injected</Message></Error>').encode()
+
+        class Raw:
+            def stream(self, **_):
+                yield body
+
+        return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, Raw())
+
+    def hook(client):
+        client.meta.events.register("before-send.s3", handler)
+
+    return hook, pending, seen
+
+
+def test_throttling_and_5xx_are_retried_then_succeed(moto_stack, monkeypatch):
+    served, _, _ = moto_stack
+    hook, pending, seen = _inject([(503, "SlowDown"), (500, "InternalError")])
+    monkeypatch.setattr(storage, "CLIENT_HOOKS", [hook])
+    status, items = served.get("/predict", **PREDICT)
+    assert status == 200 and len(items) == 3
+    assert pending == [] and len(seen) > 2
+
+
+def test_persistent_throttling_is_a_clear_503_and_5xx_a_502(moto_stack, monkeypatch):
+    served, _, _ = moto_stack
+    hook, _, seen = _inject([(503, "SlowDown")] * 50)
+    monkeypatch.setattr(storage, "CLIENT_HOOKS", [hook])
+    status, body = served.get("/predict", **PREDICT)
+    assert status == 503 and "SlowDown" in body["error"], body
+    assert len(seen) >= 3  # S3_MAX_ATTEMPTS per call
+    hook, _, _ = _inject([(500, "InternalError")] * 50)
+    monkeypatch.setattr(storage, "CLIENT_HOOKS", [hook])
+    status, body = served.get("/predict", **PREDICT)
+    assert status == 502 and "InternalError" in body["error"], body
+
+
+def test_a_download_that_breaks_off_is_fetched_again(moto_stack, monkeypatch, tmp_path):
+    from botocore.exceptions import ResponseStreamingError
+
+    _, s3, _ = moto_stack
+    broken = []
+
+    def hook(client):
+        real = client.get_object
+
+        def get_object(**kwargs):
+            response = real(**kwargs)
+            if len(broken) < 2:
+                body = response["Body"]
+
+                class Breaking:
+                    def read(self, n=-1):
+                        broken.append(kwargs["Key"])
+                        body.read(5)
+                        raise ResponseStreamingError(error="connection reset by peer")
+
+                response["Body"] = Breaking()
+            return response
+
+        client.get_object = get_object
+
+    monkeypatch.setattr(storage, "CLIENT_HOOKS", [hook])
+    target = tmp_path / "m.h5"
+    storage.S3Storage(BUCKET).download("models/srkw_cnn_0.h5", str(target))
+    assert len(broken) == 2 and target.read_bytes()[:4] == b"\x89HDF"
+    assert os.listdir(tmp_path) == ["m.h5"]
+
+    broken.clear()
+    monkeypatch.setattr(storage.RETRY, "attempts", 2)
+    with pytest.raises(storage.StorageError, match="after 2 attempts"):
+        storage.S3Storage(BUCKET).download("models/srkw_cnn_0.h5", str(tmp_path / "n.h5"))
+    assert os.listdir(tmp_path) == ["m.h5"]
+
+
+# ----------------------------------------------------------------------------- killed processes
+
+SCRIPT = textwrap.dedent("""
+    import sys, time
+    import torch, torch._dynamo
+    from service import jobs, storage
+    from service.jobs import Settings, run_train
+    from service.params import TrainParams
+
+    mode, root, model_url, labeled_url = sys.argv[1:5]
+    if mode == "upload":  # stall in the middle of writing the new version's bytes
+        real = storage.shutil.copyfileobj
+
+        def stalled(src, dst, length=0):
+            dst.write(src.read(1000))
+            dst.flush()
+            print("UPLOADING", flush=True)
+            time.sleep(600)
+
+        storage.shutil.copyfileobj = stalled
+
+    def on_epoch(epoch, epochs, metrics):
+        print("EPOCH", epoch, flush=True)
+
+    run_train(TrainParams(model_url, labeled_url, 67, 83, 200 if mode == "train" else 1, 0),
+              Settings(local_root=root, device="cpu"), on_epoch=on_epoch)
+    print("DONE", flush=True)
+""")
+
+
+@pytest.mark.parametrize("mode, marker", [("train", "EPOCH 1"), ("upload", "UPLOADING")])
+def test_killed_process_leaves_no_version_behind(tmp_path, mode, marker):
+    args = make_root(tmp_path)
+    process = subprocess.Popen([sys.executable, "-c", SCRIPT, mode, str(tmp_path), args["model_url"],
+                                args["labeled_url"]], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            assert line, f"the process ended early: {lines}"
+            lines.append(line.strip())
+            if line.strip() == marker:
+                break
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
+    names = os.listdir(tmp_path / "models")
+    assert "srkw_cnn_0.h5" in names
+    assert not [n for n in names if n.startswith("srkw_cnn_") and n != "srkw_cnn_0.h5"], names
+    # only our private temporary file may remain (never under a version name)
+    assert all(n == "srkw_cnn_0.h5" or n.startswith(".upload-") for n in names), names

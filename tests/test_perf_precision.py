@@ -1,0 +1,54 @@
+"""The torch scoring path used on CUDA: bf16 autocast (ORCA_PRECISION) and the device choice, tested
+on the CPU with the same function; the CUDA-only checks are marked `cuda` and skipped without one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import numpy as np
+import pytest
+
+from models.srkw_cnn import write_fresh_h5
+from training.device import device_label, resolve_precision, scoring_backend
+from training.errors import TrainingError
+from training.predict import predict
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "orcasound"
+ROWS, COLS = 67, 83
+PATHS = sorted(SAMPLE.glob("*/*/*.png"))
+BF16_TOLERANCE = 2e-2  # |bf16 − fp32| of predicted values; fp32 is held to 1e-4 against Keras
+
+
+@pytest.fixture(scope="module")
+def model_h5(tmp_path_factory):
+    return write_fresh_h5(tmp_path_factory.mktemp("precision") / "srkw_cnn_0.h5", ROWS, COLS, seed=2)
+
+
+def test_bf16_autocast_on_cpu_stays_within_tolerance(model_h5, monkeypatch):
+    fp32 = predict(model_h5, PATHS, ROWS, COLS, device="cpu", precision="fp32")
+    monkeypatch.setenv("ORCA_PRECISION", "bf16")
+    bf16 = predict(model_h5, PATHS, ROWS, COLS, device="cpu")
+    diff = np.abs(np.array(bf16) - np.array(fp32)).max()
+    print("bf16 vs fp32 max |diff|", diff)
+    assert 0 < diff <= BF16_TOLERANCE  # > 0: autocast did run in bf16
+
+
+def test_precision_and_backend_choice(monkeypatch):
+    monkeypatch.delenv("ORCA_PRECISION", raising=False)
+    assert resolve_precision() == "fp32" and resolve_precision("BF16") == "bf16"
+    monkeypatch.setenv("ORCA_PRECISION", "fp8")
+    with pytest.raises(TrainingError, match="ORCA_PRECISION"):
+        resolve_precision()
+    assert scoring_backend("cpu") == "onnxruntime" and scoring_backend("cuda:0") == "torch"
+    assert scoring_backend(None) == ("torch" if torch.cuda.is_available() else "onnxruntime")
+    assert device_label("cpu") == "cpu"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-4), ("bf16", BF16_TOLERANCE)])
+def test_cuda_predict_matches_cpu(model_h5, precision, tolerance):
+    cpu = predict(model_h5, PATHS, ROWS, COLS, device="cpu")
+    cuda = predict(model_h5, PATHS, ROWS, COLS, device="cuda", precision=precision)
+    assert np.abs(np.array(cuda) - np.array(cpu)).max() <= tolerance

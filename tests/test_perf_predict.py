@@ -1,0 +1,209 @@
+"""Issue 4 /predict path: ONNX Runtime scoring without torch in the service, the model and prefix
+caches (URL + ETag, deletions followed), streaming, and skipping unreadable / oversized images."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch  # noqa: F401  (before anything that may import TensorFlow)
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.srkw_cnn import write_fresh_h5
+from service import create_app, jobs
+from service.params import PredictParams
+from training.errors import ImageError
+from training.images import decode_image
+from training.stream import decode_checked, stream_batches
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_data" / "orcasound"
+ROWS, COLS = 67, 83
+GOOD = sorted(SAMPLE.glob("test/*/*.png"))[:3]
+
+
+@pytest.fixture(scope="module")
+def model_h5(tmp_path_factory):
+    return write_fresh_h5(tmp_path_factory.mktemp("perf") / "srkw_cnn_0.h5", ROWS, COLS, seed=5)
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("ORCA_CACHE_DIR", str(folder))
+    monkeypatch.delenv("ORCA_ONNX_CACHE", raising=False)
+    return folder
+
+
+def _params(model_url, unlabeled_url):
+    return PredictParams(model_url=model_url, unlabeled_url=unlabeled_url, rows=ROWS, cols=COLS)
+
+
+def _names(items):
+    return [item["audio_url"].rsplit("/", 1)[1].rsplit(".", 1)[0] for item in items]
+
+
+# ------------------------------------------------------------------------------- decoding, streaming
+
+def test_decode_checked_is_bit_identical_and_refuses_oversized(tmp_path):
+    for path in GOOD:
+        np.testing.assert_array_equal(decode_checked(path, ROWS, COLS, max_pixels=10**6),
+                                      decode_image(path, ROWS, COLS))
+    with pytest.raises(ImageError, match="more than the limit"):
+        decode_checked(GOOD[0], ROWS, COLS, max_pixels=640 * 480 - 1)
+    bomb = tmp_path / "bomb.png"
+    Image.new("RGB", (400, 300)).save(bomb)
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 1000  # PIL itself raises DecompressionBombError above twice its limit
+    try:
+        with pytest.raises(ImageError, match="bomb.png"):
+            decode_checked(bomb, ROWS, COLS, max_pixels=10**9)
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(GOOD[0].read_bytes()[:2000])  # a truncated PNG
+    with pytest.raises(ImageError, match="corrupt.png"):
+        decode_checked(corrupt, ROWS, COLS, max_pixels=10**6)
+
+
+def test_stream_batches_keeps_order_skips_and_propagates_fetch_errors(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    items = [GOOD[0], bad, GOOD[1], GOOD[2], GOOD[0]]
+    batches = list(stream_batches(items, None, ROWS, COLS, batch_size=2, workers=3, skip_unreadable=True))
+    assert [b.items for b in batches] == [[GOOD[0], GOOD[1]], [GOOD[2], GOOD[0]]]
+    assert [item for b in batches for item, _ in b.skipped] == [bad]
+    np.testing.assert_array_equal(batches[0].pixels[1], decode_image(GOOD[1], ROWS, COLS))
+    with pytest.raises(ImageError):
+        list(stream_batches(items, None, ROWS, COLS, batch_size=2))
+
+    def failing(item):
+        raise ConnectionError("storage down")
+
+    with pytest.raises(ConnectionError):
+        list(stream_batches(items, failing, ROWS, COLS, batch_size=2, skip_unreadable=True))
+
+
+# ------------------------------------------------------------------------------- /predict, local data
+
+def _local_unlabeled(root: Path) -> Path:
+    spectrograms = root / "unlabeled" / "spectrograms"
+    spectrograms.mkdir(parents=True)
+    for i, png in enumerate(GOOD):
+        (spectrograms / f"orcasoundlab_{1594154118 + 3 * i}.png").write_bytes(png.read_bytes())
+    (spectrograms / "orcasoundlab_1594154200.png").write_bytes(GOOD[0].read_bytes()[:3000])  # corrupt
+    (spectrograms / "orcasoundlab_1594154300.png").write_text("this is not an image")  # non-image
+    Image.new("RGBA", (1000, 600), (10, 20, 30, 255)).save(spectrograms / "orcasoundlab_1594154400.png")  # > limit
+    return root / "unlabeled"
+
+
+def test_predict_skips_corrupt_nonimage_and_oversized_files(tmp_path, model_h5, cache_dir, monkeypatch, caplog):
+    monkeypatch.setenv("ORCA_MAX_PIXELS", "500000")  # the samples have 640x480 = 307200 pixels
+    unlabeled = _local_unlabeled(tmp_path / "data")
+    model = tmp_path / "data" / "srkw_cnn_0.h5"
+    model.write_bytes(Path(model_h5).read_bytes())
+    app = create_app({"LOCAL_ROOT": str(tmp_path / "data"), "DEVICE": "cpu"})
+    with caplog.at_level("WARNING", logger="service.jobs"):
+        response = app.test_client().get("/predict", query_string=dict(
+            model_url=str(model), unlabeled_url=str(unlabeled), img_width=ROWS, img_height=COLS))
+    assert response.status_code == 200, response.get_json()
+    assert response.headers["X-Skipped-Files"] == "3"
+    items = response.get_json()
+    assert _names(items) == [f"orcasoundlab_{1594154118 + 3 * i}" for i in range(3)]
+    for name in ("1594154200", "1594154300", "1594154400"):
+        assert any(name in record.getMessage() for record in caplog.records), name
+    assert jobs.LAST_PREDICT_SKIPPED == 3
+    from training.predict import predict
+
+    expected = predict(str(model), GOOD, ROWS, COLS, device="cpu")
+    assert max(abs(i["predicted_value"] - e) for i, e in zip(items, expected)) <= 1e-4
+
+    result = jobs.run_predict(_params(str(model), str(unlabeled)), jobs.Settings(device="cpu"))
+    assert result == items and len(result.skipped) == 3
+    assert all(s["url"].startswith(str(unlabeled)) and s["reason"] for s in result.skipped)
+    assert "more than the limit" in result.skipped[-1]["reason"]
+
+
+def test_cpu_predict_service_never_imports_torch(tmp_path, model_h5, cache_dir):
+    """The service process scores with ONNX Runtime; the one-off ONNX export runs in a child process."""
+    unlabeled = _local_unlabeled(tmp_path / "data")
+    code = f"""
+import json, sys
+from service import create_app
+app = create_app({{"LOCAL_ROOT": "/", "DEVICE": None}})
+r = app.test_client().get("/predict", query_string=dict(model_url={str(model_h5)!r},
+    unlabeled_url={str(unlabeled)!r}, img_width={ROWS}, img_height={COLS}))
+print(json.dumps([r.status_code, r.headers.get("X-Skipped-Files"), len(r.get_json()), "torch" in sys.modules]))
+"""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [200, "2", 4, False]  # default ORCA_MAX_PIXELS: the 1000x600 image is scored
+    assert len(list((cache_dir / "onnx").glob("*.onnx"))) == 1
+
+
+# ------------------------------------------------------------------------------- /predict, S3 mirror
+
+@pytest.fixture
+def s3(aws_env, cache_dir):
+    from moto import mock_aws
+
+    with mock_aws():
+        import boto3
+
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="orcaperf")
+        yield client
+
+
+def test_s3_mirror_downloads_only_new_or_changed_objects_and_follows_deletions(s3, model_h5, cache_dir,
+                                                                                 monkeypatch):
+    from service import storage
+
+    downloads = []
+    real_download = storage.S3Storage.download
+
+    def counting(self, key, local_path, expected_size=None):
+        downloads.append(key)
+        return real_download(self, key, local_path, expected_size)
+
+    monkeypatch.setattr(storage.S3Storage, "download", counting)
+    s3.upload_file(str(model_h5), "orcaperf", "models/srkw_cnn_0.h5")
+    keys = [f"unlabeled/spectrograms/orcasoundlab_{1594154118 + 3 * i}.png" for i in range(3)]
+    for key, png in zip(keys, GOOD):
+        s3.upload_file(str(png), "orcaperf", key)
+    s3.put_object(Bucket="orcaperf", Key="unlabeled/spectrograms/orcasoundlab_1594154999.png", Body=b"junk")
+    params = _params("s3://orcaperf/models/srkw_cnn_0.h5", "s3://orcaperf/unlabeled/")
+    settings = jobs.Settings(local_root="", device="cpu")
+
+    cold = jobs.run_predict(params, settings)
+    assert len(cold) == 3 and len(cold.skipped) == 1 and len(downloads) == 5  # model + 4 spectrograms
+    mirror = next(p for p in (cache_dir / "mirrors").iterdir() if p.is_dir())
+    assert sorted(p.name for p in mirror.glob("*.png")) == sorted(k.rsplit("/", 1)[1] for k in keys) + [
+        "orcasoundlab_1594154999.png"]
+
+    downloads.clear()
+    warm = jobs.run_predict(params, settings)
+    assert warm == cold and downloads == []  # nothing changed: list only
+
+    s3.delete_object(Bucket="orcaperf", Key=keys[1])  # the client labels a clip: it leaves unlabeled/
+    s3.upload_file(str(GOOD[1]), "orcaperf", keys[2])  # a changed object (new ETag)
+    after = jobs.run_predict(params, settings)
+    assert downloads == [keys[2]]
+    assert _names(after) == ["orcasoundlab_1594154118", "orcasoundlab_1594154124"]
+    assert after[1]["predicted_value"] == pytest.approx(cold[1]["predicted_value"], abs=1e-6)
+    assert not (mirror / keys[1].rsplit("/", 1)[1]).exists()
+    index = json.loads((mirror / "index.json").read_text())
+    assert sorted(index) == ["orcasoundlab_1594154118.png", "orcasoundlab_1594154124.png",
+                             "orcasoundlab_1594154999.png"]
+
+    downloads.clear()
+    s3.upload_file(str(model_h5), "orcaperf", "models/srkw_cnn_0.h5")  # same bytes → same ETag: cached
+    jobs.run_predict(params, settings)
+    assert downloads == []

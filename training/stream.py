@@ -1,0 +1,152 @@
+"""Streaming image batches for scoring, without torch: fetch (download) → decode → batches, overlapped.
+
+`stream_batches(items, fetch, rows, cols, batch_size)` runs `fetch(item)` (e.g. a download into a
+local mirror; returns a path or the encoded bytes) and the decode of each item on a thread pool,
+a bounded number of items ahead of the consumer, and yields `Batch(items, pixels, skipped)` in
+input order. So while the caller scores batch k (ONNX Runtime and torch release the GIL), the pool
+downloads and decodes batches k+1…k+prefetch: on a cold call I/O and compute overlap, and memory
+stays at a few batches whatever the number of files.
+
+Decoding is `images.decode_image` (bit-identical to the original Keras preprocessing); at most
+`decode_workers` decodes run at once (PIL releases the GIL while it inflates a PNG), while up to
+`workers` threads may wait on downloads. With `skip_unreadable=True` a file that is not a
+readable image (corrupt PNG, not an image at all) or has more than `max_pixels` pixels (a
+decompression bomb) is reported in `Batch.skipped` as `(item, reason)` instead of raising
+`ImageError`; errors of `fetch` (storage) always propagate.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from .errors import ImageError
+from .images import decode_image
+
+MAX_PIXELS_ENV = "ORCA_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 50_000_000  # 50 Mpixel; the spectrograms are 0.3 Mpixel
+PREFETCH_BATCHES = 2
+
+
+def max_pixels_from_env(environ=os.environ) -> int:
+    """ORCA_MAX_PIXELS (an integer, `5e7` accepted) or the default; ≤ 0 means no limit."""
+    value = environ.get(MAX_PIXELS_ENV)
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        return int(float(value))
+    except ValueError:
+        raise ValueError(f"{MAX_PIXELS_ENV} must be a number of pixels, got {value!r}") from None
+
+
+def apply_pil_pixel_limit(max_pixels: int) -> None:
+    """PIL's own guard (warning above the limit, DecompressionBombError above twice it), process-wide."""
+    Image.MAX_IMAGE_PIXELS = max_pixels if max_pixels > 0 else None
+
+
+def decode_checked(source, rows: int, cols: int, max_pixels: int | None = None) -> np.ndarray:
+    """`images.decode_image`, refusing (ImageError) images of more than `max_pixels` pixels before decoding."""
+    if max_pixels and max_pixels > 0:
+        data = source if isinstance(source, (bytes, bytearray, memoryview)) else _read(source)
+        name = "<bytes>" if data is source else os.fspath(source)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as img:  # reads the header only
+                    width, height = img.size
+        except Image.DecompressionBombError as e:
+            raise ImageError(f"{name} is too large to decode safely: {e}") from e
+        except Exception:  # noqa: BLE001 - not an image: decode_image names the problem precisely
+            return _decode(data, name, rows, cols)
+        if width * height > max_pixels:
+            raise ImageError(f"{name} has {width}x{height} = {width * height} pixels, more than the "
+                             f"limit of {max_pixels} ({MAX_PIXELS_ENV})")
+        return _decode(data, name, rows, cols)
+    return decode_image(source, rows, cols)
+
+
+def _read(path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError as e:
+        raise ImageError(f"image {os.fspath(path)} does not exist") from e
+
+
+def _decode(data: bytes, name: str, rows: int, cols: int) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return decode_image(data, rows, cols)
+    except ImageError as e:
+        raise ImageError(str(e).replace(f"<{len(data)} bytes>", name)) from e
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name} is too large to decode safely: {e}") from e
+
+
+@dataclass
+class Batch:
+    items: list                       # the items decoded, in input order
+    pixels: np.ndarray | None         # uint8 (len(items), rows, cols, 3), None when every item was skipped
+    skipped: list = field(default_factory=list)  # [(item, reason)] in input order
+
+
+_SKIP = object()
+
+
+def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: int, cols: int,
+                   batch_size: int, *, workers: int = 8, decode_workers: int | None = None,
+                   prefetch: int = PREFETCH_BATCHES, skip_unreadable: bool = False,
+                   max_pixels: int | None = None) -> Iterator[Batch]:
+    """Batches of decoded images in `items` order; see the module docstring."""
+    fetch = fetch or (lambda item: item)
+    decode_workers = decode_workers or os.cpu_count() or 1
+    gate = threading.BoundedSemaphore(decode_workers)
+    iterator = iter(items)
+    ahead = max(1, prefetch) * batch_size + batch_size  # items in flight: this batch + `prefetch` more
+
+    def work(item):
+        source = fetch(item)
+        with gate:
+            try:
+                return decode_checked(source, rows, cols, max_pixels)
+            except ImageError as error:
+                if not skip_unreadable:
+                    raise
+                return (_SKIP, str(error))
+
+    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="orca-fetch")
+    try:
+        pending: deque = deque()
+
+        def fill() -> None:
+            while len(pending) < ahead:
+                item = next(iterator, _SKIP)
+                if item is _SKIP:
+                    return
+                pending.append((item, pool.submit(work, item)))
+
+        fill()
+        while pending:
+            batch_items, arrays, skipped = [], [], []
+            while pending and len(batch_items) < batch_size:
+                item, future = pending.popleft()
+                result = future.result()
+                if isinstance(result, tuple) and result and result[0] is _SKIP:
+                    skipped.append((item, result[1]))
+                else:
+                    batch_items.append(item)
+                    arrays.append(result)
+                fill()
+            yield Batch(batch_items, np.stack(arrays) if arrays else None, skipped)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
