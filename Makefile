@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo verify clean
+.PHONY: setup test demo verify bench clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -23,3 +23,6 @@ verify: setup
 
 clean:
 	rm -rf $(VENV) local
+
+bench: setup
+	$(PY) -m bench.run

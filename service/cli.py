@@ -96,9 +96,18 @@ def cmd_predict(args) -> int:
 
     params = predict_params({"model_url": args.model_url, "unlabeled_url": args.unlabeled_url,
                              "img_width": str(args.img_width), "img_height": str(args.img_height)}, Limits())
-    result = jobs.run_predict(params, _settings())
-    items = result[0] if isinstance(result, tuple) else result
-    _emit(items, args.output)
+    bar = None
+
+    def on_progress(done, total):
+        nonlocal bar
+        bar = bar or ProgressBar("scored", total)
+        bar.update(done)
+
+    items = jobs.run_predict(params, _settings(), on_progress=on_progress)
+    if items.skipped:
+        print(f"skipped {len(items.skipped)} unreadable file(s): "
+              + ", ".join(s["url"] for s in items.skipped), file=sys.stderr)
+    _emit(list(items), args.output)
     return 0
 
 

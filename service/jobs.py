@@ -233,13 +233,13 @@ def _torch_scorer(model_path: str, rows: int, cols: int, device_name: str | None
     return lambda pixels: score_pixels(module, pixels, device, precision)
 
 
-def run_predict(params: PredictParams, settings: Settings) -> PredictItems:
+def run_predict(params: PredictParams, settings: Settings, on_progress=None) -> PredictItems:
     """Score every unlabeled spectrogram: ONNX Runtime on the CPU, torch on CUDA (training.device).
 
     The model comes from the model cache (URL + ETag), S3 spectrograms from the prefix's local
     mirror (service.cache), streamed: downloads and decoding run on threads a few batches ahead of
     the scorer. Unreadable images and images over ORCA_MAX_PIXELS are skipped, logged and listed
-    in the answer's `skipped`.
+    in the answer's `skipped`. `on_progress(done, total)` (optional) follows the scoring, batch by batch.
     """
     global LAST_PREDICT_SKIPPED
     import contextlib
@@ -299,6 +299,8 @@ def run_predict(params: PredictParams, settings: Settings) -> PredictItems:
                         item["audio_url"] = unlabeled.storage.public_url(f"{unlabeled.prefix}mp3/{stem}.mp3")
                         item["predicted_value"] = float(value)
                         items.append(item)
+                if on_progress is not None:
+                    on_progress(len(items) + len(skipped), len(clips))
     except errors as error:
         raise _unprocessable(error, replacements) from error
     LAST_PREDICT_SKIPPED = len(skipped)

@@ -54,9 +54,10 @@ def test_a_researchers_model_goes_from_new_to_a_trained_pt_and_an_h5(workspace, 
     assert "epochs [" in err and "2/2" in err  # the progress bar
     assert (workspace / "models" / "small_cnn_1.json").exists()  # provenance beside it
 
-    items, _ = run_json(capsys, "predict", "--model_url", result["model_url"],
-                        "--unlabeled_url", str(workspace / "unlabeled"), "--img_width", str(ROWS),
-                        "--img_height", str(COLS))
+    items, err = run_json(capsys, "predict", "--model_url", result["model_url"],
+                          "--unlabeled_url", str(workspace / "unlabeled"), "--img_width", str(ROWS),
+                          "--img_height", str(COLS))
+    assert "scored [" in err and "9/9" in err
     assert [i["timestamp"] for i in items][0] == "Tue, 07 Jul 2020 20:35:18 GMT"
     assert len(items) == 9 and all(0.0 <= i["predicted_value"] <= 1.0 for i in items)
 
