@@ -13,3 +13,22 @@ def aws_env(monkeypatch):
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
+
+
+AWS_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def start_moto_s3(mp: pytest.MonkeyPatch):
+    """Start moto's S3 server on a free loopback port and point boto3 at it (dummy credentials);
+    returns the server (call .stop() when done)."""
+    from moto.server import ThreadedMotoServer
+
+    for name, value in AWS_TEST_CREDENTIALS.items():
+        mp.setenv(name, value)
+    mp.delenv("AWS_PROFILE", raising=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    mp.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    return server

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch  # noqa: F401  (before TensorFlow)
 import boto3
 import pytest
+from conftest import start_moto_s3
 from botocore.awsrequest import AWSResponse
 from moto.server import ThreadedMotoServer
 
@@ -36,16 +37,9 @@ def fast_botocore_backoff(monkeypatch):
 @pytest.fixture(scope="module")
 def moto_stack(tmp_path_factory):
     work = tmp_path_factory.mktemp("faults")
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in env.items():
-            mp.setenv(name, value)
-        mp.delenv("AWS_PROFILE", raising=False)
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        moto.start()
+        moto = start_moto_s3(mp)
         host, port = moto.get_host_and_port()
-        mp.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket=BUCKET)
         s3.upload_file(write_fresh_h5(work / "srkw_cnn_0.h5", ROWS, COLS, seed=0), BUCKET, "models/srkw_cnn_0.h5")

@@ -14,7 +14,7 @@ import torch  # noqa: F401  (before TensorFlow)
 import boto3
 import numpy as np
 import pytest
-from moto.server import ThreadedMotoServer
+from conftest import start_moto_s3
 from werkzeug.serving import make_server
 
 from models.srkw_cnn import write_fresh_h5
@@ -62,16 +62,9 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in env.items():
-            mp.setenv(name, value)
-        mp.delenv("AWS_PROFILE", raising=False)
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        moto.start()
+        moto = start_moto_s3(mp)
         host, port = moto.get_host_and_port()
-        mp.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
         mp.setenv("ORCA_CACHE_DIR", str(work / "cache"))
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket=BUCKET)
