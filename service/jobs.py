@@ -1,14 +1,15 @@
 """The work behind /train and /predict: fetch model and data from storage into a private temporary
 folder, call `training`, publish the new model version. Knows storage and jobs, not layer layouts.
 
-Training is serialized by one process-wide lock (`TRAIN_LOCK`): concurrent /train requests queue
-and each gets its own version. Scoring runs concurrently (one at a time per unlabeled prefix).
+Training runs on the job queue's worker (service.jobqueue: one training at a time on the device);
+`TRAIN_LOCK` also serializes direct callers such as the CLI, so each gets its own version. Scoring runs concurrently (one at a time per unlabeled prefix).
 /predict reuses models and spectrograms cached by URL + ETag (service.cache); the mirror of a
 prefix follows deletions, so a clip deleted from the unlabeled set is never scored again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -233,6 +234,18 @@ def _torch_scorer(model_path: str, rows: int, cols: int, device_name: str | None
     return lambda pixels: score_pixels(module, pixels, device, precision)
 
 
+def _prefetch(clips, fetch_name, threads: int, until) -> None:
+    """Download clips into the mirror while the future `until` runs; stop starting new ones when it is
+    done (the scoring stream fetches the rest). Download errors surface there, in order."""
+    def one(clip):
+        if not until.done():
+            with contextlib.suppress(Exception):
+                fetch_name(clip[0])
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        list(pool.map(one, clips))
+
+
 def run_predict(params: PredictParams, settings: Settings, on_progress=None) -> PredictItems:
     """Score every unlabeled spectrogram: ONNX Runtime on the CPU, torch on CUDA (training.device).
 
@@ -242,7 +255,6 @@ def run_predict(params: PredictParams, settings: Settings, on_progress=None) -> 
     in the answer's `skipped`. `on_progress(done, total)` (optional) follows the scoring, batch by batch.
     """
     global LAST_PREDICT_SKIPPED
-    import contextlib
     import sys
 
     from training.device import scoring_backend
@@ -267,22 +279,27 @@ def run_predict(params: PredictParams, settings: Settings, on_progress=None) -> 
                                             if "conversion" in sys.modules else ())
     items, skipped = [], []
     try:
-        if backend == "onnxruntime":
-            from training.onnx_scoring import MAX_ORT_BATCH, OnnxScorer
-
-            scorer = OnnxScorer(model_path, cache_dir=onnx_cache_dir())
-            scorer.check_size(params.rows, params.cols)
-            score, batch_size = scorer.score_pixels, min(settings.batch_size, MAX_ORT_BATCH)
-        else:
-            score = _torch_scorer(model_path, params.rows, params.cols, settings.device)
-            batch_size = settings.batch_size
         if isinstance(unlabeled.storage, LocalStorage):
             mirror, synced = None, contextlib.nullcontext(None)
         else:
             mirror = PrefixMirror(unlabeled, unlabeled.prefix + "spectrograms/")
             synced = mirror.synced({name: info for name, info in clips})
             replacements[str(mirror.folder) + os.sep] = unlabeled.prefix_url + "spectrograms/"
-        with synced as fetch_name:
+        with synced as fetch_name, ThreadPoolExecutor(1) as starter:
+            if backend == "onnxruntime":
+                from training.onnx_scoring import MAX_ORT_BATCH, OnnxScorer
+
+                # A model seen for the first time is exported to ONNX (seconds, in a child process):
+                # meanwhile the S3 mirror is brought up to date.
+                pending = starter.submit(OnnxScorer, model_path, cache_dir=onnx_cache_dir())
+                if fetch_name is not None:
+                    _prefetch(clips, fetch_name, settings.download_threads, until=pending)
+                scorer = pending.result()
+                scorer.check_size(params.rows, params.cols)
+                score, batch_size = scorer.score_pixels, min(settings.batch_size, MAX_ORT_BATCH)
+            else:
+                score = _torch_scorer(model_path, params.rows, params.cols, settings.device)
+                batch_size = settings.batch_size
             fetch = (lambda clip: clip[1].key) if fetch_name is None else (lambda clip: fetch_name(clip[0]))
             for batch in stream_batches(clips, fetch, params.rows, params.cols, batch_size,
                                         workers=settings.download_threads, skip_unreadable=True,
