@@ -251,6 +251,18 @@ def convert_spatial_dropout(config, weights, ctx):
     return DropoutLayer(float(config.get("rate", 0.0)), spatial=True)
 
 
+def fast_dropout(x: torch.Tensor, rate: float) -> torch.Tensor:
+    """Inverted dropout (as Keras and F.dropout): zero each element with probability `rate`, scale the
+    rest by 1/(1 − rate). The mask comes from `uniform_`, which on the CPU is about 3× faster than the
+    `bernoulli_` F.dropout uses; that made up a third of an srkw_cnn training step."""
+    if rate <= 0.0:
+        return x
+    if rate >= 1.0:
+        return x * 0.0
+    keep = torch.empty_like(x).uniform_().ge_(rate).mul_(1.0 / (1.0 - rate))
+    return x * keep
+
+
 class DropoutLayer(KerasLayer):
     """Active in train() only, with Keras' rate; spatial drops whole channels."""
 
@@ -261,7 +273,7 @@ class DropoutLayer(KerasLayer):
     def linear(self, x):
         if self.spatial and x.dim() == 4:
             return F.dropout2d(x, self.rate, self.training)
-        return F.dropout(x, self.rate, self.training)
+        return fast_dropout(x, self.rate) if self.training else x
 
 
 class ActivationLayer(KerasLayer):

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import sys
 import tempfile
 import threading
 import time
@@ -150,6 +151,8 @@ def run_train(params: TrainParams, settings: Settings, on_epoch=None) -> dict:
     errors = _training_errors()
     with TRAIN_LOCK, tempfile.TemporaryDirectory(prefix="orca-train-", dir=settings.work_dir) as tmp:
         started = time.monotonic()
+        if "training.onnx_scoring" in sys.modules:  # idle scoring sessions slow CPU training
+            sys.modules["training.onnx_scoring"].release_sessions()
         model_path = _fetch_model(model, tmp)
         parent_info = model.storage.stat(model.key)
         data = os.path.join(tmp, "labeled")
@@ -255,7 +258,6 @@ def run_predict(params: PredictParams, settings: Settings, on_progress=None) -> 
     in the answer's `skipped`. `on_progress(done, total)` (optional) follows the scoring, batch by batch.
     """
     global LAST_PREDICT_SKIPPED
-    import sys
 
     from training.device import scoring_backend
     from training.errors import ImageError, TrainingError

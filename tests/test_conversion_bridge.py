@@ -262,3 +262,17 @@ def assert_same_model(a, b):
     x = torch.rand(2, keras_zoo.ROWS, keras_zoo.COLS, 2)
     with torch.no_grad():
         torch.testing.assert_close(a(x), b(x), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.6])
+def test_fast_dropout_drops_at_the_keras_rate_and_scales_the_rest(rate):
+    from conversion.layers import fast_dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(1_000_000, requires_grad=True)
+    y = fast_dropout(x, rate)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - rate)) < 3e-3
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - rate)))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # gradient flows through kept elements only, scaled
