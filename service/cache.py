@@ -176,3 +176,54 @@ class PrefixMirror:
             finally:
                 with guard:
                     self._save_index({k: list(v) for k, v in index.items()})
+
+
+class ScoreCache:
+    """Scores already computed for a model, by clip identity: a clip's score is a pure function of
+    the model file's bytes, the image's bytes and the requested size, so an unchanged clip under an
+    unchanged model is not decoded or scored again (a repeated /predict between two trainings).
+
+    A clip's identity is (key, size, ETag) on S3 and (path, size, mtime) for local files. Scores of
+    the `max_models` most recently used (model, size) pairs are kept, at most `max_entries` each;
+    `max_entries=0` disables the cache (env ORCA_SCORE_CACHE).
+    """
+
+    def __init__(self, max_entries: int | None = None, max_models: int = 2):
+        if max_entries is None:
+            max_entries = int(os.environ.get("ORCA_SCORE_CACHE", "500000"))
+        self.max_entries, self.max_models = max_entries, max_models
+        self._tables: dict[tuple, dict] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def identity(info: ObjectInfo) -> tuple:
+        if info.etag:
+            return (info.key, info.size, info.etag)
+        try:
+            return (info.key, info.size, os.stat(info.key).st_mtime_ns)
+        except OSError:
+            return (info.key, info.size, None)
+
+    def table(self, model_digest: str, rows: int, cols: int) -> dict | None:
+        """The scores of one (model, size), most recently used first; None when disabled."""
+        if self.max_entries <= 0:
+            return None
+        key = (model_digest, rows, cols)
+        with self._lock:
+            table = self._tables.pop(key, None)
+            table = {} if table is None else table
+            self._tables[key] = table  # most recent last
+            while len(self._tables) > self.max_models:
+                self._tables.pop(next(iter(self._tables)))
+        return table
+
+    def store(self, table: dict | None, identity: tuple, score: float) -> None:
+        if table is None:
+            return
+        with self._lock:
+            if len(table) >= self.max_entries:
+                table.pop(next(iter(table)))
+            table[identity] = score
+
+
+SCORES = ScoreCache()

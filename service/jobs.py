@@ -255,15 +255,18 @@ def run_predict(params: PredictParams, settings: Settings, on_progress=None) -> 
     The model comes from the model cache (URL + ETag), S3 spectrograms from the prefix's local
     mirror (service.cache), streamed: downloads and decoding run on threads a few batches ahead of
     the scorer. Unreadable images and images over ORCA_MAX_PIXELS are skipped, logged and listed
-    in the answer's `skipped`. `on_progress(done, total)` (optional) follows the scoring, batch by batch.
+    in the answer's `skipped`. Clips scored before by the same model file are answered from the
+    score cache (service.cache.ScoreCache) without being read again. `on_progress(done, total)`
+    (optional) follows the scoring, batch by batch.
     """
     global LAST_PREDICT_SKIPPED
 
     from training.device import scoring_backend
     from training.errors import ImageError, TrainingError
+    from training.onnx_scoring import file_sha256
     from training.stream import apply_pil_pixel_limit, max_pixels_from_env, stream_batches
 
-    from .cache import PrefixMirror, cached_model, onnx_cache_dir
+    from .cache import SCORES, PrefixMirror, ScoreCache, cached_model, onnx_cache_dir
     from .storage import LocalStorage
 
     model = locate(params.model_url, "model_url", local_root=settings.local_root)
@@ -279,7 +282,15 @@ def run_predict(params: PredictParams, settings: Settings, on_progress=None) -> 
     replacements = {model_path: model.url}
     errors = (TrainingError, ImageError) + ((sys.modules["conversion"].ConversionError,)
                                             if "conversion" in sys.modules else ())
-    items, skipped = [], []
+    model_scores = SCORES.table(file_sha256(model_path), params.rows, params.cols)
+    values: dict[str, float] = {}  # file name → score: cached ones first, then the rest as scored
+    if model_scores is not None:
+        for name, info in clips:
+            hit = model_scores.get(ScoreCache.identity(info))
+            if hit is not None:
+                values[name] = hit
+    pending = [clip for clip in clips if clip[0] not in values]
+    skipped = []
     try:
         if isinstance(unlabeled.storage, LocalStorage):
             mirror, synced = None, contextlib.nullcontext(None)
@@ -288,43 +299,51 @@ def run_predict(params: PredictParams, settings: Settings, on_progress=None) -> 
             synced = mirror.synced({name: info for name, info in clips})
             replacements[str(mirror.folder) + os.sep] = unlabeled.prefix_url + "spectrograms/"
         with synced as fetch_name, ThreadPoolExecutor(1) as starter:
-            if backend == "onnxruntime":
+            if pending and backend == "onnxruntime":
                 from training.onnx_scoring import MAX_ORT_BATCH, OnnxScorer
 
                 # A model seen for the first time is exported to ONNX (seconds, in a child process):
                 # meanwhile the S3 mirror is brought up to date.
-                pending = starter.submit(OnnxScorer, model_path, cache_dir=onnx_cache_dir())
+                started_scorer = starter.submit(OnnxScorer, model_path, cache_dir=onnx_cache_dir())
                 if fetch_name is not None:
-                    _prefetch(clips, fetch_name, settings.download_threads, until=pending)
-                scorer = pending.result()
+                    _prefetch(pending, fetch_name, settings.download_threads, until=started_scorer)
+                scorer = started_scorer.result()
                 scorer.check_size(params.rows, params.cols)
                 score, batch_size = scorer.score_pixels, min(settings.batch_size, MAX_ORT_BATCH)
-            else:
+            elif pending:
                 score = _torch_scorer(model_path, params.rows, params.cols, settings.device)
                 batch_size = settings.batch_size
             fetch = (lambda clip: clip[1].key) if fetch_name is None else (lambda clip: fetch_name(clip[0]))
-            for batch in stream_batches(clips, fetch, params.rows, params.cols, batch_size,
-                                        workers=settings.download_threads, skip_unreadable=True,
-                                        max_pixels=max_pixels):
+            batches = stream_batches(pending, fetch, params.rows, params.cols, batch_size,
+                                     workers=settings.download_threads, skip_unreadable=True,
+                                     max_pixels=max_pixels) if pending else ()
+            for batch in batches:
                 for (name, info), reason in batch.skipped:
                     url = unlabeled.storage.url(info.key)
                     reason = _unprocessable(Exception(reason), replacements).message
                     log.warning("predict: skipped %s: %s", url, reason)
                     skipped.append({"url": url, "reason": reason})
                 if batch.items:
-                    for (name, _), value in zip(batch.items, score(batch.pixels)):
-                        stem = posixpath.splitext(name)[0]
-                        item = describe_clip(stem)
-                        item["audio_url"] = unlabeled.storage.public_url(f"{unlabeled.prefix}mp3/{stem}.mp3")
-                        item["predicted_value"] = float(value)
-                        items.append(item)
+                    for (name, info), value in zip(batch.items, score(batch.pixels)):
+                        values[name] = float(value)
+                        SCORES.store(model_scores, ScoreCache.identity(info), float(value))
                 if on_progress is not None:
-                    on_progress(len(items) + len(skipped), len(clips))
+                    on_progress(len(values) + len(skipped), len(clips))
     except errors as error:
         raise _unprocessable(error, replacements) from error
+    items = []
+    for name, _ in clips:  # sorted by file name, as the original returned them
+        if name in values:
+            stem = posixpath.splitext(name)[0]
+            item = describe_clip(stem)
+            item["audio_url"] = unlabeled.storage.public_url(f"{unlabeled.prefix}mp3/{stem}.mp3")
+            item["predicted_value"] = values[name]
+            items.append(item)
+    if on_progress is not None and not pending:
+        on_progress(len(clips), len(clips))
     LAST_PREDICT_SKIPPED = len(skipped)
-    log.info("predict: %d scored, %d skipped with %s in %.1f s%s", len(items), len(skipped), backend,
-             time.monotonic() - started,
+    log.info("predict: %d scored (%d from the score cache), %d skipped with %s in %.1f s%s", len(items),
+             len(clips) - len(pending), len(skipped), backend, time.monotonic() - started,
              f" (mirror: {mirror.downloaded} downloaded, {mirror.reused} reused, {mirror.removed} removed)"
              if mirror is not None else "")
     return PredictItems(items, skipped)

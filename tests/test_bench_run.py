@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("predict_cold", "predict_warm", "train")
+STAGES = ("predict_cold", "predict_warm", "train", "predict_new_model")
 
 
 @pytest.mark.slow
