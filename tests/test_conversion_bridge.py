@@ -219,12 +219,8 @@ def test_missing_file_gets_a_clear_error(tmp_path):
 
 def test_bytes_and_str_attributes_are_both_read(zoo, tmp_path):
     source = zoo["activation_zoo"]
-    as_bytes = tmp_path / "bytes.h5"
-    with h5py.File(source) as a, h5py.File(as_bytes, "w") as b:
-        for key in a:
-            a.copy(key, b)
-        for attr, value in a.attrs.items():
-            b.attrs[attr] = np.bytes_(value.encode()) if isinstance(value, str) else value
+    as_bytes = copy_h5(source, tmp_path / "bytes.h5",
+                       lambda name, value: np.bytes_(value.encode()) if isinstance(value, str) else value)
     with h5py.File(as_bytes) as f:
         assert isinstance(f.attrs["model_config"], bytes)
     assert_same_model(keras_to_torch(source), keras_to_torch(as_bytes))
@@ -244,15 +240,24 @@ def test_verify_cli_prints_the_table_and_fails_above_tolerance(zoo):
 def test_keras_2_2_list_style_sequential_config_converts(zoo, tmp_path):
     """Keras ≤ 2.2 stored a Sequential's config as the bare layer list."""
     source = zoo["activation_zoo"]
-    old_style = tmp_path / "old.h5"
-    with h5py.File(source) as a, h5py.File(old_style, "w") as b:
+
+    def bare_layer_list(name, value):
+        if name != "model_config":
+            return value
+        return json.dumps({"class_name": "Sequential", "config": json.loads(value)["config"]["layers"]})
+
+    old_style = copy_h5(source, tmp_path / "old.h5", bare_layer_list)
+    assert_same_model(keras_to_torch(source), keras_to_torch(old_style))
+
+
+def copy_h5(source, target, rewrite_attr):
+    """A copy of an .h5 file whose root attributes pass through `rewrite_attr(name, value)`."""
+    with h5py.File(source) as a, h5py.File(target, "w") as b:
         for key in a:
             a.copy(key, b)
         for attr, value in a.attrs.items():
-            b.attrs[attr] = value
-        config = json.loads(b.attrs["model_config"])
-        b.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": config["config"]["layers"]})
-    assert_same_model(keras_to_torch(source), keras_to_torch(old_style))
+            b.attrs[attr] = rewrite_attr(attr, value)
+    return target
 
 
 def assert_same_model(a, b):
