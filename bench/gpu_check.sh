@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check: run on a machine with an NVIDIA GPU, from the repository root, with the .venv built
-# (`make setup`). Prints the GPU, runs the CUDA-marked tests and the benchmark with ORCA_DEVICE=cuda.
+# (`make setup`). Prints the GPU, runs the CUDA-marked tests, the CUDA vs CPU output differences with
+# TF32 on and off and in bf16 (bench/cuda_parity.py), and the benchmark with ORCA_DEVICE=cuda.
 #   bash bench/gpu_check.sh [extra bench.run arguments, e.g. --quick]
 # Results go to bench/results-cuda/ (results.json, results.png, logs).
 set -uo pipefail
@@ -21,6 +22,9 @@ echo "== pytest -m cuda"
 rc=$?
 # exit code 5 = no tests collected (no cuda-marked tests): not a failure
 if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then status=$rc; fi
+
+echo "== CUDA vs CPU outputs (TF32 on/off, bf16)"
+"$PY" -m bench.cuda_parity || status=$?
 
 echo "== benchmark with ORCA_DEVICE=cuda"
 ORCA_DEVICE=cuda "$PY" -m bench.run --out bench/results-cuda "$@" || status=$?
