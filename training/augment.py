@@ -87,7 +87,7 @@ def affine_transform(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tens
     grid = grid.to(images.dtype)
     out = F.grid_sample(images.permute(0, 3, 1, 2), grid, mode="bilinear",
                         padding_mode="border", align_corners=True)
-    return out.permute(0, 2, 3, 1)
+    return out.permute(0, 2, 3, 1).contiguous()  # NHWC memory: the model then sees channels_last
 
 
 def apply_shear_zoom(images: torch.Tensor, shear, zx, zy) -> torch.Tensor:
