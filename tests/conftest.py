@@ -2,7 +2,16 @@
 
 import torch  # noqa: F401  (must precede TensorFlow in every test process)
 import torch._dynamo  # noqa: F401  (so must the compiler stack torch.optim loads on its first step)
+import os
+
 import pytest
+from hypothesis import settings
+
+# CI replays the same examples on every run (a red run must mean a change, not a new draw);
+# a developer's run explores new ones.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture
