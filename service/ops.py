@@ -32,10 +32,9 @@ URL_PARAMS = ("model_url", "labeled_url", "unlabeled_url")
 @functools.lru_cache(maxsize=8)
 def device_name(configured: str | None) -> str:
     try:
-        from training import device
+        from training.device import device_label
 
-        label = getattr(device, "device_label", None)  # does not import torch on a CPU-only machine
-        return label(configured) if label is not None else str(device.pick_device(configured))
+        return device_label(configured)  # does not import torch on a CPU-only machine
     except Exception as error:  # noqa: BLE001 - /health must answer
         return f"unavailable ({type(error).__name__})"
 
