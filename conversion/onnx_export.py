@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -39,7 +40,8 @@ def keras_to_onnx(h5_path, out_path, opset: int = 17) -> str:
 
 def torch_to_onnx(module: torch.nn.Module, out_path, example_inputs=None, opset: int = 17,
                   input_shapes=None) -> str:
-    """Export `module` (in eval mode) to ONNX with a dynamic batch dimension.
+    """Export `module` (in eval mode) to ONNX with a dynamic batch dimension; the spatial size is
+    the example's (TF 'same' padding is computed from it and frozen into the graph).
 
     `example_inputs` defaults to zeros of the module's `input_shapes` (Keras shapes, None for
     the batch); a model whose spatial size Keras left open needs explicit example inputs.
@@ -59,7 +61,11 @@ def torch_to_onnx(module: torch.nn.Module, out_path, example_inputs=None, opset:
     count = len(produced) if isinstance(produced, (tuple, list)) else 1
     outputs = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
     try:
-        with atomic_output(out_path, ".onnx") as tmp:
+        with atomic_output(out_path, ".onnx") as tmp, warnings.catch_warnings():
+            # The tracer warns that Python-level shape arithmetic (TF 'same' padding) is frozen into
+            # the graph; only the batch dimension is dynamic, so that is intended.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
             torch.onnx.export(module, tuple(example_inputs), tmp, input_names=names, output_names=outputs,
                               dynamic_axes={n: {0: "batch"} for n in names + outputs},
                               opset_version=opset, dynamo=False)
