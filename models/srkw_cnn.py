@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conversion.atomic import atomic_output
+from conversion.layers import same_padding
 
 from .registry import ModelSpec, register
 
@@ -35,12 +36,6 @@ def conv_output_size(size: int, layers: int = 4) -> int:
     for _ in range(layers):
         size = math.ceil(size / STRIDE)
     return size
-
-
-def _same_pad(size: int) -> tuple[int, int]:
-    out = math.ceil(size / STRIDE)
-    total = max((out - 1) * STRIDE + KERNEL - size, 0)
-    return total // 2, total - total // 2
 
 
 @register("srkw_cnn", ModelSpec(rows=607, cols=617, learning_rate=3e-5))
@@ -62,8 +57,8 @@ class SRKWCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv, rate in zip(self.convs, DROPOUT_AFTER):
-            top, bottom = _same_pad(x.shape[2])
-            left, right = _same_pad(x.shape[3])
+            top, bottom = same_padding(x.shape[2], KERNEL, STRIDE)
+            left, right = same_padding(x.shape[3], KERNEL, STRIDE)
             x = torch.relu(conv(F.pad(x, (left, right, top, bottom))))
             if rate:
                 x = F.dropout(x, rate, self.training)

@@ -114,6 +114,7 @@ def cmd_predict(args) -> int:
 def evaluate_folder(model_path: str, folder: str, rows: int, cols: int, device=None) -> dict:
     """Accuracy at 0.5, ROC AUC and average precision of a model on `folder/<class>/*` images."""
     from training import predict
+    from training.images import list_images
     from training.loop import average_precision, roc_auc
 
     classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
@@ -121,10 +122,9 @@ def evaluate_folder(model_path: str, folder: str, rows: int, cols: int, device=N
         raise SystemExit(f"{folder} must hold exactly two class folders, found {classes}")
     paths, labels = [], []
     for label, name in enumerate(classes):
-        for file in sorted(os.listdir(os.path.join(folder, name))):
-            if file.lower().endswith((".png", ".jpg", ".jpeg")):
-                paths.append(os.path.join(folder, name, file))
-                labels.append(label)
+        found = [str(p) for p in list_images(os.path.join(folder, name))]
+        paths += found
+        labels += [label] * len(found)
     scores = predict(model_path, paths, rows, cols, device=device)
     correct = sum(int((s > 0.5) == bool(y)) for s, y in zip(scores, labels))
     return {"model": model_path, "data": folder, "classes": classes, "images": len(paths),
@@ -132,22 +132,12 @@ def evaluate_folder(model_path: str, folder: str, rows: int, cols: int, device=N
             "average_precision": average_precision(labels, scores)}
 
 
-def _fetch(url: str, folder: str, what: str) -> str:
-    """A local path for `url`: itself when local, else a download into `folder`."""
-    if not url.startswith("s3://"):
-        return url[len("file://"):] if url.startswith("file://") else url
+def cmd_evaluate(args) -> int:
+    from .cache import cached_model
     from .storage import locate
 
-    location = locate(url, what, local_root=None)
-    path = os.path.join(folder, os.path.basename(location.key))
-    location.storage.download(location.key, path)
-    return path
-
-
-def cmd_evaluate(args) -> int:
-    with tempfile.TemporaryDirectory(prefix="orca-eval-") as tmp:
-        model = _fetch(args.model_url, tmp, "model_url")
-        _emit(evaluate_folder(model, args.data_url, args.img_width, args.img_height), args.output)
+    model = cached_model(locate(args.model_url, "model_url", local_root=None))  # local path or cached copy
+    _emit(evaluate_folder(model, args.data_url, args.img_width, args.img_height), args.output)
     return 0
 
 

@@ -10,7 +10,6 @@ prefix follows deletions, so a clip deleted from the unlabeled set is never scor
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import posixpath
@@ -21,6 +20,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from training.images import IMAGE_EXTENSIONS  # what `training` reads
+from training.onnx_scoring import file_sha256  # memoized; neither module imports torch
+
 from .errors import NotFound, Unprocessable
 from .nodes import describe_clip
 from .params import PredictParams, TrainParams
@@ -30,7 +32,6 @@ from .versions import publish_new_version
 log = logging.getLogger(__name__)
 
 TRAIN_LOCK = threading.Lock()
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")  # what `training` reads (Keras' list, minus exotic ones)
 SPLITS = ("train", "validation")
 
 
@@ -128,12 +129,6 @@ def fetch_labeled(labeled: Location, folder: str, threads: int,
     return counts
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_train(params: TrainParams, settings: Settings, on_epoch=None) -> dict:
@@ -179,8 +174,8 @@ def run_train(params: TrainParams, settings: Settings, on_epoch=None) -> dict:
             sidecar = provenance.build_sidecar(
                 written=written, parent=model, parent_info=parent_info, labeled=labeled, labeled_objects=listing,
                 result=result, skipped_urls=skipped, duration_s=time.monotonic() - started, version=__version__)
-            sidecar["parent"]["sha256"] = _sha256(model_path)
-            sidecar["model_sha256"] = _sha256(out_path)
+            sidecar["parent"]["sha256"] = file_sha256(model_path)
+            sidecar["model_sha256"] = file_sha256(out_path)
             png = provenance.curves_png(result, title=f"{written.name} (from {model.name})")
             provenance.write_beside(written, sidecar, png, tmp)
         except Exception:  # noqa: BLE001 - the model is written; a missing sidecar must not fail /train
@@ -263,7 +258,6 @@ def run_predict(params: PredictParams, settings: Settings, on_progress=None) -> 
 
     from training.device import scoring_backend
     from training.errors import ImageError, TrainingError
-    from training.onnx_scoring import file_sha256
     from training.stream import apply_pil_pixel_limit, max_pixels_from_env, stream_batches
 
     from .cache import SCORES, PrefixMirror, ScoreCache, cached_model, onnx_cache_dir
