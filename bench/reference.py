@@ -60,15 +60,20 @@ def download_prefix(s3, bucket: str, prefix: str, folder: str, subfolders=None) 
     return len(keys)
 
 
+def fetch_request_inputs(s3, cfg: dict, tmp: str, prefix_key: str, folders: set) -> tuple[str, str, int]:
+    """What the original downloaded per request: the model and one dataset prefix, into `tmp`."""
+    model_path = os.path.join(tmp, "model.h5")
+    s3.download_file(cfg["bucket"], cfg["model_key"], model_path)
+    data = os.path.join(tmp, "data")
+    return model_path, data, download_prefix(s3, cfg["bucket"], cfg[prefix_key], data, folders)
+
+
 def predict_request(s3, keras, cfg: dict) -> dict:
     """One /predict as the original served it; returns timings and the predictions by file name."""
     timings = {}
     with tempfile.TemporaryDirectory(prefix="bench-ref-predict-") as tmp:
         t0 = time.perf_counter()
-        model_path = os.path.join(tmp, "model.h5")
-        s3.download_file(cfg["bucket"], cfg["model_key"], model_path)
-        unlabeled = os.path.join(tmp, "unlabeled")
-        n = download_prefix(s3, cfg["bucket"], cfg["unlabeled_prefix"], unlabeled, {"spectrograms"})
+        model_path, unlabeled, n = fetch_request_inputs(s3, cfg, tmp, "unlabeled_prefix", {"spectrograms"})
         t1 = time.perf_counter()
         model = keras.models.load_model(model_path)
         t2 = time.perf_counter()
@@ -90,10 +95,7 @@ def train_request(s3, keras, cfg: dict) -> dict:
     timings = {}
     with tempfile.TemporaryDirectory(prefix="bench-ref-train-") as tmp:
         t0 = time.perf_counter()
-        model_path = os.path.join(tmp, "model.h5")
-        s3.download_file(cfg["bucket"], cfg["model_key"], model_path)
-        labeled = os.path.join(tmp, "labeled")
-        n = download_prefix(s3, cfg["bucket"], cfg["labeled_prefix"], labeled, {"train", "validation"})
+        model_path, labeled, n = fetch_request_inputs(s3, cfg, tmp, "labeled_prefix", {"train", "validation"})
         t1 = time.perf_counter()
         model = keras.models.load_model(model_path)  # compiled from the file's training_config
         target = (cfg["rows"], cfg["cols"])
