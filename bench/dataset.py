@@ -13,6 +13,7 @@ Layout (the original endpoint's):
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -64,16 +65,19 @@ def split_counts(labeled: int) -> dict[tuple[str, str], int]:
 
 
 def make_dataset(root: str | os.PathLike, unlabeled: int, labeled: int, progress=None) -> dict:
-    """Write the dataset under `root`; returns {"unlabeled": [paths], "labeled": {(split, cls): [paths]}}."""
+    """Write the dataset under `root`; returns {"unlabeled": [paths], "labeled": {(split, cls): [paths]}}.
+
+    Files are written by a thread per core (PIL releases the GIL while it encodes); each file's
+    content depends only on its source and seed, so the result is the same whatever the thread count.
+    """
     root = Path(root)
     sources = sample_pngs()
+    jobs = []  # (source, seed, path)
     out_unlabeled = []
     for i in range(unlabeled):
         path = root / "unlabeled" / "spectrograms" / f"orcasoundlab_{T0 + 3 * i}.png"
-        _write(perturbed(sources[i % len(sources)], seed=i), path)
+        jobs.append((sources[i % len(sources)], i, path))
         out_unlabeled.append(path)
-        if progress and (i + 1) % 32 == 0:
-            progress(f"unlabeled {i + 1}/{unlabeled}")
     out_labeled: dict = {}
     seed = 1_000_000
     for (split, cls), n in split_counts(labeled).items():
@@ -82,10 +86,14 @@ def make_dataset(root: str | os.PathLike, unlabeled: int, labeled: int, progress
         for i in range(n):
             source = by_class[i % len(by_class)]
             path = root / "labeled" / split / cls / f"{source.stem.split('.')[0]}_{i:05d}.png"
-            _write(perturbed(source, seed=seed), path)
+            jobs.append((source, seed, path))
             seed += 1
             files.append(path)
         out_labeled[(split, cls)] = files
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        for done, _ in enumerate(pool.map(lambda job: _write(perturbed(job[0], seed=job[1]), job[2]), jobs), 1):
+            if progress and (done % 256 == 0 or done == len(jobs)):
+                progress(f"{done}/{len(jobs)} files")
     if progress:
         progress(f"labeled {labeled} ({', '.join(f'{s}/{c}={len(v)}' for (s, c), v in out_labeled.items())})")
     return {"unlabeled": out_unlabeled, "labeled": out_labeled}

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# GPU check: run on a machine with an NVIDIA GPU, from the repository root, with the .venv built
-# (`make setup`). Prints the GPU, runs the CUDA-marked tests, the CUDA vs CPU output differences with
-# TF32 on and off and in bf16 (bench/cuda_parity.py), and the benchmark with ORCA_DEVICE=cuda.
-#   bash bench/gpu_check.sh [extra bench.run arguments, e.g. --quick]
+# GPU check: run on a machine with an NVIDIA GPU, from the repository root. Prints the GPU, runs the
+# CUDA-marked tests, the CUDA vs CPU output differences with TF32 on and off and in bf16
+# (bench/cuda_parity.py), and the benchmark with ORCA_DEVICE=cuda.
+#   bash bench/gpu_check.sh [extra bench.run arguments, e.g. --quick or --unlabeled 1024]
+# Python: $PY, else .venv/bin/python (`make setup`), else python3. Where TensorFlow is not installed
+# the benchmark times this service alone (no reference, no speed-up; it says so).
 # Results go to bench/results-cuda/ (results.json, results.png, logs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
+if [ -z "${PY:-}" ]; then
+    if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
 status=0
 
 echo "== GPU"
@@ -18,7 +22,7 @@ fi
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" || exit 2
 
 echo "== pytest -m cuda"
-"$PY" -m pytest -q -m cuda
+"$PY" -m pytest -q -m cuda -p no:cacheprovider
 rc=$?
 # exit code 5 = no tests collected (no cuda-marked tests): not a failure
 if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then status=$rc; fi

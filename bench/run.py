@@ -35,7 +35,7 @@ import torch  # noqa: F401  (torch before anything that might import TensorFlow;
 
 from .chart import bar_chart
 from .dataset import make_dataset
-from .memory import proc_status_mib
+from .memory import GpuMemoryPeak, proc_status_mib
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "orcabench"
@@ -74,6 +74,8 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK} unless given explicitly")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per stage before giving up")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="time this service only (also chosen, with a note, where TensorFlow is not installed)")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else DEFAULTS
     for key, value in base.items():
@@ -85,12 +87,15 @@ def parse_args(argv=None):
     return args
 
 
-def upload_tree(s3, folder: Path, prefix: str) -> int:
-    count = 0
-    for path in sorted(folder.rglob("*.png")):
-        s3.upload_file(str(path), BUCKET, prefix + path.relative_to(folder).as_posix())
-        count += 1
-    return count
+def upload_tree(s3, folder: Path, prefix: str, threads: int = 8) -> int:
+    """Upload every PNG under `folder` to `prefix` (boto3 clients are thread-safe)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = sorted(folder.rglob("*.png"))
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda path: s3.upload_file(str(path), BUCKET, prefix + path.relative_to(folder).as_posix()),
+                      paths))
+    return len(paths)
 
 
 class Service:
@@ -158,22 +163,38 @@ def run_reference(cfg: dict, env: dict, out_dir: Path, timeout: float) -> dict:
     return json.loads(out_json.read_text())
 
 
+def reference_missing() -> str | None:
+    """Why the reference cannot run here (TensorFlow or tf_keras not installed), or None."""
+    import importlib.util
+
+    missing = [name for name in ("tensorflow", "tf_keras") if importlib.util.find_spec(name) is None]
+    return f"{' and '.join(missing)} not installed" if missing else None
+
+
 def print_table(results: dict) -> None:
     ips, speedup = results["images_per_second"], results["speedup"]
     ref, ours = results["reference"], results["ours"]
+    blank = "-"
     rows = [("stage", "reference s", "ours s", "reference img/s", "ours img/s", "speed-up")]
     for stage in STAGES:
-        rows.append((stage, f"{ref['seconds'][stage]:.2f}", f"{ours['seconds'][stage]:.2f}",
-                     f"{ips[stage]['reference']:.2f}", f"{ips[stage]['ours']:.2f}", f"{speedup[stage]:.2f}x"))
-    rows.append(("peak RSS MiB", f"{ref['peak_rss_mib']:.0f}", f"{ours['peak_rss_mib']:.0f}", "", "", ""))
+        rows.append((stage, f"{ref['seconds'][stage]:.2f}" if ref else blank, f"{ours['seconds'][stage]:.2f}",
+                     f"{ips[stage]['reference']:.2f}" if ref else blank, f"{ips[stage]['ours']:.2f}",
+                     f"{speedup[stage]:.2f}x" if ref else blank))
+    rows.append(("peak RSS MiB", f"{ref['peak_rss_mib']:.0f}" if ref else blank, f"{ours['peak_rss_mib']:.0f}",
+                 "", "", ""))
+    if ours.get("peak_gpu_mib") is not None:
+        rows.append(("peak GPU MiB", blank, f"{ours['peak_gpu_mib']:.0f}", "", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
         print("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))))
         if n == 0:
             print("  ".join("-" * w for w in widths))
-    print(f"reference download alone: predict cold {ref['download_s']['predict_cold']:.2f} s, "
-          f"train {ref['download_s']['train']:.2f} s; "
-          f"max |ours - reference| prediction: {results['parity']['max_abs_diff_predict']:.2e}")
+    if ref:
+        print(f"reference download alone: predict cold {ref['download_s']['predict_cold']:.2f} s, "
+              f"train {ref['download_s']['train']:.2f} s; "
+              f"max |ours - reference| prediction: {results['parity']['max_abs_diff_predict']:.2e}")
+    else:
+        print(f"reference not run ({results['reference_skipped']}): no speed-up; the figures are ours alone")
     print(f"load average (1, 5, 15 min) after each stage on {os.cpu_count()} cores: "
           + ", ".join(f"{k} {v}" for k, v in results.get("load_average", {}).items()))
 
@@ -199,7 +220,9 @@ def main(argv=None) -> dict:
               "epochs": args.epochs, "quick": args.quick, "cpu_count": os.cpu_count(),
               "machine": platform.machine(), "python": platform.python_version(),
               "torch": torch.__version__, "orca_device": os.environ.get("ORCA_DEVICE") or "auto",
-              "cuda_available": torch.cuda.is_available()}
+              "cuda_available": torch.cuda.is_available(),
+              "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    skipped = "--no-reference" if args.no_reference else reference_missing()
     note_load("start")
     progress(f"config {json.dumps(config)}")
     with tempfile.TemporaryDirectory(prefix="orca-bench-") as tmp:
@@ -225,15 +248,19 @@ def main(argv=None) -> dict:
             progress(f"moto S3 on {endpoint}: uploaded the model and {n} spectrograms")
             env = dict(os.environ)
 
-            progress("reference (tf_keras, own process): predict cold, predict warm, train ...")
-            cfg = {"bucket": BUCKET, "model_key": "models/srkw_cnn_0.h5", "unlabeled_prefix": "unlabeled/",
-                   "labeled_prefix": "labeled/", "output_key": "reference/models/srkw_cnn_1.h5",
-                   "rows": args.rows, "cols": args.cols, "epochs": args.epochs}
-            ref = run_reference(cfg, env, out_dir, args.timeout)
-            note_load("reference")
-            progress(f"reference done: predict cold {ref['predict_cold']['timings']['total_s']:.1f} s, "
-                     f"warm {ref['predict_warm']['timings']['total_s']:.1f} s, "
-                     f"train {ref['train']['timings']['total_s']:.1f} s")
+            ref = None
+            if skipped:
+                progress(f"reference not run: {skipped}")
+            else:
+                progress("reference (tf_keras, own process): predict cold, predict warm, train ...")
+                cfg = {"bucket": BUCKET, "model_key": "models/srkw_cnn_0.h5", "unlabeled_prefix": "unlabeled/",
+                       "labeled_prefix": "labeled/", "output_key": "reference/models/srkw_cnn_1.h5",
+                       "rows": args.rows, "cols": args.cols, "epochs": args.epochs}
+                ref = run_reference(cfg, env, out_dir, args.timeout)
+                note_load("reference")
+                progress(f"reference done: predict cold {ref['predict_cold']['timings']['total_s']:.1f} s, "
+                         f"warm {ref['predict_warm']['timings']['total_s']:.1f} s, "
+                         f"train {ref['train']['timings']['total_s']:.1f} s")
 
             progress("service (python -m service, own process) starting ...")
             service_env = dict(env, HOST="127.0.0.1", PORT="0", ORCA_LOCAL_ROOT="",
@@ -241,6 +268,8 @@ def main(argv=None) -> dict:
                                PYTHONUNBUFFERED="1")
             service = Service(service_env, out_dir / "service.log")
             idle = service.memory()
+            gpu = GpuMemoryPeak()
+            gpu_before = gpu.read_mib() if config["cuda_available"] else None
             progress(f"service up at {service.base} in {service.startup_s:.1f} s")
             predict_params = dict(model_url=f"s3://{BUCKET}/models/srkw_cnn_0.h5",
                                   unlabeled_url=f"s3://{BUCKET}/unlabeled/", img_width=args.rows,
@@ -266,23 +295,55 @@ def main(argv=None) -> dict:
             note_load("ours_predict_new_model")
             progress(f"ours: predict_new_model {ours_seconds['predict_new_model']:.1f} s")
             memory_end = service.memory()
+            peak_gpu = gpu.stop()
         finally:
             if service is not None:
                 service.stop()
             moto.stop()
 
-    ref_seconds = {stage: ref[REFERENCE_STAGE[stage]]["timings"]["total_s"] for stage in STAGES}
     work = {"predict_cold": args.unlabeled, "predict_warm": args.unlabeled, "train": train_images * args.epochs,
             "predict_new_model": args.unlabeled}
-    ips = {stage: {"reference": work[stage] / ref_seconds[stage], "ours": work[stage] / ours_seconds[stage]}
-           for stage in STAGES}
-    speedup = {stage: ips[stage]["ours"] / ips[stage]["reference"] for stage in STAGES}
+    ips = {stage: {"ours": work[stage] / ours_seconds[stage]} for stage in STAGES}
+    results = {
+        "config": config,
+        "reference": None,
+        "reference_skipped": skipped,
+        "ours": {
+            "seconds": ours_seconds,
+            "startup_s": service.startup_s,
+            "idle_rss_mib": idle.get("VmRSS", 0.0),
+            "peak_rss_after_predict_mib": memory_after_predict.get("VmHWM", 0.0),
+            "peak_rss_mib": memory_end.get("VmHWM", 0.0),
+            "gpu_mib_before_service_work": gpu_before,
+            "peak_gpu_mib": peak_gpu,
+            "train_result": train_answer,
+        },
+        "images_per_second": ips,
+        "speedup": None,
+        "load_average": LOAD,
+        "parity": None,
+    }
+    if ref is not None:
+        add_reference(results, ref, work, answers)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    draw_chart(out_dir / "results.png", results, args, train_images)
+    print_table(results)
+    progress(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.png'}")
+    return results
+
+
+def add_reference(results: dict, ref: dict, work: dict, answers: dict) -> None:
+    """The reference's figures, the speed-ups and the prediction parity, into `results`."""
+    ref_seconds = {stage: ref[REFERENCE_STAGE[stage]]["timings"]["total_s"] for stage in STAGES}
+    ips = results["images_per_second"]
+    for stage in STAGES:
+        ips[stage]["reference"] = work[stage] / ref_seconds[stage]
+    results["speedup"] = {stage: ips[stage]["ours"] / ips[stage]["reference"] for stage in STAGES}
     ours_values = {os.path.basename(item["audio_url"]).rsplit(".", 1)[0] + ".png": item["predicted_value"]
                    for item in answers["predict_warm"]}
     ref_values = ref["predict_warm"]["predictions"]
     common = sorted(set(ours_values) & set(ref_values))
-    results = {
-        "config": config,
+    results.update({
         "reference": {
             "seconds": ref_seconds,
             "download_s": {stage: ref[REFERENCE_STAGE[stage]]["timings"]["download_s"] for stage in STAGES},
@@ -294,34 +355,31 @@ def main(argv=None) -> dict:
             "tf_gpus": ref["tf_gpus"],
             "train_result": ref["train"]["result"],
         },
-        "ours": {
-            "seconds": ours_seconds,
-            "startup_s": service.startup_s,
-            "idle_rss_mib": idle.get("VmRSS", 0.0),
-            "peak_rss_after_predict_mib": memory_after_predict.get("VmHWM", 0.0),
-            "peak_rss_mib": memory_end.get("VmHWM", 0.0),
-            "train_result": train_answer,
-        },
-        "images_per_second": ips,
-        "speedup": speedup,
-        "load_average": LOAD,
         "parity": {"compared_predictions": len(common),
                    "max_abs_diff_predict": max((abs(ours_values[k] - ref_values[k]) for k in common), default=0.0)},
-    }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    bar_chart(out_dir / "results.png", list(STAGES),
-              {"reference": [ips[s]["reference"] for s in STAGES], "ours": [ips[s]["ours"] for s in STAGES]},
+    })
+
+
+def draw_chart(path: Path, results: dict, args, train_images: int) -> None:
+    ips, speedup, config = results["images_per_second"], results["speedup"], results["config"]
+    sides = ("reference", "ours") if results["reference"] else ("ours",)
+    notes = []
+    if speedup:
+        notes.append("speed-up (ours / reference): " + ", ".join(f"{s} {speedup[s]:.2f}x" for s in STAGES))
+        notes.append(f"peak RSS: reference {results['reference']['peak_rss_mib']:.0f} MiB, "
+                     f"service {results['ours']['peak_rss_mib']:.0f} MiB")
+    else:
+        notes.append(f"reference not run ({results['reference_skipped']}); "
+                     f"service peak RSS {results['ours']['peak_rss_mib']:.0f} MiB")
+    if results["ours"].get("peak_gpu_mib") is not None:
+        notes.append(f"peak GPU memory in use (nvidia-smi): {results['ours']['peak_gpu_mib']:.0f} MiB "
+                     f"on {config.get('cuda_device')}")
+    notes.append(f"{os.cpu_count()} CPU cores, ORCA_DEVICE={config['orca_device']}, "
+                 f"cuda available: {config['cuda_available']}")
+    bar_chart(path, list(STAGES), {side: [ips[s][side] for s in STAGES] for side in sides},
               title=(f"orca ML endpoint vs original tf_keras pipeline: {args.unlabeled} unlabeled, "
                      f"{train_images} train images x {args.epochs} epochs, {args.rows}x{args.cols}"),
-              unit="images / s",
-              notes=[f"speed-up (ours / reference): " + ", ".join(f"{s} {speedup[s]:.2f}x" for s in STAGES),
-                     f"peak RSS: reference {results['reference']['peak_rss_mib']:.0f} MiB, "
-                     f"service {results['ours']['peak_rss_mib']:.0f} MiB",
-                     f"{os.cpu_count()} CPU cores, ORCA_DEVICE={config['orca_device']}, "
-                     f"cuda available: {config['cuda_available']}"])
-    print_table(results)
-    progress(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.png'}")
-    return results
+              unit="images / s", notes=notes)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,20 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(api)
     ops.install(app)  # jobs, /models, /ready, /metrics; token, allow-list and metrics hooks
     app.register_error_handler(Exception, handle_error)
+    start_preload(app.config.get("PRELOAD_TORCH"))
     return app
+
+
+def start_preload(setting: str | None):
+    """Import torch on a background thread when ORCA_PRELOAD_TORCH says so (training.device)."""
+    from training.device import preload_torch_in_background, should_preload
+    from training.errors import TrainingError
+
+    try:
+        wanted = should_preload(setting)
+    except TrainingError as error:
+        raise SystemExit(str(error)) from None
+    return preload_torch_in_background() if wanted else None
 
 
 def handle_error(error: Exception):

@@ -17,6 +17,7 @@
 | ORCA_READY_BUCKET     | READY_BUCKET    | unset              | bucket /ready checks with HeadBucket                |
 | ORCA_S3_MAX_ATTEMPTS  | S3_MAX_ATTEMPTS | 5                  | attempts per S3 call (botocore standard retries)    |
 | ORCA_S3_RETRY_BASE    | S3_RETRY_BASE   | 0.2                | seconds; backoff base of re-downloads of broken bodies|
+| ORCA_PRELOAD_TORCH    | PRELOAD_TORCH   | auto               | import torch at start-up: auto = where a GPU driver is|
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ ENV = {
     "READY_BUCKET": ("ORCA_READY_BUCKET", str),
     "S3_MAX_ATTEMPTS": ("ORCA_S3_MAX_ATTEMPTS", int),
     "S3_RETRY_BASE": ("ORCA_S3_RETRY_BASE", float),
+    "PRELOAD_TORCH": ("ORCA_PRELOAD_TORCH", str),
 }
 OPTIONAL = ("WORK_DIR", "DEVICE", "API_TOKEN", "ALLOWED_PREFIXES", "READY_BUCKET")  # '' means unset
 
@@ -60,6 +62,7 @@ def defaults() -> dict:
         "READY_BUCKET": None,
         "S3_MAX_ATTEMPTS": 5,
         "S3_RETRY_BASE": 0.2,
+        "PRELOAD_TORCH": "auto",
     }
 
 

@@ -135,15 +135,18 @@ def run_train(params: TrainParams, settings: Settings, on_epoch=None) -> dict:
     """Train, publish `NAME_{N+1}` (.h5, .onnx or .pt, as the model came), then its provenance
     sidecar `.json` and curves `.png`.
     `on_epoch(epoch, epochs, metrics)` is passed to `training.train` (job progress)."""
+    from training.device import preload_torch_in_background
+
     from . import __version__, metrics, provenance
     from .storage import MAX_LISTING
 
+    # torch (first /train of a CPU service) loads while the model and the images download
+    preload = None if "torch._dynamo" in sys.modules else preload_torch_in_background()
     MAX_LISTING.set(settings.max_listing)  # this thread may be a job worker, not a request
     model = locate(params.model_url, "model_url", local_root=settings.local_root)
     labeled = locate(params.labeled_url, "labeled_url", local_root=settings.local_root)
     import training
 
-    errors = _training_errors()
     with TRAIN_LOCK, tempfile.TemporaryDirectory(prefix="orca-train-", dir=settings.work_dir) as tmp:
         started = time.monotonic()
         if "training.onnx_scoring" in sys.modules:  # idle scoring sessions slow CPU training
@@ -153,6 +156,9 @@ def run_train(params: TrainParams, settings: Settings, on_epoch=None) -> dict:
         data = os.path.join(tmp, "labeled")
         listing: list[ObjectInfo] = []
         counts = fetch_labeled(labeled, data, settings.download_threads, listing)
+        if preload is not None:
+            preload.join()
+        errors = _training_errors()  # imports conversion, hence torch: after the preload
         log.info("train: %s on %s (%s), %d epochs", model.url, labeled.url, counts, params.epochs)
         out_path = os.path.join(tmp, "trained" + posixpath.splitext(model_path)[1])  # same format
         replacements = {model_path: model.url, data + os.sep: labeled.prefix_url}

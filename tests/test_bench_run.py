@@ -61,3 +61,22 @@ def test_dataset_is_real_spectrograms_all_different(tmp_path):
             assert img.size == (640, 480) and img.mode == "RGBA"
     assert {key: len(v) for key, v in data["labeled"].items()} == {
         ("train", "calls"): 3, ("train", "nocalls"): 3, ("validation", "calls"): 1, ("validation", "nocalls"): 1}
+
+
+@pytest.mark.slow
+def test_bench_without_reference_times_the_service_alone_and_says_so(tmp_path):
+    """What a GPU machine without TensorFlow runs (bench/gpu_check.sh): ours only, no speed-up."""
+    out = tmp_path / "results"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--no-reference", "--rows", "67", "--cols", "83", "--unlabeled", "4",
+         "--labeled", "4", "--epochs", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "reference not run (--no-reference)" in completed.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["reference"] is None and results["speedup"] is None and results["parity"] is None
+    assert results["reference_skipped"] == "--no-reference"
+    assert all(results["ours"]["seconds"][s] > 0 for s in STAGES)
+    assert all(set(results["images_per_second"][s]) == {"ours"} for s in STAGES)
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "reference.json").exists()

@@ -18,7 +18,8 @@ import h5py
 import numpy as np
 import pytest
 
-import keras_zoo
+pytest.importorskip("tf_keras", reason="the Keras bridge tests need tf_keras (requirements.txt)")
+import keras_zoo  # noqa: E402  (imports tf_keras)
 from conversion import (ConversionError, count_parameters, keras_to_torch, read_training_config,
                         torch_to_keras)
 from conversion import keras_reference

@@ -10,7 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from conversion import keras_reference, keras_to_torch, read_training_config
+pytest.importorskip("tf_keras", reason="the Keras parity tests need tf_keras (requirements.txt)")
+from conversion import keras_reference, keras_to_torch, read_training_config  # noqa: E402
 from models.srkw_cnn import SRKWCNN, write_fresh_h5, write_keras_h5
 
 

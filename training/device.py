@@ -6,15 +6,22 @@ engine scores on it, and at which precision.
   when the machine plainly has no NVIDIA driver (no /dev/nvidiactl, no /proc/driver/nvidia), so a
   CPU-only service scores without loading torch;
 - `resolve_precision(value)` → "fp32" or "bf16" (env ORCA_PRECISION, default fp32): bf16 autocast is
-  used by the torch scoring path (training.predict) on CUDA and, when asked, on the CPU.
+  used by the torch scoring path (training.predict) on CUDA and, when asked, on the CPU;
+- `preload_torch_in_background()` imports what training needs (torch, and torch._dynamo, which
+  torch.optim loads when an optimizer is built) on a thread, so a request does not wait for it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import threading
+import time
 
 from .errors import TrainingError
+
+LOG = logging.getLogger("training")
 
 PRECISION_ENV = "ORCA_PRECISION"
 PRECISIONS = ("fp32", "bf16")
@@ -73,3 +80,38 @@ def device_label(requested: str | None = None) -> str:
     if scoring_backend(requested) == "onnxruntime" and "torch" not in sys.modules:
         return "cpu"
     return str(pick_device(requested))
+
+
+def should_preload(setting: str | None) -> bool:
+    """ORCA_PRELOAD_TORCH: "1"/"true" always, "0"/"false" never, "auto" (default) where an NVIDIA
+    driver is present: a CUDA service needs torch for every request, while a CPU-only service scores
+    with ONNX Runtime and keeps torch's ≈ 650 MiB out until its first /train."""
+    value = (setting or "auto").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    if value != "auto":
+        raise TrainingError(f"ORCA_PRELOAD_TORCH must be auto, 1 or 0, got {setting!r}")
+    return not _no_nvidia_driver()
+
+
+def _preload() -> None:
+    started = time.perf_counter()
+    try:
+        import torch
+        import torch._dynamo  # noqa: F401  (torch.optim imports it when the first optimizer is built)
+
+        from . import loop  # noqa: F401  (and with it conversion's bridge)
+    except Exception as error:  # noqa: BLE001 - the request that needs torch reports it properly
+        LOG.warning("preloading torch failed: %s", error)
+        return
+    LOG.info("torch %s loaded in the background in %.1f s", torch.__version__, time.perf_counter() - started)
+
+
+def preload_torch_in_background() -> threading.Thread:
+    """Start importing torch and the training modules on a daemon thread; `join()` it to wait.
+    Imports are safe across threads (a module imported twice at once waits for the first)."""
+    thread = threading.Thread(target=_preload, name="orca-preload-torch", daemon=True)
+    thread.start()
+    return thread

@@ -124,7 +124,8 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
                     raise
                 return (_SKIP, str(error))
 
-    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="orca-fetch")
+    # threads waiting on downloads must not hold back decoding: room for both at once
+    pool = ThreadPoolExecutor(max(1, workers) + decode_workers, thread_name_prefix="orca-fetch")
     try:
         pending: deque = deque()
 

@@ -1,0 +1,76 @@
+"""The CUDA training path against the CPU one: same weights and batch give the same loss and gradients,
+and a whole /train run on CUDA writes a model that scores alike on both devices. Marked `cuda`:
+skipped with a reason on a machine without one (the same functions run on the CPU in
+tests/test_training_loop.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import numpy as np
+import pytest
+
+from conversion.formats import load_trainable
+from models.srkw_cnn import write_fresh_h5
+from training import train
+from training.data import decode_split, load_labeled
+from training.loop import _logits, to_batch
+from training.optim import make_loss
+from training.predict import predict
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")]
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "orcasound"
+ROWS, COLS = 67, 83
+
+
+@pytest.fixture()
+def exact_fp32():
+    """TF32 off for matmuls and cuDNN convolutions (cuDNN's default is on), restored afterwards."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.fixture(scope="module")
+def model_h5(tmp_path_factory):
+    return write_fresh_h5(tmp_path_factory.mktemp("cuda") / "srkw_cnn_0.h5", ROWS, COLS, seed=5)
+
+
+def loss_and_gradients(model_h5, split, device):
+    model = load_trainable(model_h5).to(device)
+    model.eval()  # no dropout: the two devices draw different masks
+    loss_fn = make_loss(model.training_config)
+    x = to_batch(split.pixels, torch.device(device))
+    y = torch.from_numpy(split.labels).to(device)
+    loss = loss_fn(_logits(model, x), y) + model.regularization_loss().to(device)
+    loss.backward()
+    return loss.item(), {name: p.grad.detach().cpu().numpy() for name, p in model.named_parameters()}
+
+
+def test_cuda_loss_and_gradients_match_cpu(model_h5, exact_fp32):
+    _, split, _ = load_labeled(SAMPLE)
+    decode_split(split, ROWS, COLS)
+    cpu_loss, cpu_grads = loss_and_gradients(model_h5, split, "cpu")
+    cuda_loss, cuda_grads = loss_and_gradients(model_h5, split, "cuda")
+    assert abs(cuda_loss - cpu_loss) <= 1e-5 * max(1.0, abs(cpu_loss))
+    assert cpu_grads.keys() == cuda_grads.keys()
+    for name, grad in cpu_grads.items():
+        scale = max(float(np.abs(grad).max()), 1e-8)
+        assert np.abs(cuda_grads[name] - grad).max() <= 1e-4 * scale, name
+
+
+def test_train_on_cuda_writes_a_model_that_scores_alike_on_both_devices(model_h5, tmp_path, exact_fp32):
+    out = tmp_path / "srkw_cnn_1.h5"
+    result = train(model_h5, SAMPLE, ROWS, COLS, 2, out, device="cuda", seed=0)
+    assert result.device.startswith("cuda")
+    assert len(result.loss) == 2 and all(np.isfinite(result.loss + result.val_loss))
+    paths = sorted(SAMPLE.glob("test/*/*.png"))
+    cpu = np.array(predict(out, paths, ROWS, COLS, device="cpu"))
+    cuda = np.array(predict(out, paths, ROWS, COLS, device="cuda"))
+    assert np.abs(cuda - cpu).max() <= 1e-4
+    before = np.array(predict(model_h5, paths, ROWS, COLS, device="cpu"))
+    assert np.abs(cpu - before).max() > 0  # the weights did change
