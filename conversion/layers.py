@@ -253,13 +253,27 @@ def convert_spatial_dropout(config, weights, ctx):
 
 def fast_dropout(x: torch.Tensor, rate: float) -> torch.Tensor:
     """Inverted dropout (as Keras and F.dropout): zero each element with probability `rate`, scale the
-    rest by 1/(1 − rate). The mask comes from `uniform_`, which on the CPU is about 3× faster than the
-    `bernoulli_` F.dropout uses; that made up a third of an srkw_cnn training step."""
+    rest by 1/(1 − rate).
+
+    The mask is made from random bits, drawn 64 at a time: 8 bits per element where rate × 256 is a
+    whole number (0.5, 0.25, …; then exactly Keras' probability), else 16 (within 2⁻¹⁷ of it), compared
+    with rate × 2^bits. On the CPU that is about 3× cheaper than `uniform_` and 5× cheaper than the
+    `bernoulli_` F.dropout uses; the mask of srkw_cnn's first dropout was a sixth of a training step.
+    """
     if rate <= 0.0:
         return x
     if rate >= 1.0:
         return x * 0.0
-    keep = torch.empty_like(x).uniform_().ge_(rate).mul_(1.0 / (1.0 - rate))
+    n = x.numel()
+    if float(rate * 256).is_integer():
+        draw_type, threshold, per_word = torch.uint8, int(rate * 256), 8
+    else:
+        draw_type, threshold, per_word = torch.int16, round(rate * 65536) - 32768, 4
+    words = torch.empty((n + per_word - 1) // per_word, dtype=torch.int64, device=x.device)
+    draws = words.random_(-2**63, 2**63 - 1).view(draw_type)[:n]
+    keep = torch.ge(draws, threshold).to(x.dtype).mul_(1.0 / (1.0 - rate))
+    dense = x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+    keep = keep.as_strided(x.size(), x.stride()) if dense else keep.view(x.shape)  # x's memory layout
     return x * keep
 
 
@@ -531,7 +545,7 @@ class Conv(KerasLayer):
         super().__init__(activation, ctx)
         self.kind, self.strides, self.padding, self.dilation = kind, strides, padding, dilation
 
-    def _conv(self, x, weight, groups=1):
+    def _conv(self, x, weight, groups=1, bias=None):
         kernel = weight.shape[2:]
         strides = self.strides
         if tuple(kernel) == (1, 1) and strides != (1, 1):
@@ -542,7 +556,7 @@ class Conv(KerasLayer):
             x = pad_same(x, kernel, strides, self.dilation)
         elif self.padding != "valid":
             raise ConversionError(f"padding={self.padding!r} is not supported")
-        return F.conv2d(x, weight, None, strides, 0, self.dilation, groups)
+        return F.conv2d(x, weight, bias, strides, 0, self.dilation, groups)
 
     def _transposed(self, x, weight):
         n_h, n_w = x.shape[2], x.shape[3]
@@ -564,22 +578,21 @@ class Conv(KerasLayer):
         return y
 
     def linear(self, x):
+        bias = getattr(self, "bias", None)  # added inside the convolution: one full pass less
         if self.kind == "conv":
-            y = self._conv(x, self.kernel.permute(3, 2, 0, 1))
-        elif self.kind == "depthwise":
+            return self._conv(x, self.kernel.permute(3, 2, 0, 1), bias=bias)
+        if self.kind == "depthwise":
             k = self.depthwise_kernel  # (kh, kw, in, mult)
             w = k.permute(2, 3, 0, 1).reshape(k.shape[2] * k.shape[3], 1, k.shape[0], k.shape[1])
-            y = self._conv(x, w, groups=k.shape[2])
-        elif self.kind == "separable":
+            return self._conv(x, w, groups=k.shape[2], bias=bias)
+        if self.kind == "separable":
             k = self.depthwise_kernel
             w = k.permute(2, 3, 0, 1).reshape(k.shape[2] * k.shape[3], 1, k.shape[0], k.shape[1])
             y = self._conv(x, w, groups=k.shape[2])
-            y = F.conv2d(y, self.pointwise_kernel.permute(3, 2, 0, 1))
-        else:  # transpose: Keras (kh, kw, out, in) → torch (in, out, kh, kw)
-            y = self._transposed(x, self.kernel.permute(3, 2, 0, 1))
-        if hasattr(self, "bias"):
-            y = y + self.bias.view(1, -1, 1, 1)
-        return y
+            return F.conv2d(y, self.pointwise_kernel.permute(3, 2, 0, 1), bias)
+        # transpose: Keras (kh, kw, out, in) → torch (in, out, kh, kw)
+        y = self._transposed(x, self.kernel.permute(3, 2, 0, 1))
+        return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
 _CONV_KINDS = {

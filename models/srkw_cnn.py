@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conversion.atomic import atomic_output
-from conversion.layers import same_padding
+from conversion.layers import fast_dropout, same_padding
 
 from .registry import ModelSpec, register
 
@@ -61,7 +61,7 @@ class SRKWCNN(nn.Module):
             left, right = same_padding(x.shape[3], KERNEL, STRIDE)
             x = torch.relu(conv(F.pad(x, (left, right, top, bottom))))
             if rate:
-                x = F.dropout(x, rate, self.training)
+                x = fast_dropout(x, rate) if self.training else x
         x = torch.flatten(x.permute(0, 2, 3, 1), 1)  # Keras flattens NHWC
         return self.fc2(torch.relu(self.fc1(x)))
 

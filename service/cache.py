@@ -1,15 +1,19 @@
-"""Local caches that make a warm /predict cheap: model files by URL + ETag, and a mirror of each S3
-unlabeled prefix that follows the bucket (new and changed objects downloaded, vanished ones removed).
+"""Local caches that make a warm /predict (and the next /train) cheap: model files by URL + ETag, and
+a mirror of each S3 unlabeled or labeled prefix that follows the bucket (new and changed objects
+downloaded, vanished ones removed).
 
 Everything lives under `cache_root()`: env ORCA_CACHE_DIR, default `<system temp>/orca-cache`:
 
 - `models/<sha256(url)[:32]>/<etag><ext>`: one file per model version seen, the newest
   KEEP_MODEL_VERSIONS kept per URL. An unchanged model (same URL, same ETag) is not downloaded
   again; its ONNX export is cached by content hash (training.onnx_scoring, `onnx/` below the root).
-- `mirrors/<sha256(prefix url)[:32]>/`: the spectrograms of one unlabeled prefix plus `index.json`
-  (name → [etag, size]). Its size is that of the prefix's current spectrograms (deletions are
-  followed); there is one mirror per prefix ever scored and nothing evicts whole mirrors: delete
-  the folder (or the whole cache root) while the service is idle to reclaim the space.
+- `mirrors/<sha256(prefix url)[:32]>/`: the spectrograms of one unlabeled prefix (/predict), or the
+  `train/` and `validation/` images of one labeled prefix (/train, file names flattened by
+  `service.jobs.mirror_name`), plus `index.json` (name → [etag, size]). Its size is that of the
+  prefix's current images (deletions are followed); there is one mirror per prefix ever used and
+  nothing evicts whole mirrors: delete the folder (or the whole cache root) while the service is
+  idle to reclaim the space. /train hard-links the mirrored files into its private folder (a copy
+  across file systems); the mirror replaces files by rename, so a running training keeps its own.
 
 Local-storage URLs are read in place (no copy), so they need no mirror. A mirror is used under a
 per-prefix lock (a thread lock plus `flock` on `mirrors/<id>.lock`, so several worker processes

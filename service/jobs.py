@@ -4,7 +4,8 @@ folder, call `training`, publish the new model version. Knows storage and jobs, 
 Training runs on the job queue's worker (service.jobqueue: one training at a time on the device);
 `TRAIN_LOCK` also serializes direct callers such as the CLI, so each gets its own version. Scoring runs concurrently (one at a time per unlabeled prefix).
 /predict reuses models and spectrograms cached by URL + ETag (service.cache); the mirror of a
-prefix follows deletions, so a clip deleted from the unlabeled set is never scored again.
+prefix follows deletions, so a clip deleted from the unlabeled set is never scored again. /train
+mirrors an S3 labeled prefix the same way, so a training round downloads only the new labels.
 """
 
 from __future__ import annotations
@@ -125,8 +126,49 @@ def fetch_labeled(labeled: Location, folder: str, threads: int,
                                 f"(expected {split}/<class>/*.png): {labeled.url}")
     if listing is not None:
         listing.extend(info for info, _ in jobs)
-    _download_all(labeled, jobs, threads)
+    from .storage import LocalStorage
+
+    if isinstance(labeled.storage, LocalStorage):
+        _download_all(labeled, jobs, threads)
+    else:
+        _mirror_labeled(labeled, jobs, threads)
     return counts
+
+
+def mirror_name(relative: str) -> str:
+    """A flat file name for `train/<class>/<file>` in the labeled mirror (one folder, as PrefixMirror keeps)."""
+    import hashlib
+    import urllib.parse
+
+    name = urllib.parse.quote(relative, safe="")
+    if len(name.encode()) > 200:  # file systems allow 255 bytes per name
+        name = hashlib.sha256(relative.encode()).hexdigest()[:40] + posixpath.splitext(relative)[1].lower()
+    return name
+
+
+def _mirror_labeled(labeled: Location, jobs: list[tuple[ObjectInfo, str]], threads: int) -> None:
+    """Bring the mirror of the S3 labeled prefix up to date (only new or changed images are downloaded;
+    images gone from the bucket are removed) and hard-link its files into the training folder."""
+    import shutil
+
+    from .cache import PrefixMirror
+
+    wanted = {mirror_name(info.key[len(labeled.prefix):]): (info, path) for info, path in jobs}
+    mirror = PrefixMirror(labeled, labeled.prefix)
+    with mirror.synced({name: info for name, (info, _) in wanted.items()}) as fetch:
+        def one(item):
+            name, (_, path) = item
+            source = fetch(name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                os.link(source, path)  # the mirror replaces files by rename: a link keeps this copy intact
+            except OSError:  # another file system
+                shutil.copyfile(source, path)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(wanted)))) as pool:
+            list(pool.map(one, wanted.items()))
+    log.info("train: labeled mirror of %s: %d downloaded, %d reused, %d removed", labeled.prefix_url,
+             mirror.downloaded, mirror.reused, mirror.removed)
 
 
 

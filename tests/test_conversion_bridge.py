@@ -270,15 +270,26 @@ def assert_same_model(a, b):
         torch.testing.assert_close(a(x), b(x), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("rate", [0.5, 0.6])
-def test_fast_dropout_drops_at_the_keras_rate_and_scales_the_rest(rate):
+@pytest.mark.parametrize("rate", [0.5, 0.6, 0.1, 0.75])
+@pytest.mark.parametrize("layout", ["flat", "channels_last", "strided"])
+def test_fast_dropout_drops_at_the_keras_rate_and_scales_the_rest(rate, layout):
     from conversion.layers import fast_dropout
 
     torch.manual_seed(0)
-    x = torch.ones(1_000_000, requires_grad=True)
+    x = torch.ones(1_000_001)
+    if layout == "channels_last":
+        x = torch.ones(8, 7, 101, 143).contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.ones(2000, 1001)[:, ::2]
+    x.requires_grad_()
     y = fast_dropout(x, rate)
+    assert y.shape == x.shape
     kept = y != 0
     assert abs(kept.float().mean().item() - (1 - rate)) < 3e-3
     assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - rate)))
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())  # gradient flows through kept elements only, scaled
+    if layout == "channels_last":  # no element position is favoured: every channel and row drops alike
+        per_channel = kept.float().mean(dim=(0, 2, 3))
+        assert (per_channel - (1 - rate)).abs().max() < 0.02
+    assert not torch.equal(fast_dropout(x, rate), y)  # a fresh mask on every call

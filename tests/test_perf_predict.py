@@ -207,3 +207,60 @@ def test_s3_mirror_downloads_only_new_or_changed_objects_and_follows_deletions(s
     s3.upload_file(str(model_h5), "orcaperf", "models/srkw_cnn_0.h5")  # same bytes → same ETag: cached
     jobs.run_predict(params, settings)
     assert downloads == []
+
+
+# ------------------------------------------------------------------------------- /train, labeled mirror
+
+def test_labeled_mirror_downloads_only_new_labels_follows_deletions_and_links_a_full_dataset(
+        s3, cache_dir, tmp_path, monkeypatch):
+    from service import storage
+    from service.storage import locate
+
+    downloads = []
+    real_download = storage.S3Storage.download
+
+    def counting(self, key, local_path, expected_size=None):
+        downloads.append(key)
+        return real_download(self, key, local_path, expected_size)
+
+    monkeypatch.setattr(storage.S3Storage, "download", counting)
+    sources = sorted(SAMPLE.glob("train/*/*.png"))[:2] + sorted(SAMPLE.glob("validation/*/*.png"))[:2]
+    keys = ["labeled/train/calls/a.png", "labeled/train/nocalls/b.png",
+            "labeled/validation/calls/c.png", "labeled/validation/nocalls/d.png"]
+    for key, png in zip(keys, sources):
+        s3.upload_file(str(png), "orcaperf", key)
+    s3.put_object(Bucket="orcaperf", Key="labeled/mp3/calls/a.mp3", Body=b"ID3")  # not an image: ignored
+    labeled = locate("s3://orcaperf/labeled/", "labeled_url", local_root="")
+
+    def fetch_round(name):
+        folder = tmp_path / name
+        counts = jobs.fetch_labeled(labeled, str(folder), threads=4)
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        return counts, files, folder
+
+    counts, files, first = fetch_round("round1")
+    assert counts == {"train": 2, "validation": 2} and sorted(downloads) == sorted(keys)
+    assert files == ["train/calls/a.png", "train/nocalls/b.png", "validation/calls/c.png",
+                     "validation/nocalls/d.png"]
+    assert (first / "train/calls/a.png").read_bytes() == sources[0].read_bytes()
+
+    downloads.clear()
+    _, files_again, _ = fetch_round("round2")
+    assert downloads == [] and files_again == files  # nothing changed: the listing only
+
+    # the next round: a new label, one label moved to the other class (old key deleted), one image replaced
+    s3.upload_file(str(sources[2]), "orcaperf", "labeled/train/calls/e.png")
+    s3.delete_object(Bucket="orcaperf", Key=keys[1])
+    s3.upload_file(str(sources[1]), "orcaperf", "labeled/train/calls/b.png")
+    s3.upload_file(str(sources[3]), "orcaperf", keys[0])
+    downloads.clear()
+    counts, files, third = fetch_round("round3")
+    assert sorted(downloads) == ["labeled/train/calls/a.png", "labeled/train/calls/b.png",
+                                 "labeled/train/calls/e.png"]
+    assert files == ["train/calls/a.png", "train/calls/b.png", "train/calls/e.png", "validation/calls/c.png",
+                     "validation/nocalls/d.png"]
+    assert (third / "train/calls/a.png").read_bytes() == sources[3].read_bytes()
+    assert (first / "train/calls/a.png").read_bytes() == sources[0].read_bytes()  # an earlier run's copy is intact
+    mirror_files = {p.name for d in (cache_dir / "mirrors").iterdir() if d.is_dir() for p in d.iterdir()}
+    assert jobs.mirror_name("train/nocalls/b.png") not in mirror_files  # the deletion was followed
+    assert jobs.mirror_name("train/calls/e.png") in mirror_files

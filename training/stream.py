@@ -110,13 +110,16 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
     """Batches of decoded images in `items` order; see the module docstring."""
     fetch = fetch or (lambda item: item)
     decode_workers = decode_workers or os.cpu_count() or 1
-    gate = threading.BoundedSemaphore(decode_workers)
+    workers = max(1, workers)
+    fetching = threading.BoundedSemaphore(workers)  # downloads at once (≤ the S3 client's connections)
+    decoding = threading.BoundedSemaphore(decode_workers)
     iterator = iter(items)
     ahead = max(1, prefetch) * batch_size + batch_size  # items in flight: this batch + `prefetch` more
 
     def work(item):
-        source = fetch(item)
-        with gate:
+        with fetching:
+            source = fetch(item)
+        with decoding:
             try:
                 return decode_checked(source, rows, cols, max_pixels)
             except ImageError as error:
@@ -125,7 +128,7 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
                 return (_SKIP, str(error))
 
     # threads waiting on downloads must not hold back decoding: room for both at once
-    pool = ThreadPoolExecutor(max(1, workers) + decode_workers, thread_name_prefix="orca-fetch")
+    pool = ThreadPoolExecutor(workers + decode_workers, thread_name_prefix="orca-fetch")
     try:
         pending: deque = deque()
 
