@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check: run on a machine with an NVIDIA GPU, from the repository root. Prints the GPU, runs the
-# CUDA-marked tests, the CUDA vs CPU output differences with TF32 on and off and in bf16
-# (bench/cuda_parity.py), and the benchmark with ORCA_DEVICE=cuda.
+# CUDA-marked tests, the CUDA vs CPU output differences with TF32 on and off and in bf16 and the
+# model's own forward/training rates (bench/cuda_parity.py), PNG decoding vs threads
+# (bench/decode_threads.py), and the benchmark with ORCA_DEVICE=cuda.
 #   bash bench/gpu_check.sh [extra bench.run arguments, e.g. --quick or --unlabeled 1024]
 # Python: $PY, else .venv/bin/python (`make setup`), else python3. Where TensorFlow is not installed
 # the benchmark times this service alone (no reference, no speed-up; it says so).
@@ -29,6 +30,9 @@ if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then status=$rc; fi
 
 echo "== CUDA vs CPU outputs (TF32 on/off, bf16)"
 "$PY" -m bench.cuda_parity || status=$?
+
+echo "== PNG decoding vs threads (what feeds /predict on the GPU)"
+"$PY" -m bench.decode_threads || status=$?
 
 echo "== benchmark with ORCA_DEVICE=cuda"
 ORCA_DEVICE=cuda "$PY" -m bench.run --out bench/results-cuda "$@" || status=$?

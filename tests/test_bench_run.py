@@ -80,3 +80,14 @@ def test_bench_without_reference_times_the_service_alone_and_says_so(tmp_path):
     assert all(set(results["images_per_second"][s]) == {"ours"} for s in STAGES)
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "reference.json").exists()
+
+
+def test_decode_threads_reports_every_thread_count_up_to_the_cores(capsys):
+    from bench.decode_threads import main, thread_counts
+
+    assert thread_counts(1) == [1] and thread_counts(2) == [1, 2] and thread_counts(16) == [1, 2, 4, 8, 16]
+    assert thread_counts(6) == [1, 2, 4, 6]
+    assert main(["--images", "6", "--rows", "67", "--cols", "83"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [int(r[0]) for r in rows] == thread_counts(__import__("os").cpu_count() or 1)
+    assert all(float(r[1]) > 0 for r in rows)
