@@ -12,14 +12,18 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("predict_cold", "predict_warm", "train", "predict_new_model")
 
 
+def run_bench(out: Path, *options: str) -> subprocess.CompletedProcess:
+    """`python -m bench.run` on 67x83 images, 1 epoch, into `out`; fails the test if it fails."""
+    completed = subprocess.run([sys.executable, "-m", "bench.run", "--rows", "67", "--cols", "83", "--epochs", "1",
+                                "--out", str(out), *options], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed
+
+
 @pytest.mark.slow
 def test_bench_quick_run_writes_results_and_chart(tmp_path):
     out = tmp_path / "results"
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--rows", "67", "--cols", "83", "--unlabeled", "8",
-         "--labeled", "8", "--epochs", "1", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    completed = run_bench(out, "--quick", "--unlabeled", "8", "--labeled", "8")
     assert "speed-up" in completed.stdout
 
     results = json.loads((out / "results.json").read_text())
@@ -67,11 +71,7 @@ def test_dataset_is_real_spectrograms_all_different(tmp_path):
 def test_bench_without_reference_times_the_service_alone_and_says_so(tmp_path):
     """What a GPU machine without TensorFlow runs (bench/gpu_check.sh): ours only, no speed-up."""
     out = tmp_path / "results"
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--no-reference", "--rows", "67", "--cols", "83", "--unlabeled", "4",
-         "--labeled", "4", "--epochs", "1", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    completed = run_bench(out, "--no-reference", "--unlabeled", "4", "--labeled", "4")
     assert "reference not run (--no-reference)" in completed.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["reference"] is None and results["speedup"] is None and results["parity"] is None

@@ -162,18 +162,24 @@ def s3(aws_env, cache_dir):
         yield client
 
 
-def test_s3_mirror_downloads_only_new_or_changed_objects_and_follows_deletions(s3, model_h5, cache_dir,
-                                                                                 monkeypatch):
+@pytest.fixture
+def downloads(monkeypatch) -> list:
+    """The keys S3Storage.download fetches, in order (the real download still runs)."""
     from service import storage
 
-    downloads = []
+    fetched = []
     real_download = storage.S3Storage.download
 
     def counting(self, key, local_path, expected_size=None):
-        downloads.append(key)
+        fetched.append(key)
         return real_download(self, key, local_path, expected_size)
 
     monkeypatch.setattr(storage.S3Storage, "download", counting)
+    return fetched
+
+
+def test_s3_mirror_downloads_only_new_or_changed_objects_and_follows_deletions(s3, model_h5, cache_dir,
+                                                                                 downloads):
     s3.upload_file(str(model_h5), "orcaperf", "models/srkw_cnn_0.h5")
     keys = [f"unlabeled/spectrograms/orcasoundlab_{1594154118 + 3 * i}.png" for i in range(3)]
     for key, png in zip(keys, GOOD):
@@ -212,18 +218,9 @@ def test_s3_mirror_downloads_only_new_or_changed_objects_and_follows_deletions(s
 # ------------------------------------------------------------------------------- /train, labeled mirror
 
 def test_labeled_mirror_downloads_only_new_labels_follows_deletions_and_links_a_full_dataset(
-        s3, cache_dir, tmp_path, monkeypatch):
-    from service import storage
+        s3, cache_dir, tmp_path, downloads):
     from service.storage import locate
 
-    downloads = []
-    real_download = storage.S3Storage.download
-
-    def counting(self, key, local_path, expected_size=None):
-        downloads.append(key)
-        return real_download(self, key, local_path, expected_size)
-
-    monkeypatch.setattr(storage.S3Storage, "download", counting)
     sources = sorted(SAMPLE.glob("train/*/*.png"))[:2] + sorted(SAMPLE.glob("validation/*/*.png"))[:2]
     keys = ["labeled/train/calls/a.png", "labeled/train/nocalls/b.png",
             "labeled/validation/calls/c.png", "labeled/validation/nocalls/d.png"]

@@ -4,9 +4,10 @@ The service scores with ONNX Runtime on the CPU (`training.onnx_scoring`) and wi
 On CUDA the batch is pinned and copied asynchronously, activations are channels_last (the model
 takes Keras' NHWC batch and views it as NCHW, which *is* the channels_last layout, so cuDNN gets
 NHWC without a copy), and `precision="bf16"` (or ORCA_PRECISION=bf16) runs the forward under
-bf16 autocast: predicted values then differ from fp32 by up to ~1e-2 (measured on the CPU at
-67x83, see tests/test_perf_precision.py; not measured on a GPU), so fp32 is the default and
-the only setting held to the 1e-4 parity with the original Keras pipeline.
+bf16 autocast: predicted values then differ from fp32 by up to ~1e-2 (on the CPU at 67x83, see
+tests/test_perf_precision.py; 1.1e-4 on an H200 at 607x617 on the sample spectrograms, see
+bench/README.md), so fp32 is the default and the only setting held to the 1e-4 parity with the
+original Keras pipeline.
 """
 
 from __future__ import annotations
