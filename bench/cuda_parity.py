@@ -29,7 +29,7 @@ def main(argv=None) -> int:
         print("no CUDA device: nothing to compare")
         return 2
     from models.srkw_cnn import write_fresh_h5
-    from training.predict import predict
+    from training.torch_scoring import predict
 
     paths = sorted(str(p) for p in (ROOT / "sample_data" / "orcasound").rglob("*.png"))
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,8 @@
 # GPU check: run on a machine with an NVIDIA GPU, from the repository root. Prints the GPU, runs the
 # CUDA-marked tests, the CUDA vs CPU output differences with TF32 on and off and in bf16 and the
 # model's own forward/training rates (bench/cuda_parity.py), PNG decoding vs threads
-# (bench/decode_threads.py), and the benchmark with ORCA_DEVICE=cuda.
+# (bench/decode_threads.py), /predict's stream taken apart (bench/pipeline.py), and the benchmark
+# with ORCA_DEVICE=cuda.
 #   bash bench/gpu_check.sh [extra bench.run arguments, e.g. --quick or --unlabeled 1024]
 # Python: $PY, else .venv/bin/python (`make setup`), else python3. Where TensorFlow is not installed
 # the benchmark times this service alone (no reference, no speed-up; it says so).
@@ -33,6 +34,10 @@ echo "== CUDA vs CPU outputs (TF32 on/off, bf16)"
 
 echo "== PNG decoding vs threads (what feeds /predict on the GPU)"
 "$PY" -m bench.decode_threads || status=$?
+
+echo "== /predict's scoring stream taken apart (decode only, score only, both), batch 32 and 64"
+"$PY" -m bench.pipeline --images 1024 --batch 32 || status=$?
+"$PY" -m bench.pipeline --images 1024 --batch 64 || status=$?
 
 echo "== benchmark with ORCA_DEVICE=cuda"
 ORCA_DEVICE=cuda "$PY" -m bench.run --out bench/results-cuda "$@" || status=$?

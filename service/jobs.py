@@ -263,7 +263,7 @@ _TORCH_MODELS: dict = {}  # (path, size, mtime_ns, device) → eval-mode module:
 def _torch_scorer(model_path: str, rows: int, cols: int, device_name: str | None):
     from training.device import pick_device, resolve_precision
     from training.loop import check_input_size
-    from training.predict import score_pixels
+    from training.torch_scoring import score_pixels
 
     device = pick_device(device_name)
     precision = resolve_precision()

@@ -8,7 +8,7 @@ import pytest
 from models.srkw_cnn import write_fresh_h5
 from training.errors import TrainingError
 from training.onnx_scoring import OnnxScorer, export_cached, score
-from training.predict import predict
+from training.torch_scoring import predict
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "orcasound"
 ROWS, COLS = 67, 83

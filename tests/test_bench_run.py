@@ -91,3 +91,13 @@ def test_decode_threads_reports_every_thread_count_up_to_the_cores(capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert [int(r[0]) for r in rows] == thread_counts(__import__("os").cpu_count() or 1)
     assert all(float(r[1]) > 0 for r in rows)
+
+
+def test_pipeline_bench_times_decode_score_and_stream_with_the_services_scorer(capsys):
+    from bench.pipeline import main
+
+    assert main(["--images", "8", "--rows", "67", "--cols", "83", "--batch", "4", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime" in out.splitlines()[0]
+    rates = [float(line.split()[-2]) for line in out.splitlines()[1:]]
+    assert len(rates) == 3 and all(rate > 0 for rate in rates)

@@ -17,7 +17,7 @@ from training import train
 from training.data import decode_split, load_labeled
 from training.loop import _logits, to_batch
 from training.optim import make_loss
-from training.predict import predict
+from training.torch_scoring import predict
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")]

@@ -12,7 +12,7 @@ import pytest
 from models.srkw_cnn import write_fresh_h5
 from training.device import device_label, resolve_precision, scoring_backend
 from training.errors import TrainingError
-from training.predict import predict
+from training.torch_scoring import predict
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "orcasound"
 ROWS, COLS = 67, 83

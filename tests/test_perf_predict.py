@@ -118,7 +118,7 @@ def test_predict_skips_corrupt_nonimage_and_oversized_files(tmp_path, model_h5, 
     for name in ("1594154200", "1594154300", "1594154400"):
         assert any(name in record.getMessage() for record in caplog.records), name
     assert jobs.LAST_PREDICT_SKIPPED == 3
-    from training.predict import predict
+    from training.torch_scoring import predict
 
     expected = predict(str(model), GOOD, ROWS, COLS, device="cpu")
     assert max(abs(i["predicted_value"] - e) for i, e in zip(items, expected)) <= 1e-4

@@ -20,7 +20,7 @@ from models.srkw_cnn import write_fresh_h5
 from training import ImageError, TrainingError, load_image, pick_device, predict
 import importlib
 
-predict_module = importlib.import_module("training.predict")  # the module: `training.predict` is the function
+predict_module = importlib.import_module("training.torch_scoring")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 ORCASOUND = SHARED / "data" / "orcasound"

@@ -3,7 +3,8 @@
 
 - `train(model_h5, labeled_dir, rows, cols, epochs, out_h5)` → TrainResult (`to_response()` is the
   original JSON less model_url);
-- `predict(model, image_paths, rows, cols)` → P(class 1) per image;
+- `predict(model, image_paths, rows, cols)` → P(class 1) per image, with torch
+  (`training.torch_scoring`; the service scores with `training.onnx_scoring` on the CPU);
 - `load_image(source, rows, cols)` → the float32 image exactly as tf_keras' pipeline made it;
 - `pick_device()` → the one place that picks CUDA or CPU.
 
@@ -11,14 +12,12 @@ Importing the package does not import torch (the names below load their module o
 the service can score with ONNX Runtime (`training.onnx_scoring`) without loading torch.
 """
 
-import sys
-import types
 from importlib import import_module
 
 from .errors import ImageError, TrainingError
 from .images import load_image
 
-_LAZY = {"pick_device": ".device", "TrainResult": ".loop", "train": ".loop", "predict": ".predict"}
+_LAZY = {"pick_device": ".device", "TrainResult": ".loop", "train": ".loop", "predict": ".torch_scoring"}
 
 
 def __getattr__(name: str):
@@ -28,16 +27,5 @@ def __getattr__(name: str):
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-class _Package(types.ModuleType):
-    """`training.predict` stays the function even after `import training.predict` binds the submodule."""
-
-    def __setattr__(self, name, value):
-        if name == "predict" and isinstance(value, types.ModuleType):
-            value = value.predict
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 __all__ = ["ImageError", "TrainResult", "TrainingError", "load_image", "pick_device", "predict", "train"]

@@ -6,7 +6,7 @@ engine scores on it, and at which precision.
   when the machine plainly has no NVIDIA driver (no /dev/nvidiactl, no /proc/driver/nvidia), so a
   CPU-only service scores without loading torch;
 - `resolve_precision(value)` → "fp32" or "bf16" (env ORCA_PRECISION, default fp32): bf16 autocast is
-  used by the torch scoring path (training.predict) on CUDA and, when asked, on the CPU;
+  used by the torch scoring path (training.torch_scoring) on CUDA and, when asked, on the CPU;
 - `preload_torch_in_background()` imports what training needs (torch, and torch._dynamo, which
   torch.optim loads when an optimizer is built) on a thread, so a request does not wait for it.
 """
