@@ -2,7 +2,8 @@
 
 `python -m bench.pipeline [--images 512 --rows 607 --cols 617 --batch 32]` times, on local files
 (no S3, no HTTP), each with the service's own functions:
-- decode only: `training.stream.stream_batches` (what feeds the scorer), nothing scored;
+- decode only: `training.stream.stream_batches` (what feeds the scorer; PIL on the CPU, torchvision on
+  CUDA, as the service decodes), nothing scored;
 - score only: the scorer (ONNX Runtime on the CPU, torch on CUDA) on batches decoded beforehand;
 - stream: both together, as `/predict` runs them.
 If "stream" is close to the slower of the first two, the pipeline overlaps well and that part is
@@ -23,19 +24,21 @@ from .dataset import make_dataset
 
 
 def make_scorer(model_path: Path, device: str, cache_dir: str):
-    """(score(pixels) -> list, name): the scorer /predict would use for `device`."""
+    """(score(pixels) -> list, decode, name): the scorer and the PNG decoder /predict uses for `device`."""
     if device == "cpu":
+        from training.images import decode_image
         from training.onnx_scoring import OnnxScorer
 
         scorer = OnnxScorer(model_path, cache_dir=cache_dir)
-        return scorer.score_pixels, "onnxruntime"
+        return scorer.score_pixels, decode_image, "onnxruntime"
     import torch
 
     from conversion.formats import load_trainable
+    from training.torch_decode import decode_png_torch
     from training.torch_scoring import score_pixels
 
     module = load_trainable(model_path).to(device).eval()
-    return (lambda pixels: score_pixels(module, pixels, torch.device(device))), f"torch on {device}"
+    return (lambda pixels: score_pixels(module, pixels, torch.device(device))), decode_png_torch, f"torch on {device}"
 
 
 def timed(label: str, images: int, run) -> float:
@@ -53,6 +56,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cols", type=int, default=617)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--pil", action="store_true", help="decode with PIL on CUDA too (for comparison)")
     args = parser.parse_args(argv)
     from training.device import cuda_available
 
@@ -64,13 +68,17 @@ def main(argv=None) -> int:
         for path in paths:
             path.read_bytes()  # page cache: time decoding, not the disk
         model = write_fresh_h5(Path(tmp) / "srkw_cnn_0.h5", args.rows, args.cols, seed=0)
-        score, name = make_scorer(model, device, os.path.join(tmp, "onnx"))
+        score, decode, name = make_scorer(model, device, os.path.join(tmp, "onnx"))
+        if args.pil:
+            from training.images import decode_image as decode
+        decoder = "PIL" if decode.__module__ == "training.images" else "torchvision"
         batch = min(args.batch, 16) if device == "cpu" else args.batch  # the service's ORT batch bound
-        print(f"{args.images} images {args.rows}x{args.cols}, batch {batch}, {os.cpu_count()} cores, {name}")
+        print(f"{args.images} images {args.rows}x{args.cols}, batch {batch}, {os.cpu_count()} cores, {name}, "
+              f"{decoder} decoding")
         decoded = []
 
         def decode_only():
-            for b in stream_batches(paths, None, args.rows, args.cols, batch, workers=8):
+            for b in stream_batches(paths, None, args.rows, args.cols, batch, workers=8, decode=decode):
                 decoded.append(b.pixels)
 
         def score_only():
@@ -78,7 +86,7 @@ def main(argv=None) -> int:
                 score(pixels)
 
         def stream():
-            for b in stream_batches(paths, None, args.rows, args.cols, batch, workers=8):
+            for b in stream_batches(paths, None, args.rows, args.cols, batch, workers=8, decode=decode):
                 score(b.pixels)
 
         first = next(iter(stream_batches(paths[:batch], None, args.rows, args.cols, batch)))

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from training.images import IMAGE_EXTENSIONS  # what `training` reads
+from training.images import IMAGE_EXTENSIONS, decode_image  # what `training` reads
 from training.onnx_scoring import file_sha256  # memoized; neither module imports torch
 
 from .errors import NotFound, Unprocessable
@@ -333,6 +333,7 @@ def run_predict(params: PredictParams, settings: Settings, on_progress=None) -> 
                 values[name] = hit
     pending = [clip for clip in clips if clip[0] not in values]
     skipped = []
+    decode = decode_image  # PIL; the torch (CUDA) path swaps in torchvision's bit-identical decoder
     try:
         if isinstance(unlabeled.storage, LocalStorage):
             mirror, synced = None, contextlib.nullcontext(None)
@@ -353,12 +354,14 @@ def run_predict(params: PredictParams, settings: Settings, on_progress=None) -> 
                 scorer.check_size(params.rows, params.cols)
                 score, batch_size = scorer.score_pixels, min(settings.batch_size, MAX_ORT_BATCH)
             elif pending:
+                from training.torch_decode import decode_png_torch
+
                 score = _torch_scorer(model_path, params.rows, params.cols, settings.device)
-                batch_size = settings.batch_size
+                batch_size, decode = settings.batch_size, decode_png_torch  # same pixels, less CPU
             fetch = (lambda clip: clip[1].key) if fetch_name is None else (lambda clip: fetch_name(clip[0]))
             batches = stream_batches(pending, fetch, params.rows, params.cols, batch_size,
                                      workers=settings.download_threads, skip_unreadable=True,
-                                     max_pixels=max_pixels) if pending else ()
+                                     max_pixels=max_pixels, decode=decode) if pending else ()
             for batch in batches:
                 for (name, info), reason in batch.skipped:
                     url = unlabeled.storage.url(info.key)

@@ -74,3 +74,23 @@ def test_train_on_cuda_writes_a_model_that_scores_alike_on_both_devices(model_h5
     assert np.abs(cuda - cpu).max() <= 1e-4
     before = np.array(predict(model_h5, paths, ROWS, COLS, device="cpu"))
     assert np.abs(cpu - before).max() > 0  # the weights did change
+
+
+def test_predict_service_on_cuda_answers_like_the_cpu_service(model_h5, tmp_path, monkeypatch):
+    """/predict's CUDA branch (torch scoring, torchvision decoding) against its CPU one (ONNX Runtime, PIL)."""
+    import shutil
+
+    from service import cache, jobs
+    from service.params import PredictParams
+
+    monkeypatch.setenv("ORCA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "SCORES", cache.ScoreCache(max_entries=0))  # score on both devices
+    spectrograms = tmp_path / "unlabeled" / "spectrograms"
+    spectrograms.mkdir(parents=True)
+    for i, png in enumerate(sorted(SAMPLE.glob("*/*/*.png"))):
+        shutil.copy(png, spectrograms / f"orcasoundlab_{1594154118 + 3 * i}.png")
+    params = PredictParams(model_url=str(model_h5), unlabeled_url=str(tmp_path / "unlabeled"), rows=ROWS, cols=COLS)
+    cpu = jobs.run_predict(params, jobs.Settings(device="cpu"))
+    cuda = jobs.run_predict(params, jobs.Settings(device="cuda"))
+    assert [item["audio_url"] for item in cuda] == [item["audio_url"] for item in cpu] and len(cpu) == 23
+    assert max(abs(a["predicted_value"] - b["predicted_value"]) for a, b in zip(cuda, cpu)) <= 1e-4

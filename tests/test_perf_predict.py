@@ -261,3 +261,35 @@ def test_labeled_mirror_downloads_only_new_labels_follows_deletions_and_links_a_
     mirror_files = {p.name for d in (cache_dir / "mirrors").iterdir() if d.is_dir() for p in d.iterdir()}
     assert jobs.mirror_name("train/nocalls/b.png") not in mirror_files  # the deletion was followed
     assert jobs.mirror_name("train/calls/e.png") in mirror_files
+
+
+def test_torch_scoring_branch_decodes_with_torchvision_and_answers_like_onnx_runtime(tmp_path, model_h5,
+                                                                                    cache_dir, monkeypatch):
+    """The branch /predict takes on CUDA, run on the CPU: torch scoring, torchvision decoding, same skips."""
+    import training.device
+    import training.torch_decode
+
+    unlabeled = _local_unlabeled(tmp_path / "data")
+    params = _params(str(model_h5), str(unlabeled))
+    settings = jobs.Settings(device="cpu")
+    monkeypatch.setenv("ORCA_MAX_PIXELS", "500000")
+    onnx = jobs.run_predict(params, settings)
+
+    decoded = []
+    real_decode = training.torch_decode.decode_png_torch
+    monkeypatch.setattr(training.torch_decode, "decode_png_torch",
+                        lambda source, rows, cols: decoded.append(source) or real_decode(source, rows, cols))
+    monkeypatch.setattr(training.device, "scoring_backend", lambda requested=None: "torch")
+    from service import cache
+
+    monkeypatch.setattr(cache, "SCORES", cache.ScoreCache(max_entries=0))  # score every clip again
+    torch_path = jobs.run_predict(params, settings)
+    assert len(decoded) == 5  # three spectrograms and two unreadable ones (the oversized is refused before)
+    assert _names(torch_path) == _names(onnx)
+    import re
+
+    def same_words(skipped):  # PIL's messages name an object address that differs per call
+        return [(item["url"], re.sub(r" at 0x[0-9a-f]+", "", item["reason"])) for item in skipped]
+
+    assert same_words(torch_path.skipped) == same_words(onnx.skipped) and len(onnx.skipped) == 3
+    assert max(abs(a["predicted_value"] - b["predicted_value"]) for a, b in zip(torch_path, onnx)) <= 1e-4

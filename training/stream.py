@@ -53,8 +53,10 @@ def apply_pil_pixel_limit(max_pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = max_pixels if max_pixels > 0 else None
 
 
-def decode_checked(source, rows: int, cols: int, max_pixels: int | None = None) -> np.ndarray:
-    """`images.decode_image`, refusing (ImageError) images of more than `max_pixels` pixels before decoding."""
+def decode_checked(source, rows: int, cols: int, max_pixels: int | None = None,
+                   decode: Callable = decode_image) -> np.ndarray:
+    """`decode(source, rows, cols)` (`images.decode_image` or a bit-identical faster one), refusing
+    (ImageError) images of more than `max_pixels` pixels before decoding."""
     if max_pixels and max_pixels > 0:
         data = source if isinstance(source, (bytes, bytearray, memoryview)) else _read(source)
         name = "<bytes>" if data is source else os.fspath(source)
@@ -66,12 +68,12 @@ def decode_checked(source, rows: int, cols: int, max_pixels: int | None = None) 
         except Image.DecompressionBombError as e:
             raise ImageError(f"{name} is too large to decode safely: {e}") from e
         except Exception:  # noqa: BLE001 - not an image: decode_image names the problem precisely
-            return _decode(data, name, rows, cols)
+            return _decode(data, name, rows, cols, decode)
         if width * height > max_pixels:
             raise ImageError(f"{name} has {width}x{height} = {width * height} pixels, more than the "
                              f"limit of {max_pixels} ({MAX_PIXELS_ENV})")
-        return _decode(data, name, rows, cols)
-    return decode_image(source, rows, cols)
+        return _decode(data, name, rows, cols, decode)
+    return decode(source, rows, cols)
 
 
 def _read(path) -> bytes:
@@ -82,11 +84,11 @@ def _read(path) -> bytes:
         raise ImageError(f"image {os.fspath(path)} does not exist") from e
 
 
-def _decode(data: bytes, name: str, rows: int, cols: int) -> np.ndarray:
+def _decode(data: bytes, name: str, rows: int, cols: int, decode: Callable = decode_image) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return decode_image(data, rows, cols)
+            return decode(data, rows, cols)
     except ImageError as e:
         raise ImageError(str(e).replace(f"<{len(data)} bytes>", name)) from e
     except Image.DecompressionBombError as e:
@@ -106,8 +108,9 @@ _SKIP = object()
 def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: int, cols: int,
                    batch_size: int, *, workers: int = 8, decode_workers: int | None = None,
                    prefetch: int = PREFETCH_BATCHES, skip_unreadable: bool = False,
-                   max_pixels: int | None = None) -> Iterator[Batch]:
-    """Batches of decoded images in `items` order; see the module docstring."""
+                   max_pixels: int | None = None, decode: Callable = decode_image) -> Iterator[Batch]:
+    """Batches of decoded images in `items` order; see the module docstring. `decode(source, rows,
+    cols)` must give `images.decode_image`'s pixels (e.g. torch_scoring.decode_png_torch on CUDA)."""
     fetch = fetch or (lambda item: item)
     decode_workers = decode_workers or os.cpu_count() or 1
     workers = max(1, workers)
@@ -121,7 +124,7 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
             source = fetch(item)
         with decoding:
             try:
-                return decode_checked(source, rows, cols, max_pixels)
+                return decode_checked(source, rows, cols, max_pixels, decode)
             except ImageError as error:
                 if not skip_unreadable:
                     raise
