@@ -89,8 +89,8 @@ def main(argv=None) -> int:
             for b in stream_batches(paths, None, args.rows, args.cols, batch, workers=8, decode=decode):
                 score(b.pixels)
 
-        first = next(iter(stream_batches(paths[:batch], None, args.rows, args.cols, batch)))
-        score(first.pixels)  # warm-up: cuDNN's algorithm choice, ONNX Runtime's arena
+        first = next(iter(stream_batches(paths[:batch], None, args.rows, args.cols, batch, decode=decode)))
+        score(first.pixels)  # warm-up: the decoder's imports, cuDNN's algorithm choice, ONNX Runtime's arena
         timed("decode only (stream_batches)", args.images, decode_only)
         timed(f"score only ({name})", args.images, score_only)
         timed("stream: decode + score", args.images, stream)

@@ -103,6 +103,9 @@ def _preload() -> None:
         import torch._dynamo  # noqa: F401  (torch.optim imports it when the first optimizer is built)
 
         from . import loop  # noqa: F401  (and with it conversion's bridge)
+
+        if not _no_nvidia_driver():
+            from . import torch_decode  # noqa: F401  (torchvision: how the CUDA path decodes PNGs)
     except Exception as error:  # noqa: BLE001 - the request that needs torch reports it properly
         LOG.warning("preloading torch failed: %s", error)
         return

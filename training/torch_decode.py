@@ -21,6 +21,7 @@ import threading
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_png
 
 from .errors import ImageError
 from .images import decode_image
@@ -55,8 +56,6 @@ def nearest_index_maps(width: int, height: int, cols: int, rows: int) -> tuple[t
 def decode_png_torch(source, rows: int, cols: int) -> np.ndarray:
     """uint8 (rows, cols, 3), identical to `images.decode_image(source, rows, cols)`, and its ImageError
     (naming the file) when the image cannot be decoded."""
-    from torchvision.io import ImageReadMode, decode_png
-
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     else:
