@@ -2,20 +2,27 @@
 
 Knows Keras files, ONNX graphs and torch tensors; nothing of HTTP or storage. TensorFlow is only
 imported by the functions that need it (`keras_to_onnx`, `conversion.keras_reference`), always
-after torch.
+after torch. Importing the package imports nothing heavy: each name below loads its module on
+first use, so the torch-free parts (`keras_file`, `keras_onnx`, `errors`) stay torch-free.
 """
 
-from .bridge import count_parameters, keras_to_torch, torch_to_keras
-from .errors import ConversionError
-from .graph import KerasModel
-from .keras_file import TrainingConfig, read_keras_file, read_training_config
-from .layers import supported_layers
-from .onnx_export import keras_to_onnx, torch_to_onnx
-from .onnx_to_keras import onnx_to_keras
-from .onnx_to_torch import OnnxModule, onnx_to_torch
+from importlib import import_module
 
-__all__ = [
-    "ConversionError", "KerasModel", "OnnxModule", "TrainingConfig", "count_parameters",
-    "keras_to_onnx", "keras_to_torch", "onnx_to_keras", "onnx_to_torch", "read_keras_file",
-    "read_training_config", "supported_layers", "torch_to_keras", "torch_to_onnx",
-]
+_LAZY = {
+    "count_parameters": ".bridge", "keras_to_torch": ".bridge", "torch_to_keras": ".bridge",
+    "ConversionError": ".errors", "KerasModel": ".graph",
+    "TrainingConfig": ".keras_file", "read_keras_file": ".keras_file", "read_training_config": ".keras_file",
+    "supported_layers": ".layers", "keras_to_onnx": ".onnx_export", "torch_to_onnx": ".onnx_export",
+    "onnx_to_keras": ".onnx_to_keras", "OnnxModule": ".onnx_to_torch", "onnx_to_torch": ".onnx_to_torch",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)
