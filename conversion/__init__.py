@@ -3,7 +3,8 @@
 Knows Keras files, ONNX graphs and torch tensors; nothing of HTTP or storage. TensorFlow is only
 imported by the functions that need it (`keras_to_onnx`, `conversion.keras_reference`), always
 after torch. Importing the package imports nothing heavy: each name below loads its module on
-first use, so the torch-free parts (`keras_file`, `keras_onnx`, `errors`) stay torch-free.
+first use, so the torch-free parts (`keras_file`, `keras_onnx`, `errors`) stay torch-free. No
+module is named like one of these names: importing it would replace the name with the module.
 """
 
 from importlib import import_module
@@ -13,7 +14,7 @@ _LAZY = {
     "ConversionError": ".errors", "KerasModel": ".graph",
     "TrainingConfig": ".keras_file", "read_keras_file": ".keras_file", "read_training_config": ".keras_file",
     "supported_layers": ".layers", "keras_to_onnx": ".onnx_export", "torch_to_onnx": ".onnx_export",
-    "onnx_to_keras": ".onnx_to_keras", "OnnxModule": ".onnx_to_torch", "onnx_to_torch": ".onnx_to_torch",
+    "onnx_to_keras": ".keras_from_onnx", "OnnxModule": ".onnx_interpreter", "onnx_to_torch": ".onnx_interpreter",
 }
 
 

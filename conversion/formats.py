@@ -21,7 +21,7 @@ from .bridge import keras_to_torch, torch_to_keras
 from .errors import ConversionError
 from .keras_file import TrainingConfig
 from .onnx_export import torch_to_onnx
-from .onnx_to_torch import OnnxModule, onnx_to_torch
+from .onnx_interpreter import OnnxModule, onnx_to_torch
 
 FORMATS = (".h5", ".onnx", ".pt")
 CHECKPOINT_FORMAT = "orca-ml-checkpoint"

@@ -19,6 +19,7 @@ from keras_zoo import L, randomize, tf_keras  # noqa: E402
 
 from conversion.keras_onnx import NotEmittable, keras_h5_to_onnx_bytes  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
 ROOT = Path(__file__).resolve().parent.parent
 ROWS, COLS = 37, 52  # non-square, odd: every 'same' padding below is asymmetric somewhere
 

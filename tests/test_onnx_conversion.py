@@ -17,8 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import torch_zoo
 from conversion import ConversionError, keras_to_torch, torch_to_onnx
-from conversion.onnx_to_keras import onnx_to_keras
-from conversion.onnx_to_torch import onnx_to_torch
+from conversion.keras_from_onnx import onnx_to_keras
+from conversion.onnx_interpreter import onnx_to_torch
 
 TOLERANCE = 1e-4
 NAMES = sorted(torch_zoo.MODELS)

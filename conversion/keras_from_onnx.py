@@ -11,7 +11,7 @@ as NHWC), `plain` (same layout as ONNX) or `flat` (a Keras Flatten of an NHWC ma
 elements as ONNX's NCHW flatten, in another order). A Gemm/MatMul that reads a `flat` value gets
 its kernel rows permuted instead of a Permute layer, so the graph stays
 `Conv … Flatten → Dense` as a Keras author would write it. Values known at load time (shape
-arithmetic, Constant nodes, Clip bounds) are folded with `conversion.onnx_to_torch`'s ops and
+arithmetic, Constant nodes, Clip bounds) are folded with `conversion.onnx_interpreter`'s ops and
 produce no layer. One function per ONNX op type, registered with `@keras_op("Name")`; any other
 op raises `ConversionError` naming every such op and node before anything is built.
 
@@ -751,6 +751,6 @@ class _OutputNode:
 
 
 def _interpreter(model, path):
-    from .onnx_to_torch import OnnxModule
+    from .onnx_interpreter import OnnxModule
 
     return OnnxModule(model, source=path)
