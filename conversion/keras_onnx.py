@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from .keras_file import layer_weight_paths, open_h5, read_keras_file
+from .keras_geometry import pair, same_padding
 
 OPSET = 17
 
@@ -77,13 +78,6 @@ def emitter(*class_names: str):
     return register
 
 
-def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """TF 'same' padding (the odd extra row/column at the bottom/right), as `layers.same_padding`."""
-    out = math.ceil(size / stride)
-    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
 def activation(g: Emitter, name: str | None, layer: str) -> None:
     name = name or "linear"
     if name == "linear":
@@ -97,18 +91,9 @@ def activation(g: Emitter, name: str | None, layer: str) -> None:
     g.node(ops[name], [g.tensor], name)
 
 
-def _pair(value) -> tuple[int, int]:
-    return (int(value), int(value)) if isinstance(value, (int, float)) else (int(value[0]), int(value[1]))
-
-
-@emitter("InputLayer")
-def emit_input(g: Emitter, config: dict, weights: list[np.ndarray]) -> None:
-    return None
-
-
-@emitter("Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "AlphaDropout")
+@emitter("InputLayer", "Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "AlphaDropout")
 def emit_inference_identity(g: Emitter, config: dict, weights: list[np.ndarray]) -> None:
-    return None  # only active in training; scoring sees the identity
+    return None  # the input itself, or a layer active only in training: scoring sees the identity
 
 
 @emitter("Activation")
@@ -132,7 +117,7 @@ def emit_conv2d(g: Emitter, config: dict, weights: list[np.ndarray]) -> None:
         raise NotEmittable(f"layer {name}: grouped Conv2D")
     kernel = weights[0]  # Keras (kh, kw, in, out)
     kh, kw = kernel.shape[0], kernel.shape[1]
-    strides, dilation = _pair(config.get("strides", 1)), _pair(config.get("dilation_rate", 1))
+    strides, dilation = pair(config.get("strides", 1)), pair(config.get("dilation_rate", 1))
     if strides != (1, 1) and dilation != (1, 1):
         raise NotEmittable(f"layer {name}: strides and dilation together")
     rows, cols, _ = g.shape
@@ -157,17 +142,26 @@ def emit_conv2d(g: Emitter, config: dict, weights: list[np.ndarray]) -> None:
     activation(g, config.get("activation"), name)
 
 
-@emitter("MaxPooling2D", "AveragePooling2D")
-def emit_pooling(g: Emitter, config: dict, weights: list[np.ndarray]) -> None:
+@emitter("MaxPooling2D")
+def emit_max_pooling(g: Emitter, config: dict, weights: list[np.ndarray]) -> None:
+    pooling(g, config, "MaxPool")
+
+
+@emitter("AveragePooling2D")
+def emit_average_pooling(g: Emitter, config: dict, weights: list[np.ndarray]) -> None:
+    pooling(g, config, "AveragePool")
+
+
+def pooling(g: Emitter, config: dict, op: str) -> None:
     name = config.get("name", "pooling")
     if len(g.shape) != 3 or config.get("data_format", "channels_last") != "channels_last":
         raise NotEmittable(f"layer {name}: pooling needs a channels_last image input")
-    pool = _pair(config.get("pool_size", 2))
-    strides = _pair(config.get("strides") or pool)
+    pool = pair(config.get("pool_size", 2))
+    strides = pair(config.get("strides") or pool)
     rows, cols, channels = g.shape
     padding = config.get("padding", "valid")
     if padding == "same":
-        if "Average" in config.get("__class__", ""):
+        if op == "AveragePool":
             raise NotEmittable(f"layer {name}: 'same' average pooling")  # Keras averages over the real pixels
         top, bottom = same_padding(rows, pool[0], strides[0])
         left, right = same_padding(cols, pool[1], strides[1])
@@ -178,7 +172,6 @@ def emit_pooling(g: Emitter, config: dict, weights: list[np.ndarray]) -> None:
     else:
         raise NotEmittable(f"layer {name}: padding {padding!r}")
     g.to_layout("NCHW")
-    op = "AveragePool" if "Average" in config.get("__class__", "") else "MaxPool"
     g.node(op, [g.tensor], name, kernel_shape=list(pool), strides=list(strides), pads=[top, left, bottom, right])
     g.shape = (out[0], out[1], channels)
 
@@ -235,7 +228,7 @@ def keras_h5_to_onnx_bytes(model_h5: str | os.PathLike) -> bytes:
     with open_h5(model_h5) as f:
         for entry in layers:
             class_name = entry.get("class_name", "")
-            config = dict(entry.get("config") or {}, __class__=class_name)
+            config = entry.get("config") or {}
             write = EMITTERS.get(class_name)
             if write is None:
                 raise NotEmittable(f"layer {config.get('name')}: {class_name}")

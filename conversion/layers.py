@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConversionError
+from .keras_geometry import pair as _pair, same_padding
 from .layout import to_internal, to_keras, torch_axis
 
 
@@ -201,23 +202,10 @@ def supported_layers() -> list[str]:
     return sorted(CONVERTERS)
 
 
-def _pair(v) -> tuple[int, int]:
-    if isinstance(v, (list, tuple)):
-        return (int(v[0]), int(v[1])) if len(v) == 2 else (int(v[0]), int(v[0]))
-    return (int(v), int(v))
-
-
 def _check_channels_last(config: dict, layer: str):
     fmt = config.get("data_format") or "channels_last"
     if fmt != "channels_last":
         raise ConversionError(f"layer {layer!r}: data_format={fmt!r} is not supported (channels_last only)")
-
-
-def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """TF 'same' padding: the odd extra row/column goes at the bottom/right."""
-    out = math.ceil(size / stride)
-    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
 
 
 def pad_same(x: torch.Tensor, kernel, stride, dilation=(1, 1), value: float = 0.0) -> torch.Tensor:

@@ -11,13 +11,16 @@ mirrors an S3 labeled prefix the same way, so a training round downloads only th
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import posixpath
+import shutil
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -78,18 +81,19 @@ def _list_dataset(location: Location, param: str) -> list[ObjectInfo]:
     return objects
 
 
+def _each_in_parallel(function, items: list, threads: int) -> None:
+    """`function(item)` for every item on up to `threads` threads; the first failure propagates."""
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(items)))) as pool:
+        for _ in pool.map(function, items):
+            pass
+
+
 def _download_all(location: Location, jobs: list[tuple[ObjectInfo, str]], threads: int) -> None:
     """Download every (object, local path); the first failure propagates (no partial dataset)."""
-    if not jobs:
-        return
-
-    def one(job):
-        info, path = job
-        location.storage.download(info.key, path, expected_size=info.size)
-
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(jobs)))) as pool:
-        for _ in pool.map(one, jobs):
-            pass
+    _each_in_parallel(lambda job: location.storage.download(job[0].key, job[1], expected_size=job[0].size),
+                      jobs, threads)
 
 
 def _unprocessable(error: Exception, replacements: dict[str, str]) -> Unprocessable:
@@ -137,9 +141,6 @@ def fetch_labeled(labeled: Location, folder: str, threads: int,
 
 def mirror_name(relative: str) -> str:
     """A flat file name for `train/<class>/<file>` in the labeled mirror (one folder, as PrefixMirror keeps)."""
-    import hashlib
-    import urllib.parse
-
     name = urllib.parse.quote(relative, safe="")
     if len(name.encode()) > 200:  # file systems allow 255 bytes per name
         name = hashlib.sha256(relative.encode()).hexdigest()[:40] + posixpath.splitext(relative)[1].lower()
@@ -149,8 +150,6 @@ def mirror_name(relative: str) -> str:
 def _mirror_labeled(labeled: Location, jobs: list[tuple[ObjectInfo, str]], threads: int) -> None:
     """Bring the mirror of the S3 labeled prefix up to date (only new or changed images are downloaded;
     images gone from the bucket are removed) and hard-link its files into the training folder."""
-    import shutil
-
     from .cache import PrefixMirror
 
     wanted = {mirror_name(info.key[len(labeled.prefix):]): (info, path) for info, path in jobs}
@@ -165,12 +164,9 @@ def _mirror_labeled(labeled: Location, jobs: list[tuple[ObjectInfo, str]], threa
             except OSError:  # another file system
                 shutil.copyfile(source, path)
 
-        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(wanted)))) as pool:
-            list(pool.map(one, wanted.items()))
+        _each_in_parallel(one, list(wanted.items()), threads)
     log.info("train: labeled mirror of %s: %d downloaded, %d reused, %d removed", labeled.prefix_url,
              mirror.downloaded, mirror.reused, mirror.removed)
-
-
 
 
 def run_train(params: TrainParams, settings: Settings, on_epoch=None) -> dict:

@@ -31,25 +31,31 @@ def _describe(source: Source) -> str:
     return os.fspath(source)
 
 
+def read_source(source: Source) -> bytes:
+    """The encoded image: `source` itself if it is bytes, else the file's content; ImageError naming a
+    file that does not exist."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    try:
+        with open(source, "rb") as f:
+            return f.read()
+    except FileNotFoundError as e:
+        raise ImageError(f"image {os.fspath(source)} does not exist") from e
+
+
 def decode_image(source: Source, rows: int, cols: int) -> np.ndarray:
     """The resized RGB pixels as uint8, shape (rows, cols, 3): `load_image` before the rescale.
 
     Training caches this form (a quarter of the float32 size). Raises ImageError naming the file.
     """
     try:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            img = Image.open(io.BytesIO(bytes(source)))
-        else:
-            with open(source, "rb") as f:
-                img = Image.open(io.BytesIO(f.read()))
+        img = Image.open(io.BytesIO(read_source(source)))
         with img:
             if img.mode != "RGB":
                 img = img.convert("RGB")
             if img.size != (cols, rows):
                 img = img.resize((cols, rows), Image.Resampling.NEAREST)
             array = np.asarray(img, dtype=np.uint8)
-    except FileNotFoundError as e:
-        raise ImageError(f"image {_describe(source)} does not exist") from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{_describe(source)} is not a readable image: {e}") from e
     if array.shape != (rows, cols, 3):  # cannot happen after convert("RGB") + resize; be explicit

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ImageError
-from .images import decode_image
+from .images import decode_image, read_source
 
 MAX_PIXELS_ENV = "ORCA_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 50_000_000  # 50 Mpixel; the spectrograms are 0.3 Mpixel
@@ -58,7 +58,7 @@ def decode_checked(source, rows: int, cols: int, max_pixels: int | None = None,
     """`decode(source, rows, cols)` (`images.decode_image` or a bit-identical faster one), refusing
     (ImageError) images of more than `max_pixels` pixels before decoding."""
     if max_pixels and max_pixels > 0:
-        data = source if isinstance(source, (bytes, bytearray, memoryview)) else _read(source)
+        data = source if isinstance(source, (bytes, bytearray, memoryview)) else read_source(source)
         name = "<bytes>" if data is source else os.fspath(source)
         try:
             with warnings.catch_warnings():
@@ -74,14 +74,6 @@ def decode_checked(source, rows: int, cols: int, max_pixels: int | None = None,
                              f"limit of {max_pixels} ({MAX_PIXELS_ENV})")
         return _decode(data, name, rows, cols, decode)
     return decode(source, rows, cols)
-
-
-def _read(path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError as e:
-        raise ImageError(f"image {os.fspath(path)} does not exist") from e
 
 
 def _decode(data: bytes, name: str, rows: int, cols: int, decode: Callable = decode_image) -> np.ndarray:
@@ -110,7 +102,7 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
                    prefetch: int = PREFETCH_BATCHES, skip_unreadable: bool = False,
                    max_pixels: int | None = None, decode: Callable = decode_image) -> Iterator[Batch]:
     """Batches of decoded images in `items` order; see the module docstring. `decode(source, rows,
-    cols)` must give `images.decode_image`'s pixels (e.g. torch_scoring.decode_png_torch on CUDA)."""
+    cols)` must give `images.decode_image`'s pixels (e.g. torch_decode.decode_png_torch on CUDA)."""
     fetch = fetch or (lambda item: item)
     decode_workers = decode_workers or os.cpu_count() or 1
     workers = max(1, workers)

@@ -15,7 +15,6 @@ Imports torch: the CPU service does not use it (it scores with ONNX Runtime and 
 
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
@@ -23,8 +22,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_png
 
-from .errors import ImageError
-from .images import decode_image
+from .images import decode_image, read_source
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MAPS: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -56,14 +54,7 @@ def nearest_index_maps(width: int, height: int, cols: int, rows: int) -> tuple[t
 def decode_png_torch(source, rows: int, cols: int) -> np.ndarray:
     """uint8 (rows, cols, 3), identical to `images.decode_image(source, rows, cols)`, and its ImageError
     (naming the file) when the image cannot be decoded."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-    else:
-        try:
-            with open(source, "rb") as f:
-                data = f.read()
-        except FileNotFoundError as e:
-            raise ImageError(f"image {os.fspath(source)} does not exist") from e
+    data = read_source(source)
     if not is_plain_png(data):
         return decode_image(source, rows, cols)
     try:
