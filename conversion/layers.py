@@ -245,8 +245,8 @@ def fast_dropout(x: torch.Tensor, rate: float) -> torch.Tensor:
 
     The mask is made from random bits, drawn 64 at a time: 8 bits per element where rate × 256 is a
     whole number (0.5, 0.25, …; then exactly Keras' probability), else 16 (within 2⁻¹⁷ of it), compared
-    with rate × 2^bits. On the CPU that is about 3× cheaper than `uniform_` and 5× cheaper than the
-    `bernoulli_` F.dropout uses; the mask of srkw_cnn's first dropout was a sixth of a training step.
+    with rate × 2^bits. Measured on the 2-core CPU for srkw_cnn's first dropout (32 images at
+    607×617): mask 0.44 s with `uniform_`, 0.31 s this way; `uniform_` alone was a seventh of a step.
     """
     if rate <= 0.0:
         return x
