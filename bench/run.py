@@ -31,7 +31,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import torch  # noqa: F401  (torch before anything that might import TensorFlow; see DESIGN.md)
+import torch  # noqa: F401  (torch before anything that might import TensorFlow; see docs/design.md)
 
 from .chart import bar_chart
 from .dataset import make_dataset

@@ -15,6 +15,7 @@ _LAZY = {
     "TrainingConfig": ".keras_file", "read_keras_file": ".keras_file", "read_training_config": ".keras_file",
     "supported_layers": ".layers", "keras_to_onnx": ".onnx_export", "torch_to_onnx": ".onnx_export",
     "onnx_to_keras": ".keras_from_onnx", "OnnxModule": ".onnx_interpreter", "onnx_to_torch": ".onnx_interpreter",
+    "convert": ".converting",
 }
 
 

@@ -20,21 +20,11 @@ from .atomic import atomic_output
 from .bridge import keras_to_torch, torch_to_keras
 from .errors import ConversionError
 from .keras_file import TrainingConfig
+from .model_formats import FORMATS, model_format  # noqa: F401  (re-exported)
 from .onnx_export import torch_to_onnx
 from .onnx_interpreter import OnnxModule, onnx_to_torch
 
-FORMATS = (".h5", ".onnx", ".pt")
 CHECKPOINT_FORMAT = "orca-ml-checkpoint"
-
-
-def model_format(path) -> str:
-    ext = os.path.splitext(os.fspath(path))[1].lower()
-    if ext == ".hdf5":
-        ext = ".h5"
-    if ext not in FORMATS:
-        raise ConversionError(f"{os.fspath(path)}: unknown model format {ext or '(no extension)'!r}; "
-                              f"expected one of {', '.join(FORMATS)}")
-    return ext
 
 
 class ChannelsFirstModel(nn.Module):

@@ -15,7 +15,7 @@ arithmetic, Constant nodes, Clip bounds) are folded with `conversion.onnx_interp
 produce no layer. One function per ONNX op type, registered with `@keras_op("Name")`; any other
 op raises `ConversionError` naming every such op and node before anything is built.
 
-Imports TensorFlow (after torch and torch._dynamo, see DESIGN.md).
+Imports TensorFlow (after torch and torch._dynamo, see docs/design.md).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 
 from .atomic import atomic_output
 from .errors import ConversionError
+from .keras_geometry import same_padding
 
 _KERAS_OPS: dict[str, Callable] = {}
 # ops that only compute shapes: fine when folded or feeding a Reshape's shape input
@@ -161,11 +162,8 @@ def _pads4(node, h, w, kernel, strides, dilations):
         return [0, 0, 0, 0] if pads is None else [int(p) for p in pads]
     if auto == "VALID":
         return [0, 0, 0, 0]
-    out = []
-    for size, k, s, d in ((h, kernel[0], strides[0], dilations[0]), (w, kernel[1], strides[1], dilations[1])):
-        total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
-        small = total // 2
-        out.append((small, total - small) if auto == "SAME_UPPER" else (total - small, small))
+    out = [same_padding(size, k, s, d, extra_at_end=auto == "SAME_UPPER")
+           for size, k, s, d in ((h, kernel[0], strides[0], dilations[0]), (w, kernel[1], strides[1], dilations[1]))]
     return [out[0][0], out[1][0], out[0][1], out[1][1]]
 
 
@@ -181,12 +179,6 @@ def _zero_pad(b, node, x, pads):
     if not any(pads):
         return x
     return b.L.ZeroPadding2D(((t, bo), (l, r)), name=b.name(node, "_pad"))(x)
-
-
-def _tf_same(size, k, s):
-    out = -(-size // s)
-    total = max((out - 1) * s + k - size, 0)
-    return total // 2, total - total // 2
 
 
 # --------------------------------------------------------------------------- convolutions
@@ -342,7 +334,7 @@ def _pool_geometry(b, node, x):
         for size, k, s, pb, pe in ((h, kernel[0], strides[0], pads[0], pads[2]), (w, kernel[1], strides[1], pads[1], pads[3])):
             if (size + pb + pe - k) % s:
                 raise node.fail("ceil_mode=1 changing the output size is not supported")
-    same = [*_tf_same(h, kernel[0], strides[0]), *_tf_same(w, kernel[1], strides[1])]
+    same = [*same_padding(h, kernel[0], strides[0]), *same_padding(w, kernel[1], strides[1])]
     is_same = [pads[0], pads[2], pads[1], pads[3]] == same
     return kernel, strides, pads, is_same
 

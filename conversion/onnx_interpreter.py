@@ -2,7 +2,7 @@
 
 `onnx_to_torch(path)` reads an ONNX file and returns an `OnnxModule`: an `nn.Module` that runs
 the graph's nodes in order with torch functional ops, in the file's own layout (NCHW for a
-PyTorch export). Unlike onnx2torch (see DESIGN.md, "Measured facts"):
+PyTorch export). Unlike onnx2torch (see docs/design.md, "Measured facts"):
 
 - every floating-point initializer the graph uses as data (Conv/Gemm/MatMul weights and biases,
   Add/Mul operands, BatchNormalization scale and bias, …) is a trainable `nn.Parameter`;
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConversionError
+from .keras_geometry import same_padding
 
 # --------------------------------------------------------------------------- registry
 
@@ -364,16 +365,9 @@ def _pads(node: Node, x, kernel, strides, dilations) -> list[int]:
     if auto == "VALID":
         return [0] * (2 * n)
     if auto in ("SAME_UPPER", "SAME_LOWER"):
-        begins, ends = [], []
-        for i in range(n):
-            size = int(x.shape[2 + i])
-            out = -(-size // strides[i])
-            total = max((out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - size, 0)
-            small = total // 2
-            begin, end = (small, total - small) if auto == "SAME_UPPER" else (total - small, small)
-            begins.append(begin)
-            ends.append(end)
-        return begins + ends
+        pairs = [same_padding(int(x.shape[2 + i]), kernel[i], strides[i], dilations[i],
+                              extra_at_end=auto == "SAME_UPPER") for i in range(n)]
+        return [begin for begin, _ in pairs] + [end for _, end in pairs]
     raise node.fail(f"auto_pad={auto!r} is not supported")
 
 

@@ -1,7 +1,8 @@
 """The orca ML endpoint's HTTP service: `/train` and `/predict` over S3 or local folders.
 
-`create_app()` builds the Flask app; `python -m service` serves it; `service.wsgi:app` is for
-gunicorn; `python -m service.demo` runs it on the bundled sample data.
+`create_app()` builds the Flask app and its runtime (`service.runtime`); `orca serve` (or
+`python -m service`) serves it; `service.wsgi:app` is for gunicorn; `orca demo` runs it on the
+bundled sample data.
 """
 
 __version__ = "0.1.0"

@@ -7,9 +7,10 @@ service.wsgi:app`, as Dockerfile.gpu does).
 from __future__ import annotations
 
 import logging
-import os
 
 from werkzeug.serving import make_server
+
+from .config import from_env
 
 
 def make(app=None, host: str | None = None, port: int | None = None):
@@ -18,8 +19,9 @@ def make(app=None, host: str | None = None, port: int | None = None):
         from .app import create_app
 
         app = create_app()
-    host = host or os.environ.get("HOST", "127.0.0.1")
-    port = int(port if port is not None else os.environ.get("PORT", "5001"))
+    config = app.extensions["orca"].config if "orca" in app.extensions else from_env()
+    host = host or config["HOST"]
+    port = int(port if port is not None else config["PORT"])
     return make_server(host, port, app, threaded=True)
 
 
@@ -33,7 +35,7 @@ def run(server) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=(from_env()["LOG_LEVEL"] or "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = make()
     print(f"orca ML endpoint listening on http://{server.host}:{server.server_port}/", flush=True)
     run(server)

@@ -7,25 +7,29 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from . import config as config_module
 from .errors import ServiceError
 
 log = logging.getLogger("service")
 
 
-def create_app(config: dict | None = None) -> Flask:
-    """The service; `config` overrides the environment (see `service.config`)."""
+def create_app(config: dict | None = None, **parts) -> Flask:
+    """The service. `config` overrides the environment (see `service.config`); `parts` replace
+    parts of the runtime built from it (`s3=S3Connector(...)`, `metrics=Metrics(...)`,
+    `run_train=…`: see `service.runtime.Runtime.from_config`). Everything the app owns lives on its
+    `Runtime`, `app.extensions["orca"]`."""
     from . import ops
     from .api import api
+    from .runtime import Runtime
 
+    runtime = Runtime.from_config(config, **parts)
     app = Flask("service")
-    app.config.update(config_module.from_env())
-    app.config.update(config or {})
+    app.config.update(runtime.config)
+    app.extensions["orca"] = runtime
     app.json.sort_keys = True  # the original's JSON came out with sorted keys; clients may rely on it
     app.register_blueprint(api)
     ops.install(app)  # jobs, /models, /ready, /metrics; token, allow-list and metrics hooks
     app.register_error_handler(Exception, handle_error)
-    start_preload(app.config.get("PRELOAD_TORCH"))
+    start_preload(runtime.config["PRELOAD_TORCH"])
     return app
 
 

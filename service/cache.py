@@ -2,14 +2,14 @@
 a mirror of each S3 unlabeled or labeled prefix that follows the bucket (new and changed objects
 downloaded, vanished ones removed).
 
-Everything lives under `cache_root()`: env ORCA_CACHE_DIR, default `<system temp>/orca-cache`:
+Everything lives under the app's `CacheDir` (ORCA_CACHE_DIR, default `<system temp>/orca-cache`):
 
 - `models/<sha256(url)[:32]>/<etag><ext>`: one file per model version seen, the newest
   KEEP_MODEL_VERSIONS kept per URL. An unchanged model (same URL, same ETag) is not downloaded
-  again; its ONNX export is cached by content hash (training.onnx_scoring, `onnx/` below the root).
+  again; its ONNX export is cached by content hash (training.scorers, `onnx/` below the root).
 - `mirrors/<sha256(prefix url)[:32]>/`: the spectrograms of one unlabeled prefix (/predict), or the
   `train/` and `validation/` images of one labeled prefix (/train, file names flattened by
-  `service.jobs.mirror_name`), plus `index.json` (name → [etag, size]). Its size is that of the
+  `service.train.mirror_name`), plus `index.json` (name → [etag, size]). Its size is that of the
   prefix's current images (deletions are followed); there is one mirror per prefix ever used and
   nothing evicts whole mirrors: delete the folder (or the whole cache root) while the service is
   idle to reclaim the space. /train hard-links the mirrored files into its private folder (a copy
@@ -28,26 +28,15 @@ import hashlib
 import json
 import os
 import posixpath
-import tempfile
 import threading
 from pathlib import Path
+
+from conversion.atomic import write_bytes_atomically
 
 from .errors import NotFound
 from .storage import LocalStorage, Location, ObjectInfo
 
-CACHE_ENV = "ORCA_CACHE_DIR"
 KEEP_MODEL_VERSIONS = 3
-_LOCKS: dict[str, threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or os.path.join(tempfile.gettempdir(), "orca-cache"))
-
-
-def onnx_cache_dir() -> Path:
-    """Where ONNX exports go: ORCA_ONNX_CACHE if set (training.onnx_scoring's own setting), else under the root."""
-    return Path(os.environ.get("ORCA_ONNX_CACHE") or cache_root() / "onnx")
 
 
 def _digest(text: str) -> str:
@@ -58,61 +47,66 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:80] or "none"
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path):
-    """A per-path lock across threads (dict of locks) and processes (flock)."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.setdefault(str(lock_path), threading.Lock())
-    with lock:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a+") as handle:
-            try:
-                import fcntl
+class CacheDir:
+    """The cache folder of one app (ORCA_CACHE_DIR): model files by URL + ETag, and prefix mirrors.
 
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            except (ImportError, OSError):  # not POSIX: the thread lock still holds
-                pass
-            yield
+    Locks are per path: a thread lock (kept here, so two apps never share one) plus `flock` on
+    the lock file, so several worker processes sharing the folder are safe too.
+    """
 
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
 
-def _object_info(location: Location) -> ObjectInfo:
-    try:
-        for info in location.storage.list(location.key):
-            if info.key == location.key:
-                return info
-    except NotFound:
-        pass
-    raise NotFound(f"model_url not found: {location.url}")
+    @contextlib.contextmanager
+    def locked(self, lock_path: Path):
+        with self._guard:
+            lock = self._locks.setdefault(str(lock_path), threading.Lock())
+        with lock:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(lock_path, "a+") as handle:
+                try:
+                    import fcntl
 
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                except (ImportError, OSError):  # not POSIX: the thread lock still holds
+                    pass
+                yield
 
-def cached_model(model: Location) -> str:
-    """A local path of the model file at `model`: in place for local storage, else the cached copy
-    for the object's current ETag (downloaded once per URL + ETag)."""
-    if not model.key or model.key.endswith("/"):
-        raise NotFound(f"model_url is a folder, not a model file: {model.url}")
-    if isinstance(model.storage, LocalStorage):
-        if not os.path.isfile(model.key):
+    def model(self, model: Location) -> str:
+        """A local path of the model file at `model`: in place for local storage, else the cached
+        copy for the object's current ETag (downloaded once per URL + ETag)."""
+        if not model.key or model.key.endswith("/"):
+            raise NotFound(f"model_url is a folder, not a model file: {model.url}")
+        if isinstance(model.storage, LocalStorage):
+            if not os.path.isfile(model.key):
+                raise NotFound(f"model_url not found: {model.url}")
+            return model.key
+        info = model.storage.stat(model.key)
+        if info is None:
             raise NotFound(f"model_url not found: {model.url}")
-        return model.key
-    info = _object_info(model)
-    folder = cache_root() / "models" / _digest(model.storage.url(model.key))
-    ext = posixpath.splitext(model.key)[1] or ".h5"
-    path = folder / f"{_safe(info.etag or 'size' + str(info.size))}-{info.size}{ext}"
-    if path.is_file() and path.stat().st_size == info.size:
+        folder = self.root / "models" / _digest(model.storage.url(model.key))
+        ext = posixpath.splitext(model.key)[1] or ".h5"
+        path = folder / f"{_safe(info.etag or 'size' + str(info.size))}-{info.size}{ext}"
+        if path.is_file() and path.stat().st_size == info.size:
+            return str(path)
+        with self.locked(folder.with_suffix(".lock")):
+            if not (path.is_file() and path.stat().st_size == info.size):
+                try:
+                    model.storage.download(model.key, str(path), expected_size=info.size)
+                except NotFound:
+                    raise NotFound(f"model_url not found: {model.url}") from None
+            versions = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")),
+                              key=lambda p: p.stat().st_mtime, reverse=True)
+            for old in versions[KEEP_MODEL_VERSIONS:]:
+                if old != path:
+                    with contextlib.suppress(OSError):
+                        old.unlink()
         return str(path)
-    with _locked(folder.with_suffix(".lock")):
-        if not (path.is_file() and path.stat().st_size == info.size):
-            try:
-                model.storage.download(model.key, str(path), expected_size=info.size)
-            except NotFound:
-                raise NotFound(f"model_url not found: {model.url}") from None
-        versions = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")),
-                          key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in versions[KEEP_MODEL_VERSIONS:]:
-            if old != path:
-                with contextlib.suppress(OSError):
-                    old.unlink()
-    return str(path)
+
+    def mirror(self, location: Location, folder_key: str) -> "PrefixMirror":
+        return PrefixMirror(self, location, folder_key)
 
 
 class PrefixMirror:
@@ -122,11 +116,12 @@ class PrefixMirror:
         path = fetch(name)                 # downloads `name` unless the mirror has its ETag already
     """
 
-    def __init__(self, location: Location, folder_key: str):
+    def __init__(self, cache: CacheDir, location: Location, folder_key: str):
+        self.cache = cache
         self.location = location
         ident = _digest(location.storage.url(folder_key))
-        self.folder = cache_root() / "mirrors" / ident
-        self.lock_path = cache_root() / "mirrors" / f"{ident}.lock"
+        self.folder = cache.root / "mirrors" / ident
+        self.lock_path = cache.root / "mirrors" / f"{ident}.lock"
         self.index_path = self.folder / "index.json"
         self.downloaded = 0
         self.reused = 0
@@ -139,14 +134,11 @@ class PrefixMirror:
             return {}
 
     def _save_index(self, index: dict) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".index-", dir=self.folder)
-        with os.fdopen(fd, "w") as f:
-            json.dump(index, f)
-        os.replace(tmp, self.index_path)
+        write_bytes_atomically(self.index_path, json.dumps(index).encode())
 
     @contextlib.contextmanager
     def synced(self, wanted: dict[str, ObjectInfo]):
-        with _locked(self.lock_path):
+        with self.cache.locked(self.lock_path):
             self.folder.mkdir(parents=True, exist_ok=True)
             index = self._load_index()
             for entry in os.scandir(self.folder):  # vanished keys, stale temp files
@@ -192,9 +184,7 @@ class ScoreCache:
     `max_entries=0` disables the cache (env ORCA_SCORE_CACHE).
     """
 
-    def __init__(self, max_entries: int | None = None, max_models: int = 2):
-        if max_entries is None:
-            max_entries = int(os.environ.get("ORCA_SCORE_CACHE", "500000"))
+    def __init__(self, max_entries: int = 500_000, max_models: int = 2):
         self.max_entries, self.max_models = max_entries, max_models
         self._tables: dict[tuple, dict] = {}
         self._lock = threading.Lock()
@@ -229,5 +219,3 @@ class ScoreCache:
                 table.pop(next(iter(table)))
             table[identity] = score
 
-
-SCORES = ScoreCache()

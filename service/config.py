@@ -1,85 +1,96 @@
-"""Configuration: defaults, overridden by environment variables, overridden by `create_app(config)`.
+"""Configuration: the one place that reads the environment.
 
-| env var               | config key      | default            | meaning                                             |
-|-----------------------|-----------------|--------------------|-----------------------------------------------------|
-| ORCA_LOCAL_ROOT       | LOCAL_ROOT      | current directory  | local paths must lie inside; empty = S3 only        |
-| ORCA_WORK_DIR         | WORK_DIR        | system temp dir    | where requests download models and images           |
-| ORCA_DEVICE           | DEVICE          | auto (CUDA if any) | torch device for training and scoring               |
-| ORCA_BATCH_SIZE       | BATCH_SIZE      | 32                 | batch size of training and scoring                  |
-| ORCA_MAX_EPOCHS       | MAX_EPOCHS      | 1000               | upper bound of `epochs`                             |
-| ORCA_MAX_IMAGE_SIZE   | MAX_IMAGE_SIZE  | 4096               | upper bound of `img_width` and `img_height`         |
-| ORCA_DOWNLOAD_THREADS | DOWNLOAD_THREADS| 8                  | parallel downloads per request                      |
-| API_TOKEN             | API_TOKEN       | unset (no auth)    | bearer token every endpoint but /health requires    |
-| ORCA_ALLOWED_PREFIXES | ALLOWED_PREFIXES| unset (all)        | comma-separated URL prefixes that may be read/written|
-| ORCA_MAX_LISTING      | MAX_LISTING     | 100000             | most objects one dataset/folder listing may hold    |
-| ORCA_MAX_QUEUED       | MAX_QUEUED      | 8                  | training jobs that may wait (429 beyond)            |
-| ORCA_JOB_HISTORY      | JOB_HISTORY     | 100                | finished jobs kept for GET /jobs                    |
-| ORCA_READY_BUCKET     | READY_BUCKET    | unset              | bucket /ready checks with HeadBucket                |
-| ORCA_S3_MAX_ATTEMPTS  | S3_MAX_ATTEMPTS | 5                  | attempts per S3 call (botocore standard retries)    |
-| ORCA_S3_RETRY_BASE    | S3_RETRY_BASE   | 0.2                | seconds; backoff base of re-downloads of broken bodies|
-| ORCA_PRELOAD_TORCH    | PRELOAD_TORCH   | auto               | import torch at start-up: auto = where a GPU driver is|
+Defaults, overridden by environment variables, overridden by `create_app(config)`. Every setting
+of `service/` and `training/` comes from here (the service passes values down; nothing else reads
+`os.environ`). `docs/operations.md` has the same table; a test keeps the two in agreement.
+boto3 reads its own variables (`AWS_*`), which are listed there too.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from dataclasses import dataclass
 
-ENV = {
-    "LOCAL_ROOT": ("ORCA_LOCAL_ROOT", str),
-    "WORK_DIR": ("ORCA_WORK_DIR", str),
-    "DEVICE": ("ORCA_DEVICE", str),
-    "BATCH_SIZE": ("ORCA_BATCH_SIZE", int),
-    "MAX_EPOCHS": ("ORCA_MAX_EPOCHS", int),
-    "MAX_IMAGE_SIZE": ("ORCA_MAX_IMAGE_SIZE", int),
-    "DOWNLOAD_THREADS": ("ORCA_DOWNLOAD_THREADS", int),
-    "API_TOKEN": ("API_TOKEN", str),
-    "ALLOWED_PREFIXES": ("ORCA_ALLOWED_PREFIXES", str),
-    "MAX_LISTING": ("ORCA_MAX_LISTING", int),
-    "MAX_QUEUED": ("ORCA_MAX_QUEUED", int),
-    "JOB_HISTORY": ("ORCA_JOB_HISTORY", int),
-    "READY_BUCKET": ("ORCA_READY_BUCKET", str),
-    "S3_MAX_ATTEMPTS": ("ORCA_S3_MAX_ATTEMPTS", int),
-    "S3_RETRY_BASE": ("ORCA_S3_RETRY_BASE", float),
-    "PRELOAD_TORCH": ("ORCA_PRELOAD_TORCH", str),
-}
-OPTIONAL = ("WORK_DIR", "DEVICE", "API_TOKEN", "ALLOWED_PREFIXES", "READY_BUCKET")  # '' means unset
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # key in app.config
+    env: str  # environment variable
+    kind: type  # str, int or float
+    default: object  # None = unset
+    meaning: str
+    empty_is_unset: bool = True  # '' in the environment means "use the default"
+
+
+SETTINGS = (
+    Setting("HOST", "HOST", str, "127.0.0.1", "address `orca serve` / `orca demo` listen on"),
+    Setting("PORT", "PORT", int, 5001, "port `orca serve` / `orca demo` listen on"),
+    Setting("LOCAL_ROOT", "ORCA_LOCAL_ROOT", str, "", "local paths must lie inside it (default: the working "
+            "directory; `/data` in the image); empty = S3 only", empty_is_unset=False),
+    Setting("WORK_DIR", "ORCA_WORK_DIR", str, None, "scratch space of a request, removed after it "
+            "(default: the system temp dir)"),
+    Setting("CACHE_DIR", "ORCA_CACHE_DIR", str, None, "model cache (URL + ETag), ONNX exports, mirrors of "
+            "S3 prefixes (default: `<temp>/orca-cache`)"),
+    Setting("ONNX_CACHE", "ORCA_ONNX_CACHE", str, None, "where ONNX exports of models are cached by content "
+            "hash (default: `<ORCA_CACHE_DIR>/onnx`)"),
+    Setting("DEVICE", "ORCA_DEVICE", str, None, "torch device (`cuda`, `cuda:1`, `cpu`); default: CUDA if "
+            "available, else the CPU"),
+    Setting("PRECISION", "ORCA_PRECISION", str, "fp32", "`bf16`: torch scoring in bfloat16 autocast "
+            "(CUDA); `fp32` keeps the 1e-4 parity with the original"),
+    Setting("PRELOAD_TORCH", "ORCA_PRELOAD_TORCH", str, "auto", "import torch at start-up: `auto` where an "
+            "NVIDIA driver is, `1` always, `0` never"),
+    Setting("BATCH_SIZE", "ORCA_BATCH_SIZE", int, 32, "batch size of training and scoring"),
+    Setting("MAX_EPOCHS", "ORCA_MAX_EPOCHS", int, 1000, "upper bound of `epochs`"),
+    Setting("MAX_IMAGE_SIZE", "ORCA_MAX_IMAGE_SIZE", int, 4096, "upper bound of `img_width` and `img_height`"),
+    Setting("MAX_PIXELS", "ORCA_MAX_PIXELS", int, 50_000_000, "larger images are skipped (decompression "
+            "bombs); 0 = no limit"),
+    Setting("DOWNLOAD_THREADS", "ORCA_DOWNLOAD_THREADS", int, 8, "parallel downloads per request"),
+    Setting("MAX_LISTING", "ORCA_MAX_LISTING", int, 100_000, "most objects one dataset or folder listing "
+            "may hold (422 beyond)"),
+    Setting("SCORE_CACHE", "ORCA_SCORE_CACHE", int, 500_000, "scores kept per model file for unchanged "
+            "clips; 0 disables"),
+    Setting("MAX_QUEUED", "ORCA_MAX_QUEUED", int, 8, "training jobs that may wait for the device (429 beyond)"),
+    Setting("JOB_HISTORY", "ORCA_JOB_HISTORY", int, 100, "finished jobs kept in memory for `GET /jobs`"),
+    Setting("API_TOKEN", "API_TOKEN", str, None, "bearer token every endpoint but `/health` requires"),
+    Setting("ALLOWED_PREFIXES", "ORCA_ALLOWED_PREFIXES", str, None, "comma-separated URL prefixes that may "
+            "be read and written"),
+    Setting("READY_BUCKET", "ORCA_READY_BUCKET", str, None, "bucket `/ready` checks with HeadBucket"),
+    Setting("S3_MAX_ATTEMPTS", "ORCA_S3_MAX_ATTEMPTS", int, 5, "attempts per S3 call and per transfer "
+            "(botocore standard retries, s3transfer)"),
+    Setting("LOG_LEVEL", "LOG_LEVEL", str, None, "logging level; unset: INFO for the server (`orca serve`, "
+            "`orca demo`, gunicorn), WARNING for the other `orca` commands"),
+)
 
 
 def defaults() -> dict:
-    return {
-        "LOCAL_ROOT": os.getcwd(),
-        "WORK_DIR": None,
-        "DEVICE": None,
-        "BATCH_SIZE": 32,
-        "MAX_EPOCHS": 1000,
-        "MAX_IMAGE_SIZE": 4096,
-        "DOWNLOAD_THREADS": 8,
-        "API_TOKEN": None,
-        "ALLOWED_PREFIXES": None,
-        "MAX_LISTING": 100_000,
-        "MAX_QUEUED": 8,
-        "JOB_HISTORY": 100,
-        "READY_BUCKET": None,
-        "S3_MAX_ATTEMPTS": 5,
-        "S3_RETRY_BASE": 0.2,
-        "PRELOAD_TORCH": "auto",
-    }
-
-
-def from_env(environ=os.environ) -> dict:
-    config = defaults()
-    for key, (name, kind) in ENV.items():
-        value = environ.get(name)
-        if value is None:
-            continue
-        if kind in (int, float):
-            try:
-                config[key] = kind(value)
-            except ValueError:
-                raise SystemExit(f"{name} must be a{'n integer' if kind is int else ' number'}, "
-                                 f"got {value!r}") from None
-        elif key in OPTIONAL:
-            config[key] = value or None
-        else:
-            config[key] = value  # LOCAL_ROOT: '' disables local paths
+    config = {s.key: s.default for s in SETTINGS}
+    config["LOCAL_ROOT"] = os.getcwd()
     return config
+
+
+def from_env(environ=None) -> dict:
+    """The configuration the environment describes; SystemExit naming the variable if one is malformed."""
+    environ = os.environ if environ is None else environ
+    config = defaults()
+    for s in SETTINGS:
+        value = environ.get(s.env)
+        if value is None or (value == "" and s.empty_is_unset):
+            continue
+        if s.kind in (int, float):
+            try:
+                config[s.key] = s.kind(float(value)) if s.kind is int and "e" in value.lower() else s.kind(value)
+            except ValueError:
+                raise SystemExit(f"{s.env} must be a{'n integer' if s.kind is int else ' number'}, "
+                                 f"got {value!r}") from None
+        else:
+            config[s.key] = value
+    return config
+
+
+def cache_dir(config: dict) -> str:
+    return config.get("CACHE_DIR") or os.path.join(tempfile.gettempdir(), "orca-cache")
+
+
+def onnx_cache_dir(config: dict) -> str:
+    return config.get("ONNX_CACHE") or os.path.join(cache_dir(config), "onnx")

@@ -1,4 +1,4 @@
-"""`python -m service.demo` (`make demo`): run the endpoint on the bundled Orcasound sample data.
+"""`orca demo` (`make demo`; also `python -m service.demo`): run the endpoint on the bundled Orcasound sample data.
 
 Lays out, under `./local/` (or `--dir`), without touching files that already exist:
 
@@ -16,6 +16,8 @@ import argparse
 import os
 import shutil
 from pathlib import Path
+
+from .config import from_env
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "orcasound"
 FIRST_TIMESTAMP = 1594154118  # the first clip of the original README's example
@@ -59,14 +61,23 @@ def curl_lines(base: str, urls: dict[str, str]) -> list[str]:
     ]
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The demo's options (`python -m service.demo` and `orca demo`)."""
+    parser.add_argument("--dir", default="local", help="where to lay out the demo data (default: local)")
+    config = from_env()
+    parser.add_argument("--host", default=config["HOST"])
+    parser.add_argument("--port", type=int, default=config["PORT"])
+    parser.add_argument("--prepare-only", action="store_true", help="lay out the data, do not serve")
+    return parser
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", default="local", help="where to lay out the demo data (default: local)")
-    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "5001")))
-    parser.add_argument("--prepare-only", action="store_true", help="lay out the data, do not serve")
-    args = parser.parse_args(argv)
+    run(add_arguments(parser).parse_args(argv))
 
+
+def run(args: argparse.Namespace) -> None:
+    """Lay out the demo data under `args.dir`, then serve it (unless `args.prepare_only`)."""
     urls = prepare(args.dir)
     print(f"demo data ready under {Path(args.dir).resolve()}", flush=True)
     if args.prepare_only:

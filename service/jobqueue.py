@@ -24,7 +24,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from . import metrics
 from .errors import NotFound, ServiceError, TooManyRequests
 
 log = logging.getLogger(__name__)
@@ -67,7 +66,11 @@ class Job:
 
 
 class JobManager:
-    def __init__(self, max_queued: int = 8, history: int = 100):
+    """One app's training jobs (built with the app's runtime, so never twice; its worker thread is
+    started under the lock by the first submit)."""
+
+    def __init__(self, max_queued: int = 8, history: int = 100, metrics=None):
+        self.metrics = metrics  # service.metrics.Metrics, or None (no metrics)
         self.max_queued = max(0, int(max_queued))
         self.history = max(1, int(history))
         self.lock = threading.Condition()
@@ -115,7 +118,8 @@ class JobManager:
             del self.jobs[job.id]
 
     def _gauges(self) -> None:
-        metrics.QUEUE_LENGTH.set(sum(len(m.queue) for m in _MANAGERS if m is not self) + len(self.queue))
+        if self.metrics is not None:
+            self.metrics.queue_length.set(len(self.queue))
 
     def _work(self) -> None:
         while True:
@@ -125,7 +129,8 @@ class JobManager:
                 job = self.queue.popleft()
                 job.status, job.started = RUNNING, time.time()
                 self._gauges()
-            metrics.JOBS_RUNNING.inc(1)
+            if self.metrics is not None:
+                self.metrics.jobs_running.inc(1)
             started = time.monotonic()
             try:
                 result = job.run(job)
@@ -140,23 +145,11 @@ class JobManager:
                 job.result, job.status = result, SUCCEEDED
             finally:
                 job.finished = time.time()
-                metrics.JOBS_RUNNING.inc(-1)
-                metrics.TRAININGS.inc(outcome=job.status)
-                metrics.TRAINING_DURATION.observe(time.monotonic() - started, outcome=job.status)
+                if self.metrics is not None:
+                    self.metrics.jobs_running.dec(1)
+                    self.metrics.trainings.labels(outcome=job.status).inc()
+                    self.metrics.training_duration.labels(outcome=job.status).observe(time.monotonic() - started)
                 with self.lock:
                     self._trim()
                 job.done.set()
             log.info("job %s %s in %.1f s", job.id, job.status, job.finished - job.started)
-
-
-_MANAGERS: list[JobManager] = []
-
-
-def manager_for(app) -> JobManager:
-    """The app's job manager (one per Flask app, created on first use)."""
-    manager = app.extensions.get("orca_jobs")
-    if manager is None:
-        manager = JobManager(app.config["MAX_QUEUED"], app.config["JOB_HISTORY"])
-        app.extensions["orca_jobs"] = manager
-        _MANAGERS.append(manager)
-    return manager

@@ -1,179 +1,123 @@
-"""Prometheus metrics in the text exposition format 0.0.4, without a client library.
+"""Prometheus metrics of one Flask app, on `prometheus_client`.
 
-One process-wide registry (`REGISTRY`), thread-safe (one lock). `GET /metrics` renders it. What is
-measured:
+`Metrics` holds everything: its own `CollectorRegistry` (with prometheus_client's process, platform
+and GC collectors) and the service's metrics on it. The app owns one (`app.extensions["orca"].metrics`);
+there is no module-level metric state, so two apps in one process (tests) never share values.
+`GET /metrics` answers `Metrics.render()`: prometheus_client's `generate_latest`, the text format 0.0.4
+(`text/plain; version=0.0.4; charset=utf-8`).
 
 | metric | type | labels | meaning |
 |--------|------|--------|---------|
-| `orca_http_requests_total` | counter | endpoint, method, status | requests answered |
-| `orca_http_request_duration_seconds` | histogram | endpoint | request latency |
+| `orca_http_requests_total` | counter | endpoint, method, status | requests answered (endpoint: route, `unmatched`) |
+| `orca_http_request_duration_seconds` | histogram | endpoint | request latency (5 ms … 600 s buckets) |
 | `orca_images_scored_total` | counter | | spectrograms scored by /predict |
-| `orca_skipped_files_total` | counter | stage | files skipped (corrupt or oversized images): stage=predict or train |
-| `orca_training_duration_seconds` | histogram | outcome | wall time of training jobs (queue wait excluded) |
+| `orca_skipped_files_total` | counter | stage | corrupt or oversized images skipped: stage=predict or train |
+| `orca_training_duration_seconds` | histogram | outcome | training wall time, queue wait excluded (1 s … 4 h buckets) |
 | `orca_trainings_total` | counter | outcome | finished training jobs: succeeded / failed |
 | `orca_models_written_total` | counter | | model versions written |
 | `orca_queue_length` | gauge | | training jobs waiting |
-| `orca_jobs_running` | gauge | | training jobs running (0 or 1) |
+| `orca_jobs_running` | gauge | | training jobs running (0 or 1 per process) |
 | `orca_build_info` | gauge | version | always 1 |
+| `process_*` | | | CPU seconds, memory, open fds, start time (ProcessCollector; Linux only) |
+| `python_gc_*`, `python_info` | | | garbage collector counts, Python version (GCCollector, PlatformCollector) |
 
-`count_skipped(n)` and `count_scored(n)` are the hooks for the scoring code.
+prometheus_client also exposes a `*_created` gauge (creation timestamp) beside every counter and
+histogram series, as it does by default.
+
+`count_skipped(n, stage)` and `count_scored(n)` are the hooks for the scoring and training code.
+
+Several gunicorn workers (multiprocess mode). By default the metrics live in the process that
+serves the request, so with `--workers N` (N > 1) each scrape would see one worker only. To
+report all workers together, point the environment variable `PROMETHEUS_MULTIPROC_DIR` at an
+empty folder writable by the workers, in gunicorn's environment so it is set before any worker
+imports prometheus_client (e.g. `rm -rf /tmp/orca-metrics && mkdir /tmp/orca-metrics &&
+PROMETHEUS_MULTIPROC_DIR=/tmp/orca-metrics gunicorn -c gunicorn.conf.py --workers 4 ...`: empty it
+before every start of gunicorn, never while it runs), and tell prometheus_client when a worker exits,
+in the gunicorn config file:
+
+    from prometheus_client import multiprocess
+
+    def child_exit(server, worker):
+        multiprocess.mark_process_dead(worker.pid)
+
+Each worker then writes its values to memory-mapped files in that folder and `render()` collects
+them all with `prometheus_client.multiprocess.MultiProcessCollector` on a fresh registry: counters
+and histograms are summed over all workers (dead ones included), `orca_queue_length` and
+`orca_jobs_running` are summed over live workers, `orca_build_info` is the maximum. In this mode
+the per-process `process_*`, `python_gc_*` and `python_info` families are not exported, and all `Metrics` objects
+of one process write to the same files (one app per worker, as gunicorn runs it). Only the metrics
+are shared: jobs and the training queue still live in the worker that accepted them.
 """
 
 from __future__ import annotations
 
-import math
-import threading
+import os
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, PlatformCollector,
+                               ProcessCollector, exposition, generate_latest, multiprocess)
+
+# what generate_latest writes: the text format 0.0.4 (CONTENT_TYPE_LATEST says version=1.0.0 since
+# prometheus_client 0.22 although the body is the same; before, it was this string)
+CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 TRAINING_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 
 
-def _escape(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def multiprocess_dir() -> str | None:
+    """The folder of multiprocess mode, as prometheus_client itself reads it (None when off)."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
 
 
-def _labels(names: tuple[str, ...], values: tuple, extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
+class Metrics:
+    """The metrics of one app, on a registry of its own (or on `registry` when given: then it is
+    used as is, without adding the process, platform and GC collectors)."""
 
+    def __init__(self, version: str, registry: CollectorRegistry | None = None):
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)  # registers nothing in multiprocess mode
+        self.registry = registry
+        self.version = str(version)
+        self.multiprocess_dir = multiprocess_dir()
+        on = {"registry": registry}
+        self.requests = Counter("orca_http_requests_total", "HTTP requests answered, by endpoint, method and status.",
+                                ("endpoint", "method", "status"), **on)
+        self.latency = Histogram("orca_http_request_duration_seconds",
+                                 "HTTP request latency in seconds, by endpoint.", ("endpoint",),
+                                 buckets=LATENCY_BUCKETS, **on)
+        self.images_scored = Counter("orca_images_scored_total", "Spectrograms scored by /predict.", **on)
+        self.skipped = Counter("orca_skipped_files_total",
+                               "Files skipped as corrupt or oversized, by stage (predict, train).", ("stage",), **on)
+        self.training_duration = Histogram("orca_training_duration_seconds",
+                                           "Wall time of training jobs in seconds (queue wait excluded), by outcome.",
+                                           ("outcome",), buckets=TRAINING_BUCKETS, **on)
+        self.trainings = Counter("orca_trainings_total", "Finished training jobs, by outcome.", ("outcome",), **on)
+        self.models_written = Counter("orca_models_written_total", "Model versions written.", **on)
+        self.queue_length = Gauge("orca_queue_length", "Training jobs waiting for the device.",
+                                  multiprocess_mode="livesum", **on)
+        self.jobs_running = Gauge("orca_jobs_running", "Training jobs running.", multiprocess_mode="livesum", **on)
+        self.build_info = Gauge("orca_build_info", "Always 1; the service version as a label.", ("version",),
+                                multiprocess_mode="max", **on)
+        self.build_info.labels(version=self.version).set(1)
 
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    if float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
+    def count_skipped(self, n: int, stage: str = "predict") -> None:
+        """Count `n` files skipped (corrupt or oversized images) by `stage` ("predict" or "train")."""
+        if n:
+            self.skipped.labels(stage=stage).inc(n)
 
+    def count_scored(self, n: int) -> None:
+        """Count `n` spectrograms scored."""
+        if n:
+            self.images_scored.inc(n)
 
-class _Metric:
-    kind = "untyped"
-
-    def __init__(self, registry: "Registry", name: str, help_text: str, labels: tuple[str, ...] = ()):
-        self.registry, self.name, self.help, self.label_names = registry, name, help_text, tuple(labels)
-        self.values: dict[tuple, object] = {}
-        registry.metrics.append(self)
-
-    def _key(self, labels: dict) -> tuple:
-        if set(labels) != set(self.label_names):
-            raise ValueError(f"{self.name} takes labels {self.label_names}, got {sorted(labels)}")
-        return tuple(str(labels[n]) for n in self.label_names)
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-
-
-class Counter(_Metric):
-    kind = "counter"
-
-    def inc(self, amount: float = 1, **labels) -> None:
-        if amount < 0:
-            raise ValueError("a counter only goes up")
-        key = self._key(labels)
-        with self.registry.lock:
-            self.values[key] = self.values.get(key, 0) + amount
-
-    def get(self, **labels) -> float:
-        with self.registry.lock:
-            return self.values.get(self._key(labels), 0)
-
-    def lines(self) -> list[str]:
-        if not self.values and not self.label_names:
-            return [f"{self.name} 0"]
-        return [f"{self.name}{_labels(self.label_names, k)} {_number(v)}" for k, v in sorted(self.values.items())]
-
-
-class Gauge(Counter):
-    kind = "gauge"
-
-    def set(self, value: float, **labels) -> None:
-        key = self._key(labels)
-        with self.registry.lock:
-            self.values[key] = value
-
-    def inc(self, amount: float = 1, **labels) -> None:
-        key = self._key(labels)
-        with self.registry.lock:
-            self.values[key] = self.values.get(key, 0) + amount
-
-
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(self, registry, name, help_text, labels=(), buckets=LATENCY_BUCKETS):
-        super().__init__(registry, name, help_text, labels)
-        self.buckets = tuple(sorted(buckets))
-
-    def observe(self, value: float, **labels) -> None:
-        key = self._key(labels)
-        with self.registry.lock:
-            counts, total, count = self.values.get(key, ([0] * len(self.buckets), 0.0, 0))
-            counts = [n + (value <= bound) for n, bound in zip(counts, self.buckets)]
-            self.values[key] = (counts, total + value, count + 1)
-
-    def count(self, **labels) -> int:
-        with self.registry.lock:
-            entry = self.values.get(self._key(labels))
-            return entry[2] if entry else 0
-
-    def lines(self) -> list[str]:
-        out = []
-        for key, (counts, total, count) in sorted(self.values.items()):
-            for bound, n in zip(self.buckets, counts):
-                out.append(f"{self.name}_bucket{_labels(self.label_names, key, f'le={chr(34)}{_number(bound)}{chr(34)}')} {n}")
-            out.append(f"{self.name}_bucket{_labels(self.label_names, key, 'le=' + chr(34) + '+Inf' + chr(34))} {count}")
-            out.append(f"{self.name}_sum{_labels(self.label_names, key)} {_number(total)}")
-            out.append(f"{self.name}_count{_labels(self.label_names, key)} {count}")
-        return out
-
-
-class Registry:
-    def __init__(self):
-        self.lock = threading.RLock()
-        self.metrics: list[_Metric] = []
-
-    def render(self) -> str:
-        with self.lock:
-            lines = []
-            for metric in self.metrics:
-                lines.extend(metric.header())
-                lines.extend(metric.lines())
-            return "\n".join(lines) + "\n"
-
-
-REGISTRY = Registry()
-REQUESTS = Counter(REGISTRY, "orca_http_requests_total", "HTTP requests answered, by endpoint, method and status.",
-                   ("endpoint", "method", "status"))
-LATENCY = Histogram(REGISTRY, "orca_http_request_duration_seconds", "HTTP request latency in seconds, by endpoint.",
-                    ("endpoint",))
-IMAGES_SCORED = Counter(REGISTRY, "orca_images_scored_total", "Spectrograms scored by /predict.")
-SKIPPED = Counter(REGISTRY, "orca_skipped_files_total",
-                  "Files skipped as corrupt or oversized, by stage (predict, train).", ("stage",))
-TRAINING_DURATION = Histogram(REGISTRY, "orca_training_duration_seconds",
-                              "Wall time of training jobs in seconds (queue wait excluded), by outcome.",
-                              ("outcome",), buckets=TRAINING_BUCKETS)
-TRAININGS = Counter(REGISTRY, "orca_trainings_total", "Finished training jobs, by outcome.", ("outcome",))
-MODELS_WRITTEN = Counter(REGISTRY, "orca_models_written_total", "Model versions written.")
-QUEUE_LENGTH = Gauge(REGISTRY, "orca_queue_length", "Training jobs waiting for the device.")
-JOBS_RUNNING = Gauge(REGISTRY, "orca_jobs_running", "Training jobs running.")
-BUILD_INFO = Gauge(REGISTRY, "orca_build_info", "Always 1; the service version as a label.", ("version",))
-
-
-def count_skipped(n: int = 1, stage: str = "predict") -> None:
-    """Count `n` files skipped (corrupt or oversized images) by `stage` ("predict" or "train")."""
-    if n:
-        SKIPPED.inc(n, stage=stage)
-
-
-def count_scored(n: int) -> None:
-    if n:
-        IMAGES_SCORED.inc(n)
-
-
-def render() -> str:
-    return REGISTRY.render()
+    def render(self) -> tuple[bytes, str]:
+        """(body, content type) of `GET /metrics`: `generate_latest`, text format 0.0.4; all workers'
+        values in multiprocess mode."""
+        registry = self.registry
+        if self.multiprocess_dir:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return generate_latest(registry), CONTENT_TYPE

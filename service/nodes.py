@@ -10,11 +10,12 @@ Unlabeled spectrograms are named `<node>_<unix seconds>.png` (e.g. `orcasoundlab
 from __future__ import annotations
 
 import re
+from types import MappingProxyType
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
 # The one table of node names → locations (Orcasound's live hydrophones).
-LOCATIONS = {
+LOCATIONS = MappingProxyType({
     "orcasoundlab": "Haro Strait",
     "port_townsend": "Port Townsend",
     "bush_point": "Bush Point",
@@ -23,7 +24,7 @@ LOCATIONS = {
     "north_sjc": "North San Juan Channel",
     "mast_center": "Mast Center",
     "point_robinson": "Point Robinson",
-}
+})
 
 CLIP_SECONDS = 3
 

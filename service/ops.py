@@ -1,26 +1,26 @@
 """Operations endpoints: background training jobs, model versions with provenance, readiness,
-Prometheus metrics; and the request hooks (bearer token, allow-list, listing bound, metrics).
+Prometheus metrics; and the request hooks (bearer token, allow-list, metrics).
 
     POST /jobs/train      the /train parameters (JSON body or query) → 202 {"job_id", "status", "url"}
     GET  /jobs/<id>       one job (see service.jobqueue)
     GET  /jobs            recent jobs, newest first
     GET  /models?model_url=<folder>   model versions, newest first, with their sidecar summaries
     GET  /ready           storage reachable → 200, else 503
-    GET  /metrics         Prometheus text format 0.0.4
+    GET  /metrics         Prometheus metrics (prometheus_client)
 """
 
 from __future__ import annotations
 
-import functools
 import logging
+import os
 import time
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
-from . import jobqueue, metrics
-from .access import AllowList, check_token
+from .access import check_token
 from .errors import BadRequest, ServiceError
-from .storage import DEFAULT_MAX_LISTING, MAX_LISTING, locate
+from .jobqueue import Job
+from .runtime import current_runtime
 
 log = logging.getLogger(__name__)
 
@@ -29,37 +29,15 @@ ops = Blueprint("ops", __name__)
 URL_PARAMS = ("model_url", "labeled_url", "unlabeled_url")
 
 
-@functools.lru_cache(maxsize=8)
-def device_name(configured: str | None) -> str:
-    try:
-        from training.device import device_label
-
-        return device_label(configured)  # does not import torch on a CPU-only machine
-    except Exception as error:  # noqa: BLE001 - /health must answer
-        return f"unavailable ({type(error).__name__})"
-
-
-def _settings():
-    from .api import _settings as settings
-
-    return settings()
-
-
-def _limits():
-    from .api import _limits as limits
-
-    return limits()
-
-
-def submit_train(params, settings) -> jobqueue.Job:
-    from . import jobs
+def submit_train(params) -> Job:
+    runtime = current_runtime()
 
     def run(job):
-        return jobs.run_train(params, settings, on_epoch=job.on_epoch)
+        return runtime.run_train(runtime, params, on_epoch=job.on_epoch)
 
     public = {"model_url": params.model_url, "labeled_url": params.labeled_url, "img_width": params.rows,
               "img_height": params.cols, "epochs": params.epochs, "seed": params.seed}
-    return jobqueue.manager_for(current_app).submit("train", public, run)
+    return runtime.jobs.submit("train", public, run)
 
 
 def _job_args() -> dict:
@@ -80,12 +58,13 @@ def _job_args() -> dict:
 
 @ops.post("/jobs/train")
 def create_train_job():
+    from .api import limits
     from .params import train_params
 
     args = _job_args()
     _check_allowed(args, writes=True)
-    params = train_params(args, _limits())
-    job = submit_train(params, _settings())
+    params = train_params(args, limits())
+    job = submit_train(params)
     response = jsonify(job_id=job.id, status=job.status, url=f"/jobs/{job.id}")
     response.status_code = 202
     response.headers["Location"] = f"/jobs/{job.id}"
@@ -94,12 +73,12 @@ def create_train_job():
 
 @ops.get("/jobs/<job_id>")
 def get_job(job_id: str):
-    return jsonify(jobqueue.manager_for(current_app).get(job_id).to_json())
+    return jsonify(current_runtime().jobs.get(job_id).to_json())
 
 
 @ops.get("/jobs")
 def list_jobs():
-    manager = jobqueue.manager_for(current_app)
+    manager = current_runtime().jobs
     jobs = manager.list()
     return jsonify(jobs=[j.to_json() for j in jobs], queued=manager.queued(), max_queued=manager.max_queued)
 
@@ -111,18 +90,17 @@ def list_models():
     url = (request.args.get("model_url") or "").strip()
     if not url:
         raise BadRequest("missing parameter: model_url (a folder of model versions)")
-    folder = locate(url, "model_url", local_root=current_app.config["LOCAL_ROOT"])
+    folder = current_runtime().locate(url, "model_url")
     return jsonify(model_url=folder.prefix_url, versions=list_versions(folder))
 
 
 @ops.get("/ready")
 def ready():
-    c = current_app.config
+    runtime = current_runtime()
+    c = runtime.config
     checks = {}
     failures = []
     if c["LOCAL_ROOT"]:
-        import os
-
         from .storage import LocalStorage
 
         root = os.path.realpath(os.path.abspath(c["LOCAL_ROOT"]))
@@ -131,9 +109,9 @@ def ready():
         from .storage import S3Storage
 
         bucket = c["READY_BUCKET"]
-        checks["s3"] = _probe(lambda: S3Storage(bucket).ping(), failures, "s3")
+        checks["s3"] = _probe(lambda: S3Storage(bucket, runtime.storage.s3).ping(), failures, "s3")
     elif c["LOCAL_ROOT"] == "":  # S3 only: the endpoint and credentials must work
-        checks["s3"] = _probe(_list_buckets, failures, "s3")
+        checks["s3"] = _probe(lambda: _list_buckets(runtime.storage.s3), failures, "s3")
     status = 503 if failures else 200
     body = {"status": "ready" if not failures else "unavailable", "checks": checks}
     if failures:
@@ -141,11 +119,11 @@ def ready():
     return jsonify(body), status
 
 
-def _list_buckets() -> None:
-    from .storage import map_s3_error, s3_client
+def _list_buckets(s3) -> None:
+    from .storage import map_s3_error
 
     try:
-        s3_client().list_buckets()
+        s3.client.list_buckets()
     except Exception as error:  # noqa: BLE001
         raise map_s3_error(error, "s3://") from error
 
@@ -164,14 +142,15 @@ def _probe(check, failures: list, name: str) -> str:
 
 @ops.get("/metrics")
 def prometheus():
-    return Response(metrics.render(), mimetype="text/plain", content_type=metrics.CONTENT_TYPE)
+    body, content_type = current_runtime().metrics.render()
+    return Response(body, content_type=content_type)
 
 
 # --------------------------------------------------------------------------------------- hooks
 
 def _check_allowed(args, writes: bool) -> None:
-    allow = current_app.extensions.get("orca_allow")
-    if allow is None or not allow.enabled:
+    allow = current_runtime().allow
+    if not allow.enabled:
         return
     for name in URL_PARAMS:
         allow.check(args.get(name), name)
@@ -181,19 +160,19 @@ def _check_allowed(args, writes: bool) -> None:
 
 def before_request():
     g.orca_started = time.perf_counter()
-    check_token(current_app.config["API_TOKEN"], request.headers.get("Authorization"), request.path)
-    g.orca_listing_token = MAX_LISTING.set(current_app.config["MAX_LISTING"])
+    check_token(current_runtime().config["API_TOKEN"], request.headers.get("Authorization"), request.path)
     # /jobs/train checks its JSON body itself; the rest take URLs from the query
     if request.path != "/jobs/train":
         _check_allowed(request.args, writes=request.path == "/train")
 
 
 def after_request(response):
+    metrics = current_runtime().metrics
     endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
     started = getattr(g, "orca_started", None)
     if started is not None:
-        metrics.LATENCY.observe(time.perf_counter() - started, endpoint=endpoint)
-    metrics.REQUESTS.inc(endpoint=endpoint, method=request.method, status=str(response.status_code))
+        metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+    metrics.requests.labels(endpoint=endpoint, method=request.method, status=str(response.status_code)).inc()
     if endpoint == "/predict" and response.status_code == 200:
         try:  # scored = items answered; skipped = the X-Skipped-Files header the /predict route sets
             items = response.get_json(silent=True) if response.is_json else None
@@ -204,30 +183,8 @@ def after_request(response):
     return response
 
 
-def teardown_request(_error=None) -> None:
-    token = g.pop("orca_listing_token", None)
-    if token is not None:
-        try:
-            MAX_LISTING.reset(token)
-        except ValueError:  # set in another context (cannot happen with Flask; be safe)
-            MAX_LISTING.set(DEFAULT_MAX_LISTING)
-
-
 def install(app) -> None:
-    """Register the blueprint, the hooks and the process-wide settings on `app`."""
-    from . import storage
-
+    """Register the blueprint and the request hooks on `app`."""
     app.register_blueprint(ops)
     app.before_request(before_request)
     app.after_request(after_request)
-    app.teardown_request(teardown_request)
-    app.extensions["orca_allow"] = AllowList(app.config["ALLOWED_PREFIXES"])
-    storage.configure(app.config["S3_MAX_ATTEMPTS"], app.config["S3_RETRY_BASE"])
-    metrics.BUILD_INFO.set(1, version=_version())
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-

@@ -25,6 +25,8 @@ import logging
 import os
 import posixpath
 
+from conversion.model_formats import is_model_file
+
 from .errors import AlreadyExists, ServiceError
 from .storage import Location, ObjectInfo
 from .versions import split_version
@@ -32,7 +34,6 @@ from .versions import split_version
 log = logging.getLogger(__name__)
 
 SCHEMA = "orca-model-provenance/1"
-MODEL_EXTENSIONS = (".h5", ".hdf5", ".keras")
 
 
 def listing_digest(objects: list[ObjectInfo], prefix: str) -> str:
@@ -74,66 +75,57 @@ def build_sidecar(*, written: Location, parent: Location, parent_info: ObjectInf
 
 # ------------------------------------------------------------------------------------- the PNG
 
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
+def _finite(values) -> list[float]:
+    """Floats, with None, NaN and ±inf as NaN (matplotlib leaves a gap there)."""
+    out = []
+    for v in values or []:
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            v = float("nan")
+        out.append(v if abs(v) != float("inf") else float("nan"))
+    return out
 
 
 def curves_png(result, title: str = "") -> bytes:
-    """Two panels, loss and accuracy per epoch (training solid, validation dashed), drawn with PIL."""
-    from PIL import Image, ImageDraw
+    """Two panels, loss and accuracy per epoch (training solid, validation dashed), drawn with
+    matplotlib's Agg canvas on a figure of its own (no pyplot, so it is safe in a worker thread)."""
+    import math
 
-    width, height, margin = 960, 420, 60
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    font, small = _font(16), _font(12)
-    draw.text((margin, 8), title or "training curves", fill="black", font=font)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=(10, 4.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
     panels = [("loss", result.loss, result.val_loss), ("accuracy", result.acc, result.val_acc)]
-    panel_width = (width - 3 * margin) // 2
-    colors = ("#1f77b4", "#ff7f0e")
-    for p, (name, train_values, val_values) in enumerate(panels):
-        left, top = margin + p * (panel_width + margin), 50
-        right, bottom = left + panel_width, height - margin
-        draw.rectangle((left, top, right, bottom), outline="black")
-        draw.text((left, bottom + 22), f"{name} per epoch", fill="black", font=small)
-        values = [v for v in list(train_values) + list(val_values) if v == v and abs(v) != float("inf")]
-        if not values:
-            continue
-        low, high = min(values), max(values)
-        if name == "accuracy":
-            low, high = min(low, 0.0), max(high, 1.0)
-        if high - low < 1e-12:
-            low, high = low - 0.5, high + 0.5
-        n = max(len(train_values), len(val_values))
-
-        def xy(i, v, left=left, right=right, top=top, bottom=bottom, low=low, high=high, n=n):
-            x = left + 10 + (right - left - 20) * (i / (n - 1) if n > 1 else 0.5)
-            y = bottom - 10 - (bottom - top - 20) * (v - low) / (high - low)
-            return x, y
-
-        for frac in (0.0, 0.5, 1.0):
-            value = low + frac * (high - low)
-            _, y = xy(0, value)
-            draw.line((left - 4, y, left, y), fill="black")
-            draw.text((left - 56, y - 7), f"{value:.3g}", fill="black", font=small)
-        for series, color, label, dashed in ((train_values, colors[0], "train", False),
-                                             (val_values, colors[1], "validation", True)):
-            points = [xy(i, v) for i, v in enumerate(series) if v == v and abs(v) != float("inf")]
-            for a, b in zip(points, points[1:]):
-                draw.line((a, b), fill=color, width=2 if dashed else 3)
-            for x, y in points:
-                r = 3 if dashed else 4
-                draw.ellipse((x - r, y - r, x + r, y + r), fill=color if not dashed else "white", outline=color)
-        for k, (label, color) in enumerate((("train", colors[0]), ("validation", colors[1]))):
-            draw.line((right - 120, top + 12 + 16 * k, right - 96, top + 12 + 16 * k), fill=color, width=3)
-            draw.text((right - 90, top + 5 + 16 * k), label, fill="black", font=small)
-        draw.text((right - 60, bottom + 4), f"{n} epochs", fill="black", font=small)
+    n = 0
+    for ax, (name, train_values, val_values) in zip(axes, panels):
+        train_values, val_values = _finite(train_values), _finite(val_values)
+        n = max(n, len(train_values), len(val_values))
+        for values, label, style in ((train_values, "training", {"color": "#1f77b4", "linestyle": "-",
+                                                                 "marker": "o"}),
+                                     (val_values, "validation", {"color": "#ff7f0e", "linestyle": "--",
+                                                                 "marker": "s", "markerfacecolor": "white"})):
+            ax.plot(range(1, len(values) + 1), values, label=label, linewidth=2, markersize=5, **style)
+        ax.set_title(f"{name} per epoch")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.set_xlim(0.5, max(len(train_values), len(val_values), 1) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        shown = [v for v in train_values + val_values if not math.isnan(v)]
+        if shown and name == "accuracy" and all(0 <= v <= 1 for v in shown):
+            ax.set_ylim(-0.03, 1.03)
+        if not shown:
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center", va="center", color="gray")
+        ax.grid(True, color="#dddddd", linewidth=0.8)
+        ax.legend(loc="best", frameon=False)
+    epochs = f"{n} epoch" + ("" if n == 1 else "s")
+    figure.suptitle(f"{title} \N{EM DASH} {epochs}" if title else f"training curves \N{EM DASH} {epochs}")
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    figure.savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()
 
 
@@ -189,7 +181,7 @@ def list_versions(folder: Location, limit: int = 1000) -> list[dict]:
     prefix = folder.prefix
     objects = folder.storage.list(prefix)
     names = {o.key[len(prefix):]: o for o in objects if "/" not in o.key[len(prefix):]}
-    models = [(name, info) for name, info in names.items() if name.lower().endswith(MODEL_EXTENSIONS)]
+    models = [(name, info) for name, info in names.items() if is_model_file(name)]  # .h5, .onnx, .pt
 
     def order(item):
         base, n, _ = split_version(item[0])

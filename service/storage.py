@@ -1,81 +1,56 @@
 """Where models and datasets live: S3 (boto3) or local folders, behind one small interface.
 
-A URL given by a client becomes a `Location` (a storage backend plus a key) with `locate()`:
+A URL given by a client becomes a `Location` (a storage backend plus a key) with
+`StorageLocator.locate()` (the app's runtime holds one):
 
 - `s3://bucket/prefix/...` → `S3Storage`. boto3's standard configuration applies: credentials from
   the environment / `~/.aws`, `AWS_DEFAULT_REGION`, and `AWS_ENDPOINT_URL` (or
   `AWS_ENDPOINT_URL_S3`) for S3-compatible servers such as MinIO or moto, which botocore honours
-  itself.
+  itself. One `S3Connector` per app holds the (thread-safe) client and boto3's transfer manager.
 - a plain path (`local/models/srkw_cnn_0.h5`, `/data/labeled/`) or a `file://` URL → `LocalStorage`,
   the embedded default. Keys are absolute POSIX paths. Paths must resolve inside the configured
   local root (`ORCA_LOCAL_ROOT`), else 403; an empty root disables local URLs.
 
-Operations: `list(prefix)` (recursive, paginated, keys with size and etag; more than
-`MAX_LISTING` objects is a 422), `download(key, path)` (checked by size: a short or broken download
-raises `StorageError` and leaves no file), `upload(path, key)` (never overwrites: raises
+Operations: `list(prefix)` (recursive, paginated, keys with size and etag; more than `max_listing`
+objects is a 422), `download(key, path)` (checked by size: a short or broken download raises
+`StorageError` and leaves no file), `upload(path, key)` (never overwrites: raises
 `AlreadyExists`), `exists(key)`, `stat(key)`, `read_bytes(key)`. Storage failures are mapped to the
 typed errors of `service.errors` (404, 403, 502, 503).
 
 Faults: S3 calls are retried by botocore (standard mode: throttling such as SlowDown, 5xx,
-dropped connections; `RETRY.attempts` attempts with exponential backoff); a GetObject body that
-breaks off while streaming (which botocore does not retry) is downloaded again here, with backoff.
-Uploads send a complete local file in one conditional PUT: S3 stores all of it or nothing.
-Local writes go to a temporary file that is linked into place only when complete.
+dropped connections; `attempts` attempts with exponential backoff); downloads go through boto3's
+transfer manager (s3transfer), which also fetches a body again when it breaks off while streaming,
+and writes to a temporary name renamed into place when complete. Uploads stay one conditional
+`PutObject` (`If-None-Match: *`): the transfer manager does not pass that condition on (s3transfer
+0.19's `ALLOWED_UPLOAD_ARGS`), and the condition is what keeps two writers from replacing each
+other's version; S3 stores all of the body or nothing. Local writes go through
+`conversion.atomic.atomic_output`.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
 import posixpath
-import random
 import shutil
 import tempfile
-import time
+import threading
 import urllib.parse
 import urllib.request
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from conversion.atomic import atomic_output
+
 from .errors import (AlreadyExists, BadRequest, Forbidden, NotFound, StorageError, StorageUnavailable,
                      Unprocessable)
 
 CHUNK = 1 << 20
+DEFAULT_MAX_LISTING = 100_000
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RetryPolicy:
-    """S3 retries: `attempts` in all per call (botocore's max_attempts, and ours for streamed bodies);
-    our backoff sleeps base * 2**try * U(0.5, 1], at most `cap` seconds."""
-
-    attempts: int = 5
-    base: float = 0.2
-    cap: float = 5.0
-
-    def sleep(self, attempt: int) -> None:
-        time.sleep(min(self.cap, self.base * (2 ** attempt)) * (0.5 + random.random() / 2))
-
-
-RETRY = RetryPolicy()
-DEFAULT_MAX_LISTING = 100_000
-# The most objects one listing may return (ORCA_MAX_LISTING); set per request / job by the service.
-MAX_LISTING: contextvars.ContextVar[int] = contextvars.ContextVar("orca_max_listing", default=DEFAULT_MAX_LISTING)
-# Callables applied to every new S3 client (tests register botocore event handlers here).
-CLIENT_HOOKS: list = []
-
-
-def configure(attempts: int | None = None, base: float | None = None) -> None:
-    """Process-wide S3 retry settings (from ORCA_S3_MAX_ATTEMPTS / ORCA_S3_RETRY_BASE)."""
-    if attempts is not None:
-        RETRY.attempts = max(1, int(attempts))
-    if base is not None:
-        RETRY.base = max(0.0, float(base))
-
-
-def _check_listing(count: int, url: str) -> None:
-    limit = MAX_LISTING.get()
+def _check_listing(count: int, limit: int, url: str) -> None:
     if count > limit:
         raise Unprocessable(f"{url} holds more than {limit} objects (ORCA_MAX_LISTING); "
                             "use a narrower prefix")
@@ -166,7 +141,23 @@ class Location:
         return Location(self.storage, key, url)
 
 
-def locate(url: str, param: str, *, local_root: str | None) -> Location:
+class StorageLocator:
+    """Turns client URLs into Locations with this app's settings: the local root, the S3 connector
+    and the listing bound. `local_root`: None allows any local path (the CLI), '' disables local
+    paths, else paths must lie inside it."""
+
+    def __init__(self, local_root: str | None, s3: "S3Connector | None" = None,
+                 max_listing: int = DEFAULT_MAX_LISTING):
+        self.local_root = local_root
+        self.s3 = s3 or S3Connector()
+        self.max_listing = max_listing
+
+    def locate(self, url: str, param: str) -> "Location":
+        return locate(url, param, local_root=self.local_root, s3=self.s3, max_listing=self.max_listing)
+
+
+def locate(url: str, param: str, *, local_root: str | None, s3: "S3Connector | None" = None,
+           max_listing: int = DEFAULT_MAX_LISTING) -> Location:
     """Resolve a client URL. `param` names the query parameter in error messages.
 
     `local_root`: None allows any local path, '' disables local paths, else paths must lie inside it.
@@ -179,7 +170,7 @@ def locate(url: str, param: str, *, local_root: str | None) -> Location:
         bucket = parsed.netloc
         if not bucket:
             raise BadRequest(f"{param}: no bucket in {url!r} (expected s3://bucket/key)")
-        return Location(S3Storage(bucket), parsed.path.lstrip("/"), url)
+        return Location(S3Storage(bucket, s3, max_listing), parsed.path.lstrip("/"), url)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise BadRequest(f"{param}: file URL with a remote host is not supported: {url!r}")
@@ -202,7 +193,7 @@ def locate(url: str, param: str, *, local_root: str | None) -> Location:
     key = absolute.replace(os.sep, "/")
     if path.endswith(("/", os.sep)) and not key.endswith("/"):
         key += "/"
-    return Location(LocalStorage(root), key, url)
+    return Location(LocalStorage(root, max_listing), key, url)
 
 
 def _inside(path: str, root: str) -> bool:
@@ -215,8 +206,9 @@ class LocalStorage(Storage):
     """Local folders; keys are absolute POSIX paths. With a `root`, a file or folder that resolves
     outside it (a symlink pointing out) is neither listed nor read nor written."""
 
-    def __init__(self, root: str | None = None):
+    def __init__(self, root: str | None = None, max_listing: int = DEFAULT_MAX_LISTING):
         self.root = root
+        self.max_listing = max_listing
 
     def _confined(self, path: str) -> bool:
         return self.root is None or _inside(os.path.realpath(path), self.root)
@@ -257,39 +249,31 @@ class LocalStorage(Storage):
                     if os.path.islink(path) and not self._confined(path):
                         continue  # a symlink pointing out of the data root
                     out.append(ObjectInfo(key, os.path.getsize(path), None))
-                    _check_listing(len(out), prefix)
+                    _check_listing(len(out), self.max_listing, prefix)
         out.sort(key=lambda o: o.key)
         return out
 
     def download(self, key: str, local_path: str, expected_size: int | None = None) -> None:
         self._check(key)
         try:
-            with open(key, "rb") as src, _atomic_output(local_path) as dst:
-                shutil.copyfileobj(src, dst, CHUNK)
-                written = dst.tell()
-                _check_size(self.url(key), written, expected_size)
+            with atomic_output(local_path, prefix=".download-") as tmp:
+                shutil.copyfile(key, tmp)
+                _check_size(self.url(key), os.path.getsize(tmp), expected_size)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"not found: {self.url(key)}") from None
         except PermissionError:
             raise Forbidden(f"access denied: {self.url(key)}") from None
 
     def upload(self, local_path: str, key: str) -> None:
-        folder = os.path.dirname(key)
         self._check(key, writing=True)
         try:
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=folder)
-            try:
-                with os.fdopen(fd, "wb") as dst, open(local_path, "rb") as src:
+            with atomic_output(key, overwrite=False, prefix=".upload-") as tmp:
+                with open(tmp, "wb") as dst, open(local_path, "rb") as src:
                     shutil.copyfileobj(src, dst, CHUNK)
                     dst.flush()
                     os.fsync(dst.fileno())
-                try:
-                    os.link(tmp, key)  # atomic, fails if `key` exists: never overwrites
-                except FileExistsError:
-                    raise AlreadyExists(key) from None
-            finally:
-                os.unlink(tmp)
+        except FileExistsError:
+            raise AlreadyExists(key) from None
         except PermissionError:
             raise Forbidden(f"access denied writing {self.url(key)}") from None
 
@@ -305,29 +289,72 @@ class LocalStorage(Storage):
 
 # --------------------------------------------------------------------------------------------- S3
 
-def s3_client():
-    """A fresh client from boto3's standard configuration (env, ~/.aws, AWS_ENDPOINT_URL)."""
-    import boto3
-    from botocore.config import Config
+class S3Connector:
+    """How one app talks to S3: one boto3 client (thread-safe, created on first use from boto3's
+    standard configuration) with botocore's standard retries, and boto3's transfer manager for
+    downloads. `on_client(client)` is called once on the new client (tests register botocore
+    event handlers there to inject faults)."""
 
-    config = Config(retries={"max_attempts": RETRY.attempts, "mode": "standard"}, connect_timeout=10,
-                    read_timeout=120, max_pool_connections=16)
-    client = boto3.session.Session().client("s3", config=config)
-    for hook in CLIENT_HOOKS:
-        hook(client)
-    return client
-
-
-class S3Storage(Storage):
-    def __init__(self, bucket: str, client=None):
-        self.bucket = bucket
-        self._client = client
+    def __init__(self, attempts: int = 5, max_connections: int = 16, on_client=None):
+        self.attempts = max(1, int(attempts))
+        self.max_connections = max(1, int(max_connections))
+        self.on_client = on_client
+        self._client = None
+        self._transfers = None
+        self._lock = threading.Lock()
 
     @property
     def client(self):
-        if self._client is None:
-            self._client = s3_client()
-        return self._client
+        with self._lock:
+            if self._client is None:
+                import boto3
+                from botocore.config import Config
+
+                config = Config(retries={"max_attempts": self.attempts, "mode": "standard"}, connect_timeout=10,
+                                read_timeout=120, max_pool_connections=self.max_connections)
+                client = boto3.session.Session().client("s3", config=config)
+                if self.on_client is not None:
+                    self.on_client(client)
+                self._client = client
+            return self._client
+
+    @property
+    def transfers(self):
+        client = self.client
+        with self._lock:
+            if self._transfers is None:
+                from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+                config = TransferConfig(num_download_attempts=self.attempts, max_concurrency=self.max_connections)
+                self._transfers = create_transfer_manager(client, config)
+            return self._transfers
+
+
+class _KnownSize:
+    """A transfer subscriber that gives s3transfer the size from our listing: no HeadObject per file."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def on_queued(self, future, **kwargs):
+        future.meta.provide_transfer_size(self.size)
+
+    def on_progress(self, **kwargs):
+        pass
+
+    def on_done(self, **kwargs):
+        pass
+
+
+class S3Storage(Storage):
+    def __init__(self, bucket: str, connector: S3Connector | None = None, max_listing: int = DEFAULT_MAX_LISTING):
+        self.bucket = bucket
+        self.connector = connector or S3Connector()
+        self.max_listing = max_listing
+
+    @property
+    def client(self):
+        return self.connector.client
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         out = []
@@ -338,7 +365,7 @@ class S3Storage(Storage):
                     if item["Key"].endswith("/"):
                         continue  # "folder" marker objects
                     out.append(ObjectInfo(item["Key"], int(item["Size"]), item.get("ETag", "").strip('"')))
-                    _check_listing(len(out), self.url(prefix))
+                    _check_listing(len(out), self.max_listing, self.url(prefix))
         except Unprocessable:
             raise
         except Exception as error:  # noqa: BLE001 - mapped or re-raised
@@ -347,45 +374,26 @@ class S3Storage(Storage):
         return out
 
     def download(self, key: str, local_path: str, expected_size: int | None = None) -> None:
-        """GetObject (botocore retries the call); a body that breaks off or comes back shorter than
-        its Content-Length is fetched again, up to RETRY.attempts times with backoff."""
+        """GetObject through the transfer manager (retried by botocore; a body that breaks off is
+        fetched again by s3transfer, up to `attempts` times); then the size check."""
+        from s3transfer.exceptions import RetriesExceededError
+
         url = self.url(key)
-        for attempt in range(RETRY.attempts):
-            try:
-                self._download_once(key, local_path, expected_size, url)
-                return
-            except _BrokenBody as broken:
-                if attempt + 1 >= RETRY.attempts:
-                    raise StorageError(f"S3 transfer failed for {url} after {RETRY.attempts} attempts: "
-                                       f"{broken}") from broken
-                log.warning("download of %s broke off (%s); retrying", url, broken)
-                RETRY.sleep(attempt)
-
-    def _download_once(self, key: str, local_path: str, expected_size: int | None, url: str) -> None:
-        from botocore import exceptions as bx
-
+        os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
+        subscribers = [_KnownSize(expected_size)] if expected_size is not None else None
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
-        except Exception as error:  # noqa: BLE001 - botocore already retried what it could
+            future = self.connector.transfers.download(self.bucket, key, local_path, subscribers=subscribers)
+            future.result()
+        except RetriesExceededError as error:
+            raise StorageError(f"S3 transfer failed for {url} after {self.connector.attempts} attempts: "
+                               f"{error.last_exception}") from error
+        except Exception as error:  # noqa: BLE001 - botocore and s3transfer already retried
             raise map_s3_error(error, url) from error
-        length = int(response.get("ContentLength", -1))
-        try:
-            with _atomic_output(local_path) as dst:
-                body = response["Body"]
-                try:
-                    while chunk := body.read(CHUNK):
-                        dst.write(chunk)
-                except (bx.ResponseStreamingError, bx.IncompleteReadError, bx.ReadTimeoutError,
-                        bx.ConnectionClosedError, ConnectionError, TimeoutError) as error:
-                    raise _BrokenBody(str(error)) from error
-                written = dst.tell()
-                if length >= 0 and written != length:
-                    raise _BrokenBody(f"got {written} of {length} bytes")
-                _check_size(url, written, expected_size)
-        except (StorageError, _BrokenBody):
-            raise
-        except Exception as error:  # noqa: BLE001
-            raise map_s3_error(error, url) from error
+        expected = expected_size if expected_size is not None else future.meta.size  # ours, or HeadObject's
+        written = os.path.getsize(local_path)
+        if expected is not None and written != expected:  # a body that ended early without an error
+            os.unlink(local_path)
+            _check_size(url, written, expected)
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
@@ -440,10 +448,6 @@ class S3Storage(Storage):
         return f"https://{self.bucket}.s3.amazonaws.com/{urllib.parse.quote(key)}"
 
 
-class _BrokenBody(Exception):
-    """A GetObject body that broke off while streaming (retried by `S3Storage.download`)."""
-
-
 def _error_code(error: Exception) -> str | None:
     response = getattr(error, "response", None)
     if not isinstance(response, dict):
@@ -451,9 +455,9 @@ def _error_code(error: Exception) -> str | None:
     return str(response.get("Error", {}).get("Code", "")) or None
 
 
-NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
-DENIED_CODES = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-                "AllAccessDisabled", "AccountProblem", "ExpiredToken", "InvalidToken"}
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NoSuchBucket", "NotFound"})
+DENIED_CODES = frozenset({"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                "AllAccessDisabled", "AccountProblem", "ExpiredToken", "InvalidToken"})
 
 
 def map_s3_error(error: Exception, url: str) -> Exception:
@@ -486,25 +490,3 @@ def map_s3_error(error: Exception, url: str) -> Exception:
 def _check_size(url: str, written: int, expected: int | None) -> None:
     if expected is not None and written != expected:
         raise StorageError(f"incomplete download of {url}: got {written} of {expected} bytes")
-
-
-class _atomic_output:
-    """Write to a temporary file beside `path`; rename into place only if the block succeeds."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __enter__(self):
-        folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=".download-", dir=folder)
-        self.file = os.fdopen(fd, "wb")
-        return self.file
-
-    def __exit__(self, kind, value, traceback):
-        self.file.close()
-        if kind is None:
-            os.replace(self.tmp, self.path)
-        else:
-            os.unlink(self.tmp)
-        return False

@@ -3,6 +3,7 @@
 import logging
 
 from .app import create_app
+from .config import from_env
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+logging.basicConfig(level=(from_env()["LOG_LEVEL"] or "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 app = create_app()

@@ -1,11 +1,17 @@
-"""Shared fixtures. torch is imported before anything may import TensorFlow (see DESIGN.md)."""
+"""Shared fixtures. torch is imported before anything may import TensorFlow (see docs/design.md)."""
 
 import torch  # noqa: F401  (must precede TensorFlow in every test process)
 import torch._dynamo  # noqa: F401  (so must the compiler stack torch.optim loads on its first step)
+import hashlib
 import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+import repo_data
 
 # CI replays the same examples on every run (a red run must mean a change, not a new draw);
 # a developer's run explores new ones.
@@ -14,30 +20,90 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
-@pytest.fixture
-def aws_env(monkeypatch):
-    """Dummy AWS credentials and region, no real endpoint; tests add AWS_ENDPOINT_URL as needed."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
+# ------------------------------------------------------------------------------ data in the repository
 
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """sample_data/orcasound: the real spectrograms, {train,validation,test}/{calls,nocalls}/*.png.
+    (Module-level constants take the same path from repo_data.SAMPLE_DIR.)"""
+    return repo_data.SAMPLE_DIR
+
+
+@pytest.fixture(scope="session")
+def srkw_h5():
+    """Path (str) of one fresh, untrained 67x83 srkw_cnn_0.h5 (seed 0), written once per session.
+    Shared: read it, upload it, use it as a template; a test that trains or versions a model beside
+    it copies it first (shutil.copyfile). The session fails if a test changed its bytes."""
+    path = repo_data.srkw_h5()
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    yield path
+    if hashlib.sha256(Path(path).read_bytes()).hexdigest() != digest:
+        raise AssertionError(f"a test modified the shared {path}: copy the srkw_h5 fixture before writing")
+
+
+# ------------------------------------------------------------------------------------- AWS and S3
 
 AWS_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def start_moto_s3(mp: pytest.MonkeyPatch):
-    """Start moto's S3 server on a free loopback port and point boto3 at it (dummy credentials);
-    returns the server (call .stop() when done)."""
-    from moto.server import ThreadedMotoServer
-
+def _point_boto3_at(mp: pytest.MonkeyPatch, endpoint: str | None) -> None:
+    """Dummy credentials and region, no profile; AWS_ENDPOINT_URL = endpoint (unset when None)."""
     for name, value in AWS_TEST_CREDENTIALS.items():
         mp.setenv(name, value)
-    mp.delenv("AWS_PROFILE", raising=False)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        mp.delenv(name, raising=False)
+    if endpoint is not None:
+        mp.setenv("AWS_ENDPOINT_URL", endpoint)
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    """Dummy AWS credentials and region, no real endpoint (for moto's in-process mock_aws); tests
+    add AWS_ENDPOINT_URL as needed."""
+    _point_boto3_at(monkeypatch, None)
+
+
+@pytest.fixture(scope="session")
+def use_s3_endpoint():
+    """A function (monkeypatch, endpoint_url) pointing boto3 at an S3 endpoint with dummy
+    credentials, for module-scoped fixtures (pytest.MonkeyPatch.context()) and for a test's own
+    server (one it stops and restarts, which the shared `moto_server` must never be)."""
+    return _point_boto3_at
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> str:
+    """moto's S3 server on a free loopback port, one for the whole session; yields its endpoint URL.
+    Tests share it: each works in a bucket of its own (`s3_env`) and never stops it."""
+    from moto.server import ThreadedMotoServer
+
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    mp.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-    return server
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@dataclass(frozen=True)
+class S3Env:
+    endpoint: str  # the shared moto server's URL, also in AWS_ENDPOINT_URL
+    bucket: str  # created empty for this test alone
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint)
+
+
+@pytest.fixture
+def s3_env(moto_server, monkeypatch) -> S3Env:
+    """boto3 pointed at the shared moto server (dummy credentials, AWS_ENDPOINT_URL, through
+    monkeypatch) and a fresh bucket with a unique name, so tests sharing the server stay independent.
+    Yields S3Env(endpoint, bucket) with .client()."""
+    _point_boto3_at(monkeypatch, moto_server)
+    env = S3Env(moto_server, f"test-{uuid.uuid4().hex[:24]}")
+    env.client().create_bucket(Bucket=env.bucket)
+    return env

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 import torch  # noqa: F401  (before TensorFlow)
-import torch._dynamo  # noqa: F401  (before TensorFlow, see DESIGN.md)
+import torch._dynamo  # noqa: F401  (before TensorFlow, see docs/design.md)
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

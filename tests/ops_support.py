@@ -15,20 +15,19 @@ import torch  # noqa: F401  (before anything may import TensorFlow)
 
 from werkzeug.serving import make_server
 
-from models.srkw_cnn import write_fresh_h5
+from repo_data import SAMPLE_DIR as SAMPLE, SRKW_COLS as COLS, SRKW_ROWS as ROWS, srkw_h5
 
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "orcasound"
-ROWS, COLS = 67, 83
 TRAIN_KEYS = {"acc", "val_acc", "loss", "val_loss", "cm", "labeled_files", "model_acc", "model_loss", "model_url"}
 
 
 def make_root(root: Path, per_class: int = 2) -> dict:
-    """root/models/srkw_cnn_0.h5 (67x83) and root/labeled/{train,validation}/{calls,nocalls}/ with a
-    few sample spectrograms; returns the /train parameters for them."""
+    """root/models/srkw_cnn_0.h5 (a copy of the shared 67x83 model: training versions it in place)
+    and root/labeled/{train,validation}/{calls,nocalls}/ with a few sample spectrograms; returns the
+    /train parameters for them."""
     (root / "models").mkdir(parents=True, exist_ok=True)
     model = root / "models" / "srkw_cnn_0.h5"
     if not model.exists():
-        write_fresh_h5(model, rows=ROWS, cols=COLS, seed=0)
+        shutil.copyfile(srkw_h5(), model)
     for split in ("train", "validation"):
         for cls in ("calls", "nocalls"):
             folder = root / "labeled" / split / cls

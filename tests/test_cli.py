@@ -1,35 +1,51 @@
-"""`python -m service.cli` on the bundled sample data: a researcher's PyTorch model from `new` to a
-served `.h5`, with the same JSON as the HTTP API."""
+"""The `orca` command on the bundled sample data: a researcher's PyTorch model from `new` to a served
+`.h5`, with the same JSON as the HTTP API; `serve` and `demo`; one-line errors.
+
+Most tests call `orca.cli.main([...])` in process; the console script itself (`.venv/bin/orca`,
+installed by `make setup`) runs once in a subprocess, `python -m orca` where it is not installed."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
+import urllib.request
 from pathlib import Path
 
 import torch  # noqa: F401  (before anything that may import TensorFlow)
 
 import pytest
 
-from service.cli import main
+from orca.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "sample_data" / "orcasound"
 ROWS, COLS = 48, 60
 TRAIN_KEYS = {"acc", "val_acc", "loss", "val_loss", "cm", "labeled_files", "model_acc", "model_loss", "model_url"}
+COMMANDS = ("serve", "demo", "train", "predict", "evaluate", "new", "convert", "verify")
+
+
+def orca_command() -> list[str]:
+    """The installed console script beside this interpreter, else `python -m orca`."""
+    script = Path(sys.executable).with_name("orca")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "orca"]
+
+
+def subprocess_env(**extra) -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "ORCA_DEVICE": "cpu", **extra}
 
 
 @pytest.fixture
-def workspace(tmp_path):
+def workspace(tmp_path, sample_dir):
     labeled = tmp_path / "labeled"
     for split in ("train", "validation"):
-        shutil.copytree(SAMPLES / split, labeled / split)
+        shutil.copytree(sample_dir / split, labeled / split)
     spectrograms = tmp_path / "unlabeled" / "spectrograms"
     spectrograms.mkdir(parents=True)
-    for i, png in enumerate(sorted((SAMPLES / "test").rglob("*.png"))):
+    for i, png in enumerate(sorted((sample_dir / "test").rglob("*.png"))):
         shutil.copy(png, spectrograms / f"orcasoundlab_{1594154118 + 3 * i}.png")
     (tmp_path / "models").mkdir()
     return tmp_path
@@ -41,35 +57,39 @@ def run_json(capsys, *argv):
     return json.loads(captured.out), captured.err
 
 
-def test_a_researchers_model_goes_from_new_to_a_trained_pt_and_an_h5(workspace, capsys):
+def test_a_researchers_model_goes_from_new_to_a_trained_pt_and_an_h5(workspace, sample_dir, capsys):
     first = workspace / "models" / "small_cnn_0.pt"
     assert main(["new", "small_cnn", str(first), "--rows", str(ROWS), "--cols", str(COLS)]) == 0
-    capsys.readouterr()
+    assert f"wrote {first} (small_cnn, {ROWS}x{COLS}x3)" in capsys.readouterr().err
     result, err = run_json(capsys, "train", "--model_url", str(first), "--labeled_url", str(workspace / "labeled"),
                            "--img_width", str(ROWS), "--img_height", str(COLS), "--epochs", "2", "--seed", "1")
     assert set(result) == TRAIN_KEYS
     assert len(result["acc"]) == len(result["val_loss"]) == 2
     assert sum(result["cm"]) == 4 and result["labeled_files"] == 10
     assert result["model_url"] == str(workspace / "models" / "small_cnn_1.pt")
-    assert "epochs [" in err and "2/2" in err  # the progress bar
+    # tqdm's bar on stderr: epochs, with the last epoch's metrics
+    assert "epochs" in err and "2/2" in err and "val_loss=" in err and "val_acc=" in err
     assert (workspace / "models" / "small_cnn_1.json").exists()  # provenance beside it
 
     items, err = run_json(capsys, "predict", "--model_url", result["model_url"],
                           "--unlabeled_url", str(workspace / "unlabeled"), "--img_width", str(ROWS),
                           "--img_height", str(COLS))
-    assert "scored [" in err and "9/9" in err
+    assert "scored" in err and "9/9" in err
     assert [i["timestamp"] for i in items][0] == "Tue, 07 Jul 2020 20:35:18 GMT"
     assert len(items) == 9 and all(0.0 <= i["predicted_value"] <= 1.0 for i in items)
 
     h5 = workspace / "models" / "small_cnn_keras_1.h5"
     assert main(["convert", result["model_url"], str(h5)]) == 0
-    capsys.readouterr()
-    scores, _ = run_json(capsys, "evaluate", "--model_url", str(h5), "--data_url", str(SAMPLES / "test"),
+    assert f"wrote {h5}" in capsys.readouterr().err
+    scores, _ = run_json(capsys, "evaluate", "--model_url", str(h5), "--data_url", str(sample_dir / "test"),
                          "--img_width", str(ROWS), "--img_height", str(COLS))
     assert scores["classes"] == ["calls", "nocalls"] and scores["images"] == 9
     assert 0.0 <= scores["accuracy"] <= 1.0 and 0.0 <= scores["roc_auc"] <= 1.0
-    served, _ = run_json(capsys, "predict", "--model_url", str(h5), "--unlabeled_url", str(workspace / "unlabeled"),
-                         "--img_width", str(ROWS), "--img_height", str(COLS))
+    out = workspace / "served.json"
+    assert main(["predict", "--model_url", str(h5), "--unlabeled_url", str(workspace / "unlabeled"),
+                 "--img_width", str(ROWS), "--img_height", str(COLS), "--output", str(out)]) == 0
+    assert capsys.readouterr().out == ""  # --output: the JSON goes to the file
+    served = json.loads(out.read_text())
     for a, b in zip(items, served):  # the .h5 scores what the .pt scored
         assert abs(a["predicted_value"] - b["predicted_value"]) <= 1e-4
 
@@ -84,11 +104,93 @@ def test_convert_refuses_to_replace_an_existing_file(workspace, capsys):
     assert target.read_text() == "keep me"
 
 
-def test_cli_errors_are_one_line_and_a_nonzero_status(workspace):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-m", "service.cli", "predict", "--model_url",
-                           str(workspace / "models" / "absent_0.h5"), "--unlabeled_url",
-                           str(workspace / "unlabeled"), "--img_width", "48", "--img_height", "60"],
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
-    assert done.returncode == 2
+def test_convert_without_the_bridge_names_the_extra(workspace, monkeypatch):
+    source = workspace / "models" / "m_0.pt"
+    main(["new", "small_cnn", str(source), "--rows", "32", "--cols", "32"])
+    for name in ("tensorflow", "tf_keras"):  # as in an install without the `bridge` extra
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delitem(sys.modules, "conversion.keras_reference", raising=False)
+    monkeypatch.delattr(sys.modules["conversion"], "keras_reference", raising=False)
+    with pytest.raises(SystemExit, match=r"needs tensorflow.*orca-ml-endpoint\[bridge\]"):
+        main(["convert", str(source), str(workspace / "models" / "m.h5")])
+    assert not (workspace / "models" / "m.h5").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["new", "no_such_model", "x_0.pt"], "unknown model 'no_such_model'"),
+    (["new", "small_cnn", "x_0.h5"], "`new` writes .pt checkpoints"),
+    (["convert", "a.onnx", "b.pt"], "cannot convert .onnx to .pt"),
+])
+def test_library_errors_are_one_line(tmp_path, argv, message):
+    argv = [str(tmp_path / a) if a.endswith((".pt", ".h5", ".onnx")) else a for a in argv]
+    with pytest.raises(SystemExit) as raised:
+        main(argv)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_evaluate_needs_two_class_folders(workspace, capsys):
+    model = workspace / "models" / "m_0.pt"
+    main(["new", "small_cnn", str(model), "--rows", "32", "--cols", "32"])
+    with pytest.raises(SystemExit, match="exactly two class folders"):
+        main(["evaluate", "--model_url", str(model), "--data_url", str(workspace / "unlabeled"),
+              "--img_width", "32", "--img_height", "32"])
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(["--help"])
+    assert raised.value.code == 0
+    text = capsys.readouterr().out
+    for command in COMMANDS:
+        assert re.search(rf"^\s+{command}\s", text, re.M), command
+
+
+def test_the_console_script_reports_errors_in_one_line_and_a_nonzero_status(workspace):
+    done = subprocess.run(orca_command() + ["predict", "--model_url", str(workspace / "models" / "absent_0.h5"),
+                                            "--unlabeled_url", str(workspace / "unlabeled"),
+                                            "--img_width", "48", "--img_height", "60"],
+                          capture_output=True, text=True, cwd=workspace, env=subprocess_env(), timeout=120)
+    assert done.returncode == 2, done.stderr
     assert "model_url not found" in done.stderr and "Traceback" not in done.stderr
+
+
+def _first_lines(process, wanted, seconds=120):
+    """Lines of `process`'s stdout until `wanted(lines)`; then keep draining in the background."""
+    lines = []
+    timer = threading.Timer(seconds, process.kill)  # never hang the suite
+    timer.start()
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if wanted(lines):
+                break
+    finally:
+        timer.cancel()
+    threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
+    return lines
+
+
+def test_serve_listens_where_told_and_answers_health(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "orca", "serve", "--host", "127.0.0.1", "--port", "0"],
+                               cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = _first_lines(process, lambda lines: "listening on" in lines[-1])
+        url = re.search(r"listening on (http://127\.0\.0\.1:\d+/)", "".join(lines))
+        assert url, "".join(lines)
+        with urllib.request.urlopen(url[1] + "health", timeout=60) as response:
+            assert json.loads(response.read())["status"] == "ok"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_demo_prepare_only_lays_out_the_sample_data(tmp_path, capsys):
+    assert main(["demo", "--dir", str(tmp_path / "local"), "--prepare-only", "--port", "5099"]) == 0
+    out = capsys.readouterr().out
+    curls = [line.strip() for line in out.splitlines() if line.strip().startswith("curl ")]
+    assert len(curls) == 2 and "127.0.0.1:5099/train?" in curls[0] and "/predict?" in curls[1]
+    local = tmp_path / "local"
+    assert (local / "models" / "srkw_cnn_0.h5").is_file()
+    assert len(list((local / "labeled").rglob("*.png"))) == 14
+    assert len(list((local / "unlabeled" / "spectrograms").glob("orcasoundlab_*.png"))) == 9

@@ -5,14 +5,12 @@ tests/test_training_loop.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import numpy as np
 import pytest
 
 from conversion.formats import load_trainable
-from models.srkw_cnn import write_fresh_h5
+from repo_data import SAMPLE_DIR as SAMPLE, SRKW_COLS as COLS, SRKW_ROWS as ROWS
 from training import train
 from training.data import decode_split, load_labeled
 from training.loop import _logits, to_batch
@@ -21,9 +19,6 @@ from training.torch_scoring import predict
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")]
-
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "orcasound"
-ROWS, COLS = 67, 83
 
 
 @pytest.fixture()
@@ -36,8 +31,8 @@ def exact_fp32():
 
 
 @pytest.fixture(scope="module")
-def model_h5(tmp_path_factory):
-    return write_fresh_h5(tmp_path_factory.mktemp("cuda") / "srkw_cnn_0.h5", ROWS, COLS, seed=5)
+def model_h5(srkw_h5):
+    return srkw_h5  # the session's fresh srkw_cnn (seed 0), read only: train() writes its own out
 
 
 def loss_and_gradients(model_h5, split, device):
@@ -76,21 +71,21 @@ def test_train_on_cuda_writes_a_model_that_scores_alike_on_both_devices(model_h5
     assert np.abs(cpu - before).max() > 0  # the weights did change
 
 
-def test_predict_service_on_cuda_answers_like_the_cpu_service(model_h5, tmp_path, monkeypatch):
+def test_predict_service_on_cuda_answers_like_the_cpu_service(model_h5, tmp_path):
     """/predict's CUDA branch (torch scoring, torchvision decoding) against its CPU one (ONNX Runtime, PIL)."""
     import shutil
 
-    from service import cache, jobs
     from service.params import PredictParams
-
-    monkeypatch.setenv("ORCA_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(cache, "SCORES", cache.ScoreCache(max_entries=0))  # score on both devices
+    from service.runtime import Runtime
     spectrograms = tmp_path / "unlabeled" / "spectrograms"
     spectrograms.mkdir(parents=True)
     for i, png in enumerate(sorted(SAMPLE.glob("*/*/*.png"))):
         shutil.copy(png, spectrograms / f"orcasoundlab_{1594154118 + 3 * i}.png")
     params = PredictParams(model_url=str(model_h5), unlabeled_url=str(tmp_path / "unlabeled"), rows=ROWS, cols=COLS)
-    cpu = jobs.run_predict(params, jobs.Settings(device="cpu"))
-    cuda = jobs.run_predict(params, jobs.Settings(device="cuda"))
+    results = {}
+    for device in ("cpu", "cuda"):
+        runtime = Runtime.from_config({"LOCAL_ROOT": None, "DEVICE": device, "CACHE_DIR": str(tmp_path / "cache")})
+        results[device] = runtime.run_predict(runtime, params)
+    cpu, cuda = results["cpu"], results["cuda"]
     assert [item["audio_url"] for item in cuda] == [item["audio_url"] for item in cpu] and len(cpu) == 23
     assert max(abs(a["predicted_value"] - b["predicted_value"]) for a, b in zip(cuda, cpu)) <= 1e-4

@@ -11,7 +11,6 @@ import pytest
 from conversion import ConversionError, torch_to_onnx
 from conversion.formats import load_trainable, save_checkpoint, save_trained
 from models.registry import ModelSpec, RegistryError, build, lookup, register, registered
-from models.srkw_cnn import write_fresh_h5
 
 
 def test_builtin_models_are_registered_with_their_specs():
@@ -95,8 +94,8 @@ def test_onnx_model_trains_every_weight_and_is_written_back_as_onnx(tmp_path):
     assert np.abs(got - expected).max() <= 1e-4
 
 
-def test_h5_goes_through_the_keras_bridge_and_formats_cannot_be_mixed(tmp_path):
-    source = write_fresh_h5(tmp_path / "srkw_cnn_0.h5", rows=67, cols=83)
+def test_h5_goes_through_the_keras_bridge_and_formats_cannot_be_mixed(tmp_path, srkw_h5):
+    source = srkw_h5  # 67x83, read only (save_trained refuses before writing anything)
     model = load_trainable(source)
     assert model.input_shapes[0] == (None, 67, 83, 3)
     with pytest.raises(ConversionError, match="written back as .h5"):
@@ -116,3 +115,41 @@ def test_registered_model_exports_to_a_keras_h5_the_bridge_reads(tmp_path):
     with torch.no_grad():
         expected = net(x.permute(0, 3, 1, 2))
         assert (keras_model.forward_logits(x) - expected).abs().max() <= 1e-4 * max(1.0, expected.abs().max())
+
+
+@pytest.mark.slow  # ~9 s: a fresh Python process
+def test_a_new_model_of_a_class_outside_models_reloads_in_a_fresh_process(tmp_path):
+    """`orca new my_lab.models:MyCNN x_0.pt`: the checkpoint names the import path, so the service (a
+    process that never imported my_lab) rebuilds it, and a trained version keeps the same name."""
+    import subprocess
+    import sys
+    import textwrap
+
+    lab = tmp_path / "my_lab"
+    lab.mkdir()
+    (lab / "__init__.py").write_text("")
+    (lab / "models.py").write_text(textwrap.dedent("""
+        from torch import nn
+        from models.registry import ModelSpec, register
+
+        @register("my_tiny_cnn", ModelSpec(rows=9, cols=11))
+        class MyTinyCNN(nn.Module):
+            def __init__(self, rows=9, cols=11):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 2, 3)
+                self.head = nn.Linear(2 * (rows - 2) * (cols - 2), 1)
+
+            def forward(self, x):
+                return self.head(self.conv(x).flatten(1))
+        """))
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {"PYTHONPATH": f"{tmp_path}:{repo}", "PATH": "/usr/bin:/bin"}
+    new = "from models.create import write_new_model; write_new_model('my_lab.models:MyTinyCNN', 'x_0.pt')"
+    load = ("import torch; from conversion.formats import load_trainable; m = load_trainable('x_0.pt'); "
+            "print(m.registry_name, tuple(m(torch.zeros(2, 9, 11, 3)).shape))")
+    for code in (new, load):  # two processes: the second never imported my_lab before loading
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["my_lab.models:MyTinyCNN", "(2,", "1)"]

@@ -7,24 +7,31 @@ import os
 import pytest
 
 from ops_support import make_root
-from service import create_app, jobs
+from service import create_app
 from service.access import AllowList, check_token
 from service.errors import Forbidden, Unauthorized
-from service.storage import MAX_LISTING, LocalStorage, locate
+from service.storage import LocalStorage, locate
 
 PREDICT = "/predict?model_url={m}&unlabeled_url={u}&img_width=3&img_height=3"
 
 
+class Recorded(list):
+    """The params the app's (fake) training and scoring were called with."""
+
+    def parts(self) -> dict:
+        from service.predict import PredictItems
+
+        return {"run_predict": lambda runtime, params, on_progress=None: self.append(params) or PredictItems(),
+                "run_train": lambda runtime, params, on_epoch=None: self.append(params) or {"ok": 1}}
+
+
 @pytest.fixture
-def stub_jobs(monkeypatch):
-    calls = []
-    monkeypatch.setattr(jobs, "run_predict", lambda params, settings: calls.append(params) or [])
-    monkeypatch.setattr(jobs, "run_train", lambda params, settings, on_epoch=None: calls.append(params) or {"ok": 1})
-    return calls
+def stub_jobs():
+    return Recorded()
 
 
 def test_token_required_everywhere_but_health(stub_jobs):
-    client = create_app({"LOCAL_ROOT": "", "API_TOKEN": "s3cret"}).test_client()
+    client = create_app({"LOCAL_ROOT": "", "API_TOKEN": "s3cret"}, **stub_jobs.parts()).test_client()
     assert client.get("/health").status_code == 200
     for path in ("/", "/metrics", "/jobs", "/ready", "/models?model_url=s3://b/m/",
                  PREDICT.format(m="s3://b/m_0.h5", u="s3://b/u/")):
@@ -48,7 +55,8 @@ def test_no_token_configured_means_open():
 
 
 def test_allow_list_of_prefixes(stub_jobs):
-    client = create_app({"LOCAL_ROOT": "", "ALLOWED_PREFIXES": "s3://orcagsoc/, s3://other/models"}).test_client()
+    client = create_app({"LOCAL_ROOT": "", "ALLOWED_PREFIXES": "s3://orcagsoc/, s3://other/models"},
+                        **stub_jobs.parts()).test_client()
     good = PREDICT.format(m="s3://orcagsoc/models/m_0.h5", u="s3://orcagsoc/unlabeled")
     assert client.get(good).status_code == 200
     for model, unlabeled in [("s3://evil/m_0.h5", "s3://orcagsoc/u/"),
@@ -127,11 +135,7 @@ def test_listing_larger_than_the_bound_is_422(tmp_path):
     assert response.status_code == 422 and "ORCA_MAX_LISTING" in response.get_json()["error"]
     response = client.get("/predict", query_string={**args, "unlabeled_url": args["labeled_url"]})
     assert response.status_code == 422 and "ORCA_MAX_LISTING" in response.get_json()["error"]
-    token = MAX_LISTING.set(8)
-    try:
-        assert len(LocalStorage().list(f"{tmp_path}/labeled/")) == 8
-    finally:
-        MAX_LISTING.reset(token)
+    assert len(LocalStorage(max_listing=8).list(f"{tmp_path}/labeled/")) == 8
 
 
 def test_s3_listing_bound(aws_env):
@@ -146,10 +150,6 @@ def test_s3_listing_bound(aws_env):
         client.create_bucket(Bucket="orca")
         for i in range(12):
             client.put_object(Bucket="orca", Key=f"u/spectrograms/{i}.png", Body=b"x")
-        token = MAX_LISTING.set(10)
-        try:
-            with pytest.raises(Unprocessable, match="more than 10"):
-                S3Storage("orca").list("u/")
-        finally:
-            MAX_LISTING.reset(token)
+        with pytest.raises(Unprocessable, match="more than 10"):
+            S3Storage("orca", max_listing=10).list("u/")
         assert len(S3Storage("orca").list("u/")) == 12

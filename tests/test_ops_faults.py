@@ -4,9 +4,11 @@ that breaks off retried, and a process killed mid-training or mid-upload leaving
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -14,13 +16,13 @@ from pathlib import Path
 import torch  # noqa: F401  (before TensorFlow)
 import boto3
 import pytest
-from conftest import start_moto_s3
 from botocore.awsrequest import AWSResponse
 from moto.server import ThreadedMotoServer
 
 from ops_support import COLS, ROWS, SAMPLE, Served, make_root
-from models.srkw_cnn import write_fresh_h5
-from service import create_app, storage
+from service import create_app
+from service.errors import StorageError
+from service.storage import S3Connector, S3Storage
 
 BUCKET = "orcafaults"
 REPO = Path(__file__).resolve().parent.parent
@@ -35,29 +37,33 @@ def fast_botocore_backoff(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def moto_stack(tmp_path_factory):
-    work = tmp_path_factory.mktemp("faults")
+def moto_stack(use_s3_endpoint, srkw_h5):
     with pytest.MonkeyPatch.context() as mp:
-        moto = start_moto_s3(mp)
+        # a server of this module's own, not the session's moto_server: the first test stops it
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        moto.start()
         host, port = moto.get_host_and_port()
+        use_s3_endpoint(mp, f"http://{host}:{port}")
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket=BUCKET)
-        s3.upload_file(write_fresh_h5(work / "srkw_cnn_0.h5", ROWS, COLS, seed=0), BUCKET, "models/srkw_cnn_0.h5")
+        s3.upload_file(srkw_h5, BUCKET, "models/srkw_cnn_0.h5")
         for split in ("train", "validation"):
             for cls in ("calls", "nocalls"):
                 for png in sorted((SAMPLE / split / cls).glob("*.png"))[:2]:
                     s3.upload_file(str(png), BUCKET, f"labeled/{split}/{cls}/{png.name}")
         for i, png in enumerate(sorted(SAMPLE.glob("test/*/*.png"))[:3]):
             s3.upload_file(str(png), BUCKET, f"unlabeled/spectrograms/orcasoundlab_{1594154118 + 3 * i}.png")
-        served = Served(create_app({"LOCAL_ROOT": "", "DEVICE": "cpu", "READY_BUCKET": BUCKET,
-                                    "S3_MAX_ATTEMPTS": 3, "S3_RETRY_BASE": 0.01}))
-        state = {"moto": moto, "port": port}
+        faults = Faults()
+        cache = tempfile.mkdtemp(prefix="orca-faults-cache-")
+        served = Served(create_app({"LOCAL_ROOT": "", "DEVICE": "cpu", "READY_BUCKET": BUCKET, "CACHE_DIR": cache},
+                                   s3=S3Connector(attempts=3, on_client=faults.install)))
+        state = {"moto": moto, "port": port, "faults": faults}
         try:
             yield served, s3, state
         finally:
             served.close()
             state["moto"].stop()
-            storage.configure(5, 0.2)
+            shutil.rmtree(cache, ignore_errors=True)
 
 
 PREDICT = {"model_url": f"s3://{BUCKET}/models/srkw_cnn_0.h5", "unlabeled_url": f"s3://{BUCKET}/unlabeled/",
@@ -70,6 +76,7 @@ def _models(s3):
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="models/").get("Contents", ()))
 
 
+@pytest.mark.slow  # ~8 s
 def test_object_store_gone_mid_training_then_back(moto_stack):
     served, s3, state = moto_stack
     assert served.get("/ready")[0] == 200
@@ -105,8 +112,23 @@ def test_object_store_gone_mid_training_then_back(moto_stack):
     assert status == 200 and result["model_url"].endswith("_1.h5")
 
 
+class Faults:
+    """What the app's S3 client meets (installed on it through the factory: `S3Connector(on_client=…)`):
+    `before_send`, a botocore before-send handler that may answer instead of the store."""
+
+    def __init__(self):
+        self.before_send = None
+
+    def install(self, client):
+        client.meta.events.register("before-send.s3", self._before_send)
+
+    def _before_send(self, **kwargs):
+        return self.before_send(**kwargs) if self.before_send is not None else None
+
+
 def _inject(responses):
-    """A CLIENT_HOOK answering the next S3 requests with the given (status, code) errors, then the real store."""
+    """A before-send handler answering the next S3 requests with the given (status, code) errors, then
+    the real store."""
     pending = list(responses)
     seen = []
 
@@ -124,35 +146,32 @@ def _inject(responses):
 
         return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, Raw())
 
-    def hook(client):
-        client.meta.events.register("before-send.s3", handler)
-
-    return hook, pending, seen
+    return handler, pending, seen
 
 
 def test_throttling_and_5xx_are_retried_then_succeed(moto_stack, monkeypatch):
-    served, _, _ = moto_stack
-    hook, pending, seen = _inject([(503, "SlowDown"), (500, "InternalError")])
-    monkeypatch.setattr(storage, "CLIENT_HOOKS", [hook])
+    served, _, state = moto_stack
+    handler, pending, seen = _inject([(503, "SlowDown"), (500, "InternalError")])
+    monkeypatch.setattr(state["faults"], "before_send", handler)
     status, items = served.get("/predict", **PREDICT)
     assert status == 200 and len(items) == 3
     assert pending == [] and len(seen) > 2
 
 
 def test_persistent_throttling_is_a_clear_503_and_5xx_a_502(moto_stack, monkeypatch):
-    served, _, _ = moto_stack
-    hook, _, seen = _inject([(503, "SlowDown")] * 50)
-    monkeypatch.setattr(storage, "CLIENT_HOOKS", [hook])
+    served, _, state = moto_stack
+    handler, _, seen = _inject([(503, "SlowDown")] * 50)
+    monkeypatch.setattr(state["faults"], "before_send", handler)
     status, body = served.get("/predict", **PREDICT)
     assert status == 503 and "SlowDown" in body["error"], body
     assert len(seen) >= 3  # S3_MAX_ATTEMPTS per call
-    hook, _, _ = _inject([(500, "InternalError")] * 50)
-    monkeypatch.setattr(storage, "CLIENT_HOOKS", [hook])
+    handler, _, _ = _inject([(500, "InternalError")] * 50)
+    monkeypatch.setattr(state["faults"], "before_send", handler)
     status, body = served.get("/predict", **PREDICT)
     assert status == 502 and "InternalError" in body["error"], body
 
 
-def test_a_download_that_breaks_off_is_fetched_again(moto_stack, monkeypatch, tmp_path):
+def test_a_download_that_breaks_off_is_fetched_again(moto_stack, tmp_path):
     from botocore.exceptions import ResponseStreamingError
 
     _, s3, _ = moto_stack
@@ -177,16 +196,15 @@ def test_a_download_that_breaks_off_is_fetched_again(moto_stack, monkeypatch, tm
 
         client.get_object = get_object
 
-    monkeypatch.setattr(storage, "CLIENT_HOOKS", [hook])
     target = tmp_path / "m.h5"
-    storage.S3Storage(BUCKET).download("models/srkw_cnn_0.h5", str(target))
+    S3Storage(BUCKET, S3Connector(attempts=5, on_client=hook)).download("models/srkw_cnn_0.h5", str(target))
     assert len(broken) == 2 and target.read_bytes()[:4] == b"\x89HDF"
     assert os.listdir(tmp_path) == ["m.h5"]
 
     broken.clear()
-    monkeypatch.setattr(storage.RETRY, "attempts", 2)
-    with pytest.raises(storage.StorageError, match="after 2 attempts"):
-        storage.S3Storage(BUCKET).download("models/srkw_cnn_0.h5", str(tmp_path / "n.h5"))
+    with pytest.raises(StorageError, match="after 2 attempts"):
+        S3Storage(BUCKET, S3Connector(attempts=2, on_client=hook)).download("models/srkw_cnn_0.h5",
+                                                                            str(tmp_path / "n.h5"))
     assert os.listdir(tmp_path) == ["m.h5"]
 
 
@@ -195,9 +213,9 @@ def test_a_download_that_breaks_off_is_fetched_again(moto_stack, monkeypatch, tm
 SCRIPT = textwrap.dedent("""
     import sys, time
     import torch, torch._dynamo
-    from service import jobs, storage
-    from service.jobs import Settings, run_train
+    from service import storage
     from service.params import TrainParams
+    from service.runtime import Runtime
 
     mode, root, model_url, labeled_url = sys.argv[1:5]
     if mode == "upload":  # stall in the middle of writing the new version's bytes
@@ -214,12 +232,14 @@ SCRIPT = textwrap.dedent("""
     def on_epoch(epoch, epochs, metrics):
         print("EPOCH", epoch, flush=True)
 
-    run_train(TrainParams(model_url, labeled_url, 67, 83, 200 if mode == "train" else 1, 0),
-              Settings(local_root=root, device="cpu"), on_epoch=on_epoch)
+    runtime = Runtime.from_config({"LOCAL_ROOT": root, "DEVICE": "cpu", "CACHE_DIR": root + "/cache"})
+    runtime.run_train(runtime, TrainParams(model_url, labeled_url, 67, 83, 200 if mode == "train" else 1, 0),
+                      on_epoch=on_epoch)
     print("DONE", flush=True)
 """)
 
 
+@pytest.mark.slow  # ~6-9 s each: a training process started and killed
 @pytest.mark.parametrize("mode, marker", [("train", "EPOCH 1"), ("upload", "UPLOADING")])
 def test_killed_process_leaves_no_version_behind(tmp_path, mode, marker):
     args = make_root(tmp_path)

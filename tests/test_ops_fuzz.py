@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import create_app, storage
+from service import create_app
 
 URLS = st.one_of(
     st.sampled_from(["", " ", "s3://", "s3:///key", "s3://bucket", "s3://b/m_0.h5", "s3://b/../x", "ftp://x/m.h5",
@@ -36,9 +36,8 @@ def client(tmp_path_factory):
             mp.setenv(name, value)
         mp.delenv("AWS_PROFILE", raising=False)
         mp.chdir(root)
-        app = create_app({"LOCAL_ROOT": str(root), "DEVICE": "cpu", "S3_MAX_ATTEMPTS": 1, "S3_RETRY_BASE": 0})
+        app = create_app({"LOCAL_ROOT": str(root), "DEVICE": "cpu", "S3_MAX_ATTEMPTS": 1})
         yield app.test_client()
-    storage.configure(5, 0.2)
 
 
 def _check(response):
@@ -53,6 +52,7 @@ def _query(**values):
     return {k: v for k, v in values.items() if v is not None}
 
 
+@pytest.mark.slow  # ~3 s: 120 examples
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(model_url=MAYBE(URLS), labeled_url=MAYBE(URLS), img_width=MAYBE(INTS), img_height=MAYBE(INTS),
        epochs=MAYBE(INTS), seed=MAYBE(INTS))

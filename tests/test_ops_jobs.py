@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ops_support import TRAIN_KEYS, Served, make_root
-from service import create_app, jobs
+from service import create_app
 from service.errors import NotFound
 
 
@@ -143,19 +143,18 @@ def test_corrupt_training_image_is_skipped_and_reported_in_the_sidecar(served, t
     assert status == 422 and "nocalls" in body["error"], body
 
 
-def test_queue_full_is_429_and_train_waits_for_its_turn(monkeypatch):
+def test_queue_full_is_429_and_train_waits_for_its_turn():
     release, started = threading.Event(), threading.Event()
     calls = []
 
-    def slow_train(params, settings, on_epoch=None):
+    def slow_train(runtime, params, on_epoch=None):
         calls.append(params.epochs)
         started.set()
         on_epoch(1, 2, {"loss": 1.0})
         release.wait(30)
         return {"model_url": f"m{params.epochs}"}
 
-    monkeypatch.setattr(jobs, "run_train", slow_train)
-    client = create_app({"LOCAL_ROOT": "", "MAX_QUEUED": 2}).test_client()
+    client = create_app({"LOCAL_ROOT": "", "MAX_QUEUED": 2}, run_train=slow_train).test_client()
     body = {"model_url": "s3://b/m_0.h5", "labeled_url": "s3://b/l/", "img_width": 3, "img_height": 3}
     first = client.post("/jobs/train", json=dict(body, epochs=1))
     assert first.status_code == 202
@@ -181,9 +180,9 @@ def test_queue_full_is_429_and_train_waits_for_its_turn(monkeypatch):
     assert client.get("/train", query_string=dict(body, epochs=6)).get_json() == {"model_url": "m6"}
 
 
-def test_job_history_is_bounded(monkeypatch):
-    monkeypatch.setattr(jobs, "run_train", lambda params, settings, on_epoch=None: {"ok": params.epochs})
-    client = create_app({"LOCAL_ROOT": "", "JOB_HISTORY": 3}).test_client()
+def test_job_history_is_bounded():
+    client = create_app({"LOCAL_ROOT": "", "JOB_HISTORY": 3},
+                        run_train=lambda runtime, params, on_epoch=None: {"ok": params.epochs}).test_client()
     query = {"model_url": "s3://b/m_0.h5", "labeled_url": "s3://b/l/", "img_width": 3, "img_height": 3}
     for n in range(1, 6):
         assert client.get("/train", query_string=dict(query, epochs=n)).get_json() == {"ok": n}
@@ -191,12 +190,11 @@ def test_job_history_is_bounded(monkeypatch):
     assert [j["result"] for j in listed] == [{"ok": 5}, {"ok": 4}, {"ok": 3}]
 
 
-def test_job_that_raises_a_bug_is_a_500_without_details(monkeypatch):
-    def boom(params, settings, on_epoch=None):
+def test_job_that_raises_a_bug_is_a_500_without_details():
+    def boom(runtime, params, on_epoch=None):
         raise RuntimeError("secret")
 
-    monkeypatch.setattr(jobs, "run_train", boom)
-    client = create_app({"LOCAL_ROOT": ""}).test_client()
+    client = create_app({"LOCAL_ROOT": ""}, run_train=boom).test_client()
     response = client.post("/jobs/train", json={"model_url": "s3://b/m_0.h5", "labeled_url": "s3://b/l/",
                                                 "img_width": 3, "img_height": 3, "epochs": 1})
     job_id = response.get_json()["job_id"]

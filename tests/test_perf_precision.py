@@ -3,43 +3,36 @@ on the CPU with the same function; the CUDA-only checks are marked `cuda` and sk
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import numpy as np
 import pytest
 
-from models.srkw_cnn import write_fresh_h5
+from repo_data import SAMPLE_DIR as SAMPLE, SRKW_COLS as COLS, SRKW_ROWS as ROWS
 from training.device import device_label, resolve_precision, scoring_backend
 from training.errors import TrainingError
 from training.torch_scoring import predict
 
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "orcasound"
-ROWS, COLS = 67, 83
 PATHS = sorted(SAMPLE.glob("*/*/*.png"))
 BF16_TOLERANCE = 2e-2  # |bf16 − fp32| of predicted values; fp32 is held to 1e-4 against Keras
 
 
 @pytest.fixture(scope="module")
-def model_h5(tmp_path_factory):
-    return write_fresh_h5(tmp_path_factory.mktemp("precision") / "srkw_cnn_0.h5", ROWS, COLS, seed=2)
+def model_h5(srkw_h5):
+    return srkw_h5  # the session's fresh srkw_cnn (seed 0), read only
 
 
-def test_bf16_autocast_on_cpu_stays_within_tolerance(model_h5, monkeypatch):
+def test_bf16_autocast_on_cpu_stays_within_tolerance(model_h5):
     fp32 = predict(model_h5, PATHS, ROWS, COLS, device="cpu", precision="fp32")
-    monkeypatch.setenv("ORCA_PRECISION", "bf16")
-    bf16 = predict(model_h5, PATHS, ROWS, COLS, device="cpu")
+    bf16 = predict(model_h5, PATHS, ROWS, COLS, device="cpu", precision="bf16")
     diff = np.abs(np.array(bf16) - np.array(fp32)).max()
     print("bf16 vs fp32 max |diff|", diff)
     assert 0 < diff <= BF16_TOLERANCE  # > 0: autocast did run in bf16
 
 
-def test_precision_and_backend_choice(monkeypatch):
-    monkeypatch.delenv("ORCA_PRECISION", raising=False)
+def test_precision_and_backend_choice():
     assert resolve_precision() == "fp32" and resolve_precision("BF16") == "bf16"
-    monkeypatch.setenv("ORCA_PRECISION", "fp8")
     with pytest.raises(TrainingError, match="ORCA_PRECISION"):
-        resolve_precision()
+        resolve_precision("fp8")
     assert scoring_backend("cpu") == "onnxruntime" and scoring_backend("cuda:0") == "torch"
     assert scoring_backend(None) == ("torch" if torch.cuda.is_available() else "onnxruntime")
     assert device_label("cpu") == "cpu"

@@ -15,8 +15,10 @@ import pytest
 from PIL import Image
 
 from models.srkw_cnn import write_fresh_h5
-from service import create_app, jobs
+from service import create_app
 from service.params import PredictParams
+from service.runtime import Runtime
+from service.storage import S3Connector
 from training.errors import ImageError
 from training.images import decode_image
 from training.stream import decode_checked, stream_batches
@@ -33,11 +35,13 @@ def model_h5(tmp_path_factory):
 
 
 @pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("ORCA_CACHE_DIR", str(folder))
-    monkeypatch.delenv("ORCA_ONNX_CACHE", raising=False)
-    return folder
+def cache_dir(tmp_path):
+    return tmp_path / "cache"
+
+
+def runtime(cache_dir, **config) -> Runtime:
+    return Runtime.from_config({"LOCAL_ROOT": None, "DEVICE": "cpu", "CACHE_DIR": str(cache_dir),
+                                "ONNX_CACHE": None, **config})
 
 
 def _params(model_url, unlabeled_url):
@@ -102,13 +106,14 @@ def _local_unlabeled(root: Path) -> Path:
     return root / "unlabeled"
 
 
-def test_predict_skips_corrupt_nonimage_and_oversized_files(tmp_path, model_h5, cache_dir, monkeypatch, caplog):
-    monkeypatch.setenv("ORCA_MAX_PIXELS", "500000")  # the samples have 640x480 = 307200 pixels
+def test_predict_skips_corrupt_nonimage_and_oversized_files(tmp_path, model_h5, cache_dir, caplog):
     unlabeled = _local_unlabeled(tmp_path / "data")
     model = tmp_path / "data" / "srkw_cnn_0.h5"
     model.write_bytes(Path(model_h5).read_bytes())
-    app = create_app({"LOCAL_ROOT": str(tmp_path / "data"), "DEVICE": "cpu"})
-    with caplog.at_level("WARNING", logger="service.jobs"):
+    # the samples have 640x480 = 307200 pixels
+    app = create_app({"LOCAL_ROOT": str(tmp_path / "data"), "DEVICE": "cpu", "CACHE_DIR": str(cache_dir),
+                      "MAX_PIXELS": 500_000})
+    with caplog.at_level("WARNING", logger="service.predict"):
         response = app.test_client().get("/predict", query_string=dict(
             model_url=str(model), unlabeled_url=str(unlabeled), img_width=ROWS, img_height=COLS))
     assert response.status_code == 200, response.get_json()
@@ -117,13 +122,13 @@ def test_predict_skips_corrupt_nonimage_and_oversized_files(tmp_path, model_h5, 
     assert _names(items) == [f"orcasoundlab_{1594154118 + 3 * i}" for i in range(3)]
     for name in ("1594154200", "1594154300", "1594154400"):
         assert any(name in record.getMessage() for record in caplog.records), name
-    assert jobs.LAST_PREDICT_SKIPPED == 3
     from training.torch_scoring import predict
 
     expected = predict(str(model), GOOD, ROWS, COLS, device="cpu")
     assert max(abs(i["predicted_value"] - e) for i, e in zip(items, expected)) <= 1e-4
 
-    result = jobs.run_predict(_params(str(model), str(unlabeled)), jobs.Settings(device="cpu"))
+    work = runtime(cache_dir, MAX_PIXELS=500_000)
+    result = work.run_predict(work, _params(str(model), str(unlabeled)))
     assert result == items and len(result.skipped) == 3
     assert all(s["url"].startswith(str(unlabeled)) and s["reason"] for s in result.skipped)
     assert "more than the limit" in result.skipped[-1]["reason"]
@@ -135,7 +140,7 @@ def test_cpu_predict_service_never_imports_torch(tmp_path, model_h5, cache_dir):
     code = f"""
 import json, sys
 from service import create_app
-app = create_app({{"LOCAL_ROOT": "/", "DEVICE": None}})
+app = create_app({{"LOCAL_ROOT": "/", "DEVICE": None, "CACHE_DIR": {str(cache_dir)!r}}})
 r = app.test_client().get("/predict", query_string=dict(model_url={str(model_h5)!r},
     unlabeled_url={str(unlabeled)!r}, img_width={ROWS}, img_height={COLS}))
 print(json.dumps([r.status_code, r.headers.get("X-Skipped-Files"), len(r.get_json()), "torch" in sys.modules]))
@@ -163,21 +168,23 @@ def s3(aws_env, cache_dir):
 
 
 @pytest.fixture
-def downloads(monkeypatch) -> list:
-    """The keys S3Storage.download fetches, in order (the real download still runs)."""
-    from service import storage
-
-    fetched = []
-    real_download = storage.S3Storage.download
-
-    def counting(self, key, local_path, expected_size=None):
-        fetched.append(key)
-        return real_download(self, key, local_path, expected_size)
-
-    monkeypatch.setattr(storage.S3Storage, "download", counting)
-    return fetched
+def downloads() -> list:
+    """The keys the runtime's S3 client gets (GetObject), in order: see `s3_runtime`."""
+    return []
 
 
+def s3_runtime(cache_dir, downloads: list) -> Runtime:
+    """An S3-only runtime whose client records the key of every GetObject in `downloads`."""
+    def record(params, **kwargs):
+        downloads.append(params["Key"])
+
+    connector = S3Connector(on_client=lambda client: client.meta.events.register(
+        "provide-client-params.s3.GetObject", record))
+    return Runtime.from_config({"LOCAL_ROOT": "", "DEVICE": "cpu", "CACHE_DIR": str(cache_dir), "ONNX_CACHE": None},
+                               s3=connector)
+
+
+@pytest.mark.slow  # ~4 s
 def test_s3_mirror_downloads_only_new_or_changed_objects_and_follows_deletions(s3, model_h5, cache_dir,
                                                                                  downloads):
     s3.upload_file(str(model_h5), "orcaperf", "models/srkw_cnn_0.h5")
@@ -186,21 +193,21 @@ def test_s3_mirror_downloads_only_new_or_changed_objects_and_follows_deletions(s
         s3.upload_file(str(png), "orcaperf", key)
     s3.put_object(Bucket="orcaperf", Key="unlabeled/spectrograms/orcasoundlab_1594154999.png", Body=b"junk")
     params = _params("s3://orcaperf/models/srkw_cnn_0.h5", "s3://orcaperf/unlabeled/")
-    settings = jobs.Settings(local_root="", device="cpu")
+    work = s3_runtime(cache_dir, downloads)
 
-    cold = jobs.run_predict(params, settings)
+    cold = work.run_predict(work, params)
     assert len(cold) == 3 and len(cold.skipped) == 1 and len(downloads) == 5  # model + 4 spectrograms
     mirror = next(p for p in (cache_dir / "mirrors").iterdir() if p.is_dir())
     assert sorted(p.name for p in mirror.glob("*.png")) == sorted(k.rsplit("/", 1)[1] for k in keys) + [
         "orcasoundlab_1594154999.png"]
 
     downloads.clear()
-    warm = jobs.run_predict(params, settings)
+    warm = work.run_predict(work, params)
     assert warm == cold and downloads == []  # nothing changed: list only
 
     s3.delete_object(Bucket="orcaperf", Key=keys[1])  # the client labels a clip: it leaves unlabeled/
     s3.upload_file(str(GOOD[1]), "orcaperf", keys[2])  # a changed object (new ETag)
-    after = jobs.run_predict(params, settings)
+    after = work.run_predict(work, params)
     assert downloads == [keys[2]]
     assert _names(after) == ["orcasoundlab_1594154118", "orcasoundlab_1594154124"]
     assert after[1]["predicted_value"] == pytest.approx(cold[1]["predicted_value"], abs=1e-6)
@@ -211,7 +218,7 @@ def test_s3_mirror_downloads_only_new_or_changed_objects_and_follows_deletions(s
 
     downloads.clear()
     s3.upload_file(str(model_h5), "orcaperf", "models/srkw_cnn_0.h5")  # same bytes → same ETag: cached
-    jobs.run_predict(params, settings)
+    work.run_predict(work, params)
     assert downloads == []
 
 
@@ -219,19 +226,20 @@ def test_s3_mirror_downloads_only_new_or_changed_objects_and_follows_deletions(s
 
 def test_labeled_mirror_downloads_only_new_labels_follows_deletions_and_links_a_full_dataset(
         s3, cache_dir, tmp_path, downloads):
-    from service.storage import locate
+    from service.train import fetch_labeled, mirror_name
 
+    work = s3_runtime(cache_dir, downloads)
     sources = sorted(SAMPLE.glob("train/*/*.png"))[:2] + sorted(SAMPLE.glob("validation/*/*.png"))[:2]
     keys = ["labeled/train/calls/a.png", "labeled/train/nocalls/b.png",
             "labeled/validation/calls/c.png", "labeled/validation/nocalls/d.png"]
     for key, png in zip(keys, sources):
         s3.upload_file(str(png), "orcaperf", key)
     s3.put_object(Bucket="orcaperf", Key="labeled/mp3/calls/a.mp3", Body=b"ID3")  # not an image: ignored
-    labeled = locate("s3://orcaperf/labeled/", "labeled_url", local_root="")
+    labeled = work.locate("s3://orcaperf/labeled/", "labeled_url")
 
     def fetch_round(name):
         folder = tmp_path / name
-        counts = jobs.fetch_labeled(labeled, str(folder), threads=4)
+        counts = fetch_labeled(work, labeled, str(folder))
         files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
         return counts, files, folder
 
@@ -259,34 +267,33 @@ def test_labeled_mirror_downloads_only_new_labels_follows_deletions_and_links_a_
     assert (third / "train/calls/a.png").read_bytes() == sources[3].read_bytes()
     assert (first / "train/calls/a.png").read_bytes() == sources[0].read_bytes()  # an earlier run's copy is intact
     mirror_files = {p.name for d in (cache_dir / "mirrors").iterdir() if d.is_dir() for p in d.iterdir()}
-    assert jobs.mirror_name("train/nocalls/b.png") not in mirror_files  # the deletion was followed
-    assert jobs.mirror_name("train/calls/e.png") in mirror_files
+    assert mirror_name("train/nocalls/b.png") not in mirror_files  # the deletion was followed
+    assert mirror_name("train/calls/e.png") in mirror_files
 
 
 def test_torch_scoring_branch_decodes_with_torchvision_and_answers_like_onnx_runtime(tmp_path, model_h5,
                                                                                     cache_dir, monkeypatch):
     """The branch /predict takes on CUDA, run on the CPU: torch scoring, torchvision decoding, same skips."""
-    import training.device
+    import re
+
     import training.torch_decode
+    from training.scorers import Scorers
 
     unlabeled = _local_unlabeled(tmp_path / "data")
     params = _params(str(model_h5), str(unlabeled))
-    settings = jobs.Settings(device="cpu")
-    monkeypatch.setenv("ORCA_MAX_PIXELS", "500000")
-    onnx = jobs.run_predict(params, settings)
+    onnx_runtime = runtime(cache_dir, MAX_PIXELS=500_000)
+    onnx = onnx_runtime.run_predict(onnx_runtime, params)
 
     decoded = []
     real_decode = training.torch_decode.decode_png_torch
     monkeypatch.setattr(training.torch_decode, "decode_png_torch",
                         lambda source, rows, cols: decoded.append(source) or real_decode(source, rows, cols))
-    monkeypatch.setattr(training.device, "scoring_backend", lambda requested=None: "torch")
-    from service import cache
-
-    monkeypatch.setattr(cache, "SCORES", cache.ScoreCache(max_entries=0))  # score every clip again
-    torch_path = jobs.run_predict(params, settings)
+    torch_runtime = Runtime.from_config(
+        {"LOCAL_ROOT": None, "DEVICE": "cpu", "CACHE_DIR": str(cache_dir), "MAX_PIXELS": 500_000},
+        scorers=Scorers(cache_dir / "onnx", device="cpu", backend="torch"))
+    torch_path = torch_runtime.run_predict(torch_runtime, params)
     assert len(decoded) == 5  # three spectrograms and two unreadable ones (the oversized is refused before)
     assert _names(torch_path) == _names(onnx)
-    import re
 
     def same_words(skipped):  # PIL's messages name an object address that differs per call
         return [(item["url"], re.sub(r" at 0x[0-9a-f]+", "", item["reason"])) for item in skipped]

@@ -11,17 +11,15 @@ import torch  # noqa: F401  (before anything that may import TensorFlow)
 import pytest
 
 from models.srkw_cnn import write_fresh_h5
-from service import cache, jobs
 from service.params import PredictParams
+from service.runtime import Runtime
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "orcasound"
 ROWS, COLS = 67, 83
 
 
 @pytest.fixture
-def setup(tmp_path, monkeypatch):
-    monkeypatch.setenv("ORCA_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(cache, "SCORES", cache.ScoreCache(max_entries=1000))
+def setup(tmp_path):
     spectrograms = tmp_path / "unlabeled" / "spectrograms"
     spectrograms.mkdir(parents=True)
     pngs = sorted(SAMPLE.glob("test/*/*.png"))
@@ -32,11 +30,18 @@ def setup(tmp_path, monkeypatch):
     return params, spectrograms, pngs
 
 
-def scores(params):
-    return [item["predicted_value"] for item in jobs.run_predict(params, jobs.Settings(local_root=None))]
+def runtime_with(tmp_path, score_cache: int) -> Runtime:
+    return Runtime.from_config({"LOCAL_ROOT": None, "DEVICE": "cpu", "CACHE_DIR": str(tmp_path / "cache"),
+                                "SCORE_CACHE": score_cache})
 
 
-def test_unchanged_clips_under_the_same_model_are_not_read_again(setup):
+@pytest.fixture
+def scores(tmp_path):
+    runtime = runtime_with(tmp_path, 1000)
+    return lambda params: [item["predicted_value"] for item in runtime.run_predict(runtime, params)]
+
+
+def test_unchanged_clips_under_the_same_model_are_not_read_again(setup, scores):
     params, spectrograms, _ = setup
     first = scores(params)
     target = spectrograms / "orcasoundlab_1594154118.png"
@@ -46,7 +51,7 @@ def test_unchanged_clips_under_the_same_model_are_not_read_again(setup):
     assert scores(params) == first
 
 
-def test_a_changed_clip_is_scored_again(setup):
+def test_a_changed_clip_is_scored_again(setup, scores):
     params, spectrograms, pngs = setup
     first = scores(params)
     target = spectrograms / "orcasoundlab_1594154118.png"
@@ -56,7 +61,7 @@ def test_a_changed_clip_is_scored_again(setup):
     assert second[1:] == first[1:] and second[0] != first[0]
 
 
-def test_another_model_file_is_scored_afresh(setup, tmp_path):
+def test_another_model_file_is_scored_afresh(setup, scores, tmp_path):
     params, _, _ = setup
     first = scores(params)
     other = write_fresh_h5(tmp_path / "srkw_cnn_1.h5", ROWS, COLS, seed=9)
@@ -64,13 +69,13 @@ def test_another_model_file_is_scored_afresh(setup, tmp_path):
     assert second != first
 
 
-def test_a_disabled_cache_reads_every_clip(setup, monkeypatch):
+def test_a_disabled_cache_reads_every_clip(setup, tmp_path):
     params, spectrograms, _ = setup
-    monkeypatch.setattr(cache, "SCORES", cache.ScoreCache(max_entries=0))
-    scores(params)
+    runtime = runtime_with(tmp_path, 0)
+    runtime.run_predict(runtime, params)
     target = spectrograms / "orcasoundlab_1594154118.png"
     stat = target.stat()
     target.write_bytes(b"\0" * stat.st_size)
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    items = jobs.run_predict(params, jobs.Settings(local_root=None))
+    items = runtime.run_predict(runtime, params)
     assert len(items) == 3 and len(items.skipped) == 1  # reread: now unreadable, skipped

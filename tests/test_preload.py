@@ -35,6 +35,7 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+@pytest.mark.slow  # ~9 s
 def test_service_preloads_torch_in_the_background_when_asked():
     code = ("import sys, time\n"
             "from service.app import create_app\n"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from service import create_app, jobs
+from service import create_app
 
 
 @pytest.fixture
@@ -22,11 +22,11 @@ def test_json_keys_come_out_sorted(client):
     assert body.index('"endpoints"') < body.index('"name"') < body.index('"version"')
 
 
-def test_unexpected_exception_is_a_json_500_without_details(client, monkeypatch, caplog):
-    def boom(params, settings):
+def test_unexpected_exception_is_a_json_500_without_details(caplog):
+    def boom(runtime, params, on_progress=None):
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(jobs, "run_predict", boom)
+    client = create_app({"LOCAL_ROOT": ""}, run_predict=boom).test_client()
     response = client.get("/predict?model_url=s3://b/m_0.h5&unlabeled_url=s3://b/u/&img_width=3&img_height=3")
     assert response.status_code == 500
     assert response.get_json() == {"error": "internal server error (see the server log)"}

@@ -1,4 +1,4 @@
-"""`python -m service.demo` (what `make demo` runs): lays out the sample data, serves, and the
+"""`python -m service.demo` (what `orca demo`, and so `make demo`, runs): lays out the sample data, serves, and the
 curl lines it prints work as printed."""
 
 import json

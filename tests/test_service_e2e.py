@@ -8,22 +8,18 @@ import socket
 import threading
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import torch  # noqa: F401  (before TensorFlow)
 import boto3
 import numpy as np
 import pytest
-from conftest import start_moto_s3
 from werkzeug.serving import make_server
 
-from models.srkw_cnn import write_fresh_h5
+from repo_data import SAMPLE_DIR as SAMPLE, SRKW_COLS as COLS, SRKW_ROWS as ROWS
 from service import create_app
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "orcasound"
-ROWS, COLS = 67, 83
 BUCKET = "orcagsoc"
 T0 = 1594154118
 TRAIN_KEYS = {"acc", "val_acc", "loss", "val_loss", "cm", "labeled_files", "model_acc", "model_loss", "model_url"}
@@ -60,16 +56,14 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, moto_server, use_s3_endpoint, srkw_h5):
     work = tmp_path_factory.mktemp("e2e")
     with pytest.MonkeyPatch.context() as mp:
-        moto = start_moto_s3(mp)
-        host, port = moto.get_host_and_port()
+        use_s3_endpoint(mp, moto_server)  # the session's moto server, the bucket BUCKET of this module
         mp.setenv("ORCA_CACHE_DIR", str(work / "cache"))
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket=BUCKET)
-        model = write_fresh_h5(work / "srkw_cnn_0.h5", ROWS, COLS, seed=0)
-        s3.upload_file(model, BUCKET, "models/srkw_cnn_0.h5")
+        s3.upload_file(srkw_h5, BUCKET, "models/srkw_cnn_0.h5")
         for png in SAMPLE.glob("*/*/*.png"):
             split, cls = png.parent.parent.name, png.parent.name
             if split in ("train", "validation"):
@@ -90,7 +84,6 @@ def stack(tmp_path_factory):
         finally:
             server.shutdown()
             thread.join()
-            moto.stop()
 
 
 def _download(stack, key, path):
@@ -119,6 +112,7 @@ def test_root_lists_the_endpoints(stack):
     assert status == 200 and set(body["endpoints"]) >= {"/train", "/predict"} and body["version"]
 
 
+@pytest.mark.slow  # ~5 s
 def test_client_sequence_train_then_predict(stack, tmp_path):
     status, body = stack.get("/train", model_url=f"s3://{BUCKET}/models/srkw_cnn_0.h5",
                              labeled_url=f"s3://{BUCKET}/labeled_test/", img_width=ROWS, img_height=COLS,
@@ -315,13 +309,17 @@ def test_local_path_outside_the_data_root_is_403(stack, tmp_path):
     assert status == 403 and "outside" in body["error"]
 
 
-def test_unreachable_s3_endpoint_is_503(stack, monkeypatch):
+def test_unreachable_s3_endpoint_is_503(stack, monkeypatch, tmp_path):
+    """An app whose S3 endpoint is a closed port (the app makes its client from the environment at its
+    first S3 call, so this one sees the dead endpoint; `stack`'s own app keeps its client)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    status, body = stack.get("/predict", **_predict_args())
-    assert status == 503 and "cannot reach" in body["error"], body
+    app = create_app({"LOCAL_ROOT": "", "DEVICE": "cpu", "S3_MAX_ATTEMPTS": 1, "CACHE_DIR": str(tmp_path)})
+    response = app.test_client().get("/predict", query_string=_predict_args())
+    assert response.status_code == 503 and "cannot reach" in response.get_json()["error"], response.get_json()
+    assert stack.get("/health")[0] == 200
 
 
 def test_unknown_route_is_json_404(stack):

@@ -19,6 +19,7 @@ def bucket(aws_env):
         yield client
 
 
+@pytest.mark.slow  # ~7 s: 1000+ objects put into moto
 def test_s3_listing_follows_pagination_past_1000_objects(bucket):
     for i in range(1205):
         bucket.put_object(Bucket="orca", Key=f"unlabeled/spectrograms/clip_{i:05d}.png", Body=b"x" * (i % 7))

@@ -7,7 +7,6 @@ mean |Δ| ≈ 2e-7, max |Δ| ≈ 4e-5 (float32 sampling grid); on 67×83, max |�
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
@@ -20,9 +19,7 @@ from training.augment import (apply_shear_zoom, keras_affine_matrices, random_sh
                               random_shear_zoom_params)
 from training.images import load_image
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-ORCASOUND = SHARED / "data" / "orcasound"
-needs_shared = pytest.mark.skipif(not ORCASOUND.is_dir(), reason=f"sample spectrograms not found at {ORCASOUND}")
+from repo_data import SAMPLE_DIR as ORCASOUND  # sample_data/orcasound, in the repository
 
 TRANSFORMS = [(0.2, 0.8, 1.2), (-0.15, 1.1, 0.85), (0.0, 1.2, 1.2), (0.1, 1.0, 1.0), (-0.2, 0.93, 1.17)]
 
@@ -40,7 +37,6 @@ def keras_transform(x: np.ndarray, shear, zx, zy) -> np.ndarray:
     return out * np.float32(1 / 255)
 
 
-@needs_shared
 @pytest.mark.slow
 @pytest.mark.parametrize("rows,cols", [(607, 617), (67, 83)])
 def test_shear_zoom_matches_keras_apply_affine_transform(rows, cols):

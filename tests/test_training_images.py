@@ -15,9 +15,7 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 from training import ImageError, load_image
 from training.images import decode_image, list_images
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-ORCASOUND = SHARED / "data" / "orcasound"
-needs_shared = pytest.mark.skipif(not ORCASOUND.is_dir(), reason=f"sample spectrograms not found at {ORCASOUND}")
+from repo_data import SAMPLE_DIR as ORCASOUND  # sample_data/orcasound, in the repository
 
 
 def keras_flow(folder: Path, rows: int, cols: int):
@@ -30,7 +28,6 @@ def keras_flow(folder: Path, rows: int, cols: int):
     return images, [Path(p) for p in flow.filepaths]
 
 
-@needs_shared
 @pytest.mark.parametrize("rows,cols", [(607, 617), (67, 83), (480, 640)])
 def test_load_image_is_bit_identical_to_keras_flow_from_directory(rows, cols):
     for split in ("train", "validation", "test"):
@@ -41,7 +38,6 @@ def test_load_image_is_bit_identical_to_keras_flow_from_directory(rows, cols):
         np.testing.assert_array_equal(ours, expected)
 
 
-@needs_shared
 def test_load_image_accepts_bytes_like_a_path():
     path = next(ORCASOUND.glob("train/calls/*.png"))
     np.testing.assert_array_equal(load_image(path.read_bytes(), 67, 83), load_image(path, 67, 83))
@@ -78,13 +74,30 @@ def test_corrupt_file_raises_image_error_naming_the_file(tmp_path):
     assert issubclass(ImageError, ValueError)
 
 
-@needs_shared
 def test_truncated_png_raises_image_error(tmp_path):
     path = next(ORCASOUND.glob("train/calls/*.png"))
     cut = tmp_path / "cut.png"
     cut.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(ImageError, match="cut.png"):
         decode_image(cut, 67, 83)
+
+
+def test_png_declaring_a_huge_size_raises_image_error_not_a_crash(tmp_path):
+    """A few bytes that claim 20000x20000 pixels (over twice PIL's bomb limit): refused by PIL's header
+    check, reported as an ImageError naming the file, so /train skips it instead of failing."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    path = tmp_path / "bomb.png"
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", 20000, 20000)  # IHDR width, height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # the chunk's CRC over type + data
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="bomb.png"):
+        decode_image(path, 10, 12)
 
 
 def test_list_images_counts_only_png_jpg_jpeg_sorted(tmp_path):
@@ -96,7 +109,6 @@ def test_list_images_counts_only_png_jpg_jpeg_sorted(tmp_path):
     assert list_images(tmp_path / "nowhere") == []
 
 
-@needs_shared
 def test_cached_uint8_pixels_become_the_same_floats_on_the_device():
     """Training caches decode_image's uint8 and rescales per batch (training.loop.to_batch): same bits."""
     import torch

@@ -18,28 +18,23 @@ from PIL import Image
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
-from models.srkw_cnn import write_fresh_h5
 from training import TrainingError, TrainResult, train
 from training.data import load_labeled
 from training.images import load_image
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-ORCASOUND = SHARED / "data" / "orcasound"
-needs_shared = pytest.mark.skipif(not ORCASOUND.is_dir(), reason=f"sample spectrograms not found at {ORCASOUND}")
+from repo_data import SAMPLE_DIR as ORCASOUND  # sample_data/orcasound, in the repository
 ROWS, COLS = 67, 83
 RESPONSE_KEYS = {"acc", "val_acc", "loss", "val_loss", "cm", "labeled_files", "model_acc", "model_loss"}
 
 
 @pytest.fixture(scope="module")
-def model_h5(tmp_path_factory) -> str:
-    return write_fresh_h5(tmp_path_factory.mktemp("model") / "srkw_cnn_0.h5", rows=ROWS, cols=COLS, seed=0)
+def model_h5(srkw_h5) -> str:
+    return srkw_h5  # the session's fresh 67x83 srkw_cnn (read only: train() writes its own out_h5)
 
 
 @pytest.fixture(scope="module")
 def labeled(tmp_path_factory) -> Path:
     """The real samples laid out as the service downloads them, with an mp3/ folder and stray files."""
-    if not ORCASOUND.is_dir():
-        pytest.skip(f"sample spectrograms not found at {ORCASOUND}")
     root = tmp_path_factory.mktemp("labeled")
     for split in ("train", "validation"):
         shutil.copytree(ORCASOUND / split, root / split)

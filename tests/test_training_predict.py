@@ -16,23 +16,18 @@ from PIL import Image
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 from conversion import keras_to_torch, torch_to_keras
-from models.srkw_cnn import write_fresh_h5
 from training import ImageError, TrainingError, load_image, pick_device, predict
-import importlib
 
-predict_module = importlib.import_module("training.torch_scoring")
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-ORCASOUND = SHARED / "data" / "orcasound"
-needs_shared = pytest.mark.skipif(not ORCASOUND.is_dir(), reason=f"sample spectrograms not found at {ORCASOUND}")
+from repo_data import SAMPLE_DIR as ORCASOUND  # sample_data/orcasound, in the repository
 ROWS, COLS = 67, 83
 
 
 @pytest.fixture(scope="module")
-def perturbed_h5(tmp_path_factory) -> str:
+def perturbed_h5(tmp_path_factory, srkw_h5) -> str:
     """A small srkw_cnn with random non-zero biases, so predictions are not all ≈ 0.5."""
     folder = tmp_path_factory.mktemp("predict")
-    fresh = write_fresh_h5(folder / "fresh.h5", rows=ROWS, cols=COLS, seed=1)
+    fresh = srkw_h5  # the template: torch_to_keras writes a copy
     model = keras_to_torch(fresh)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -57,7 +52,6 @@ def synthetic_pngs(folder: Path, n: int) -> list[Path]:
     return paths
 
 
-@needs_shared
 def test_predict_equals_tf_keras_model_predict(perturbed_h5):
     from tf_keras.models import load_model
 
@@ -72,7 +66,6 @@ def test_predict_equals_tf_keras_model_predict(perturbed_h5):
     assert np.ptp(expected) > 1e-4 and np.abs(expected - 0.5).max() > 0.01  # not trivially constant
 
 
-@needs_shared
 def test_predict_keeps_input_order_and_accepts_a_module(perturbed_h5):
     paths = sample_paths()
     module = keras_to_torch(perturbed_h5)
@@ -84,25 +77,26 @@ def test_predict_keeps_input_order_and_accepts_a_module(perturbed_h5):
     assert predict(module, [], ROWS, COLS) == []
 
 
-def test_decoding_streams_a_bounded_number_of_batches_ahead(tmp_path, monkeypatch):
+def test_decoding_streams_a_bounded_number_of_batches_ahead(tmp_path):
+    from training.images import decode_image
+    from training.stream import stream_batches
+
     paths = synthetic_pngs(tmp_path, 40)
     decoded = []
     lock = threading.Lock()
-    real_decode = predict_module.decode_image
 
     def counting_decode(path, rows, cols):
         with lock:
             decoded.append(path)
-        return real_decode(path, rows, cols)
+        return decode_image(path, rows, cols)
 
-    monkeypatch.setattr(predict_module, "decode_image", counting_decode)
-    batches = predict_module.decoded_batches(paths, 10, 12, batch_size=4, prefetch=2)
+    batches = stream_batches(paths, None, 10, 12, batch_size=4, prefetch=2, decode=counting_decode)
     first = next(batches)
     time.sleep(0.2)
-    assert first.shape == (4, 10, 12, 3) and first.dtype == np.uint8
-    assert len(decoded) <= 3 * 4  # the batch handed out plus two decoding ahead
+    assert first.pixels.shape == (4, 10, 12, 3) and first.pixels.dtype == np.uint8
+    assert len(decoded) <= 4 + 3 * 4  # the batch handed out, and this batch plus two more in flight
     rest = list(batches)
-    assert sum(len(b) for b in rest) == 36 and len(decoded) == 40
+    assert sum(len(b.items) for b in rest) == 36 and len(decoded) == 40
 
 
 def test_unreadable_image_raises_image_error_naming_it(tmp_path, perturbed_h5):

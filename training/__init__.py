@@ -13,11 +13,13 @@ the service can score with ONNX Runtime (`training.onnx_scoring`) without loadin
 """
 
 from importlib import import_module
+from types import MappingProxyType
 
 from .errors import ImageError, TrainingError
 from .images import load_image
 
-_LAZY = {"pick_device": ".device", "TrainResult": ".loop", "train": ".loop", "predict": ".torch_scoring"}
+_LAZY = MappingProxyType({"pick_device": ".device", "TrainResult": ".loop", "train": ".loop",
+                         "predict": ".torch_scoring"})
 
 
 def __getattr__(name: str):

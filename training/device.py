@@ -5,7 +5,7 @@ engine scores on it, and at which precision.
 - `scoring_backend(requested)` → "onnxruntime" on the CPU, "torch" on CUDA; it does not import torch
   when the machine plainly has no NVIDIA driver (no /dev/nvidiactl, no /proc/driver/nvidia), so a
   CPU-only service scores without loading torch;
-- `resolve_precision(value)` → "fp32" or "bf16" (env ORCA_PRECISION, default fp32): bf16 autocast is
+- `resolve_precision(value)` → "fp32" or "bf16" (ORCA_PRECISION, default fp32): bf16 autocast is
   used by the torch scoring path (training.torch_scoring) on CUDA and, when asked, on the CPU;
 - `preload_torch_in_background()` imports what training needs (torch, and torch._dynamo, which
   torch.optim loads when an optimizer is built) on a thread, so a request does not wait for it.
@@ -23,7 +23,6 @@ from .errors import TrainingError
 
 LOG = logging.getLogger("training")
 
-PRECISION_ENV = "ORCA_PRECISION"
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -68,10 +67,10 @@ def scoring_backend(requested: str | None = None) -> str:
 
 
 def resolve_precision(value: str | None = None) -> str:
-    """`value` or ORCA_PRECISION or "fp32"; TrainingError for anything but fp32 / bf16."""
-    value = (value or os.environ.get(PRECISION_ENV) or "fp32").strip().lower()
+    """`value` or "fp32"; TrainingError for anything but fp32 / bf16."""
+    value = (value or "fp32").strip().lower()
     if value not in PRECISIONS:
-        raise TrainingError(f"precision must be one of {', '.join(PRECISIONS)} ({PRECISION_ENV}), got {value!r}")
+        raise TrainingError(f"precision must be one of {', '.join(PRECISIONS)} (ORCA_PRECISION), got {value!r}")
     return value
 
 

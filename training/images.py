@@ -56,7 +56,7 @@ def decode_image(source: Source, rows: int, cols: int) -> np.ndarray:
             if img.size != (cols, rows):
                 img = img.resize((cols, rows), Image.Resampling.NEAREST)
             array = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageError(f"{_describe(source)} is not a readable image: {e}") from e
     if array.shape != (rows, cols, 3):  # cannot happen after convert("RGB") + resize; be explicit
         raise ImageError(f"{_describe(source)} decoded to shape {array.shape}, expected {(rows, cols, 3)}")

@@ -1,4 +1,4 @@
-"""ONNX Runtime CPU scoring of a Keras .h5 model: what /predict uses on the CPU.
+"""ONNX Runtime CPU scoring of a model file: what /predict uses on the CPU (a `training.scorers.Scorer`).
 
 The model file is exported once into a cache folder, keyed by the SHA-256 of the file's bytes, so
 a model is exported once whatever its name or path and a changed file is re-exported. A Sequential
@@ -7,13 +7,12 @@ to ONNX with h5py and onnx, in this process, without torch. Anything else is bri
 (`conversion.formats.load_trainable`) and exported with `conversion.torch_to_onnx` (dynamic batch);
 when torch is not imported yet in this process that export runs in a child process (`python -m
 training.onnx_scoring export MODEL.h5 OUT.onnx`), so a service that only scores never loads torch
-(≈630 MiB of resident memory for the CUDA build). Scoring decodes PNGs on a thread
-pool a few batches ahead of inference (`training.stream`), with the exact preprocessing of
-`training.images.load_image`, and runs ONNX Runtime's CPU provider with one intra-op thread per
-core, in batches of at most MAX_ORT_BATCH images (the arena keeps the peak of one batch).
+(≈630 MiB of resident memory for the CUDA build). ONNX Runtime's CPU provider runs with one
+intra-op thread per core, in batches of at most MAX_ORT_BATCH images (the arena keeps the peak of
+one batch).
 
-    scorer = OnnxScorer("srkw_cnn_0.h5")
-    values = scorer.score(paths, rows=607, cols=617, batch_size=16)   # P(class 1) per image
+    scorer = OnnxScorer("srkw_cnn_0.h5", cache_dir="cache/onnx")
+    values = scorer.score(paths, rows=607, cols=617)   # P(class 1) per image
 
 Numbers on the 2-core CPU machines of this project: see bench/README.md.
 """
@@ -25,70 +24,48 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from conversion.atomic import write_bytes_atomically
+
 from .errors import TrainingError
-from .images import to_float
-from .stream import stream_batches
+from .images import decode_image, to_float
 
 LOG = logging.getLogger("training")
-CACHE_ENV = "ORCA_ONNX_CACHE"
 MAX_ORT_BATCH = 16   # peak RSS of one 607x617 batch: ~0.9 GiB at 16, ~1.7 GiB at 32, same speed
-MAX_SESSIONS = 2     # ORT sessions kept (LRU): the current model version and the previous one
-_SESSIONS: "OrderedDict[tuple[str, int], object]" = OrderedDict()
-_DIGESTS: dict[tuple[str, int, int], str] = {}   # (real path, size, mtime_ns) → sha256
-_LOCK = threading.Lock()
-_EXPORT_LOCKS: dict[str, threading.Lock] = {}
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or os.path.join(tempfile.gettempdir(), "orca-onnx-cache"))
-
-
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of the file's bytes, memoized in this process by (real path, size, mtime)."""
-    stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
-    digest = _DIGESTS.get(key)
-    if digest is None:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        digest = _DIGESTS[key] = h.hexdigest()
-        if len(_DIGESTS) > 256:
-            _DIGESTS.pop(next(iter(_DIGESTS)))
-    return digest
+    """SHA-256 of the file's bytes (`training.scorers.Scorers.digest` memoizes it per app)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
-def export_cached(model_h5: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                  isolate: bool | None = None) -> Path:
-    """The ONNX file for `model_h5` in `cache_dir`, exported on first use (`<sha256>.onnx`).
+def export_cached(model_h5: str | os.PathLike, cache_dir: str | os.PathLike, isolate: bool | None = None,
+                  digest: str | None = None) -> Path:
+    """The ONNX file for `model_h5` in `cache_dir`, exported on first use (`<sha256>.onnx`; `digest`,
+    if known, is that SHA-256). Writes are atomic, so concurrent exports of one model are safe
+    (`training.scorers.Scorers` also runs them once).
 
     `isolate` (default: when torch is not imported in this process yet): export in a child process.
     """
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    target = cache / f"{file_sha256(model_h5)}.onnx"
-    if target.exists():
-        return target
-    with _LOCK:
-        lock = _EXPORT_LOCKS.setdefault(str(target), threading.Lock())
-    with lock:  # concurrent requests for a new model export it once
-        if not target.exists() and not _export_directly(model_h5, target):
-            if isolate is None:
-                isolate = "torch" not in sys.modules
-            if isolate:
-                _export_in_child(model_h5, target)
-            else:
-                _export(model_h5, target)
+    target = cache / f"{digest or file_sha256(model_h5)}.onnx"
+    if not target.exists() and not _export_directly(model_h5, target):
+        if isolate is None:
+            isolate = "torch" not in sys.modules
+        if isolate:
+            _export_in_child(model_h5, target)
+        else:
+            _export(model_h5, target)
     return target
 
 
@@ -108,10 +85,7 @@ def _export_directly(model_h5, target) -> bool:
     except Exception as error:  # noqa: BLE001 - the bridge's export names what is wrong with the file
         LOG.info("direct ONNX export of %s failed (%s); trying the torch bridge", os.fspath(model_h5), error)
         return False
-    fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".onnx", dir=Path(target).parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, target)
+    write_bytes_atomically(target, data)
     return True
 
 
@@ -137,14 +111,24 @@ def _export_in_child(model_h5, target) -> None:
 
 
 class OnnxScorer:
-    """P(class 1) of image files with ONNX Runtime on the CPU, for one Keras .h5 model."""
+    """P(class 1) of images with ONNX Runtime on the CPU, for one model file (a `Scorer`)."""
 
-    def __init__(self, model_h5: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                 threads: int | None = None, decode_workers: int | None = None, isolate: bool | None = None):
-        self.onnx_path = export_cached(model_h5, cache_dir, isolate=isolate)
+    decode = staticmethod(decode_image)  # PIL: the CPU path
+
+    def __init__(self, model_path: str | os.PathLike, cache_dir: str | os.PathLike, threads: int | None = None,
+                 isolate: bool | None = None, digest: str | None = None):
+        import onnxruntime as ort
+
+        self.onnx_path = export_cached(model_path, cache_dir, isolate=isolate, digest=digest)
         self.threads = threads or os.cpu_count() or 1
-        self.decode_workers = decode_workers
-        self.session = _session(self.onnx_path, self.threads)
+        self.batch_size = MAX_ORT_BATCH
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # the CPU arena stays on: without it every batch maps and faults in fresh pages (2-3x slower
+        # on the 2-core machines); its peak is bounded by MAX_ORT_BATCH instead
+        self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise TrainingError(f"model has {len(inputs)} inputs; only single-input image models are supported")
@@ -170,59 +154,19 @@ class OnnxScorer:
             scores.extend(float(v) for v in out[:, -1])
         return scores
 
-    def score(self, paths: Iterable, rows: int, cols: int, batch_size: int = MAX_ORT_BATCH) -> list[float]:
-        """P(class 1) for each image in `paths` order (decoded like images.load_image); ImageError if one is unreadable."""
-        self.check_size(rows, cols)
-        scores: list[float] = []
-        for batch in stream_batches(list(paths), None, rows, cols, batch_size, workers=self.decode_workers or 4,
-                                    decode_workers=self.decode_workers):
-            scores.extend(self.score_pixels(batch.pixels))
-        return scores
+    def score(self, paths: Iterable, rows: int, cols: int, batch_size: int | None = None,
+              workers: int = 4) -> list[float]:
+        """P(class 1) for each image in `paths` order; ImageError if one is unreadable."""
+        from .scorers import score_files
 
-
-def _session(onnx_path: Path, threads: int):
-    import onnxruntime as ort
-
-    key = (str(onnx_path), threads)
-    with _LOCK:
-        session = _SESSIONS.get(key)
-        if session is None:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # the CPU arena stays on: without it every batch maps and faults in fresh pages (2-3x slower
-            # on the 2-core machines); its peak is bounded by MAX_ORT_BATCH instead
-            session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-            _SESSIONS[key] = session
-            while len(_SESSIONS) > MAX_SESSIONS:
-                _SESSIONS.popitem(last=False)
-        else:
-            _SESSIONS.move_to_end(key)
-        return session
-
-
-def release_sessions() -> None:
-    """Drop the cached ONNX Runtime sessions (the next score builds them again in well under a second).
-
-    Training calls this first: live sessions slow torch's CPU training in the same process by 20–30 %
-    (one srkw_cnn epoch on 96 images at 607×617: 24–27 s after scoring, 18.7 s once released).
-    """
-    with _LOCK:
-        _SESSIONS.clear()
-
-
-def score(model_h5: str | os.PathLike, paths: Iterable, rows: int, cols: int, batch_size: int = MAX_ORT_BATCH,
-          cache_dir: str | os.PathLike | None = None) -> list[float]:
-    """`OnnxScorer(model_h5, cache_dir).score(paths, rows, cols, batch_size)`."""
-    return OnnxScorer(model_h5, cache_dir).score(paths, rows, cols, batch_size)
+        return score_files(self, paths, rows, cols, batch_size, workers)
 
 
 def _main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[0] != "export":
         print("usage: python -m training.onnx_scoring export MODEL.h5 OUT.onnx", file=sys.stderr)
         return 2
-    import torch  # noqa: F401  (the bridge needs it; imported before anything else, see DESIGN.md)
+    import torch  # noqa: F401  (the bridge needs it; imported before anything else, see docs/design.md)
 
     try:
         _export(argv[1], argv[2])

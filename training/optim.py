@@ -18,6 +18,7 @@ Known differences from Keras' update rules (all negligible at Keras' epsilon of 
 from __future__ import annotations
 
 import logging
+from types import MappingProxyType
 
 import torch
 
@@ -30,7 +31,7 @@ DEFAULT_OPTIMIZER = "Adam"
 DEFAULT_LEARNING_RATE = 1e-3
 
 # Keras class name → (torch class, Keras defaults that matter)
-_KERAS_DEFAULTS = {
+_KERAS_DEFAULTS = MappingProxyType({
     "adam": {"learning_rate": 1e-3, "beta_1": 0.9, "beta_2": 0.999, "epsilon": KERAS_EPSILON, "amsgrad": False},
     "adamw": {"learning_rate": 1e-3, "beta_1": 0.9, "beta_2": 0.999, "epsilon": KERAS_EPSILON,
               "amsgrad": False, "weight_decay": 0.004},
@@ -40,7 +41,7 @@ _KERAS_DEFAULTS = {
     "adadelta": {"learning_rate": 1e-3, "rho": 0.95, "epsilon": KERAS_EPSILON},
     "adamax": {"learning_rate": 1e-3, "beta_1": 0.9, "beta_2": 0.999, "epsilon": KERAS_EPSILON},
     "nadam": {"learning_rate": 1e-3, "beta_1": 0.9, "beta_2": 0.999, "epsilon": KERAS_EPSILON},
-}
+})
 _UNAPPLIED = ("clipnorm", "clipvalue", "global_clipnorm", "use_ema")
 
 
@@ -134,7 +135,7 @@ def make_scheduler(training_config, optimizer: torch.optim.Optimizer):
 
 # --------------------------------------------------------------------------- loss
 
-_BCE_NAMES = {"binary_crossentropy", "binarycrossentropy", "bce"}
+_BCE_NAMES = frozenset({"binary_crossentropy", "binarycrossentropy", "bce"})
 
 
 def _single_loss(loss):

@@ -32,25 +32,8 @@ from PIL import Image
 from .errors import ImageError
 from .images import decode_image, read_source
 
-MAX_PIXELS_ENV = "ORCA_MAX_PIXELS"
-DEFAULT_MAX_PIXELS = 50_000_000  # 50 Mpixel; the spectrograms are 0.3 Mpixel
+DEFAULT_MAX_PIXELS = 50_000_000  # 50 Mpixel (ORCA_MAX_PIXELS); the spectrograms are 0.3 Mpixel
 PREFETCH_BATCHES = 2
-
-
-def max_pixels_from_env(environ=os.environ) -> int:
-    """ORCA_MAX_PIXELS (an integer, `5e7` accepted) or the default; ≤ 0 means no limit."""
-    value = environ.get(MAX_PIXELS_ENV)
-    if not value:
-        return DEFAULT_MAX_PIXELS
-    try:
-        return int(float(value))
-    except ValueError:
-        raise ValueError(f"{MAX_PIXELS_ENV} must be a number of pixels, got {value!r}") from None
-
-
-def apply_pil_pixel_limit(max_pixels: int) -> None:
-    """PIL's own guard (warning above the limit, DecompressionBombError above twice it), process-wide."""
-    Image.MAX_IMAGE_PIXELS = max_pixels if max_pixels > 0 else None
 
 
 def decode_checked(source, rows: int, cols: int, max_pixels: int | None = None,
@@ -71,7 +54,7 @@ def decode_checked(source, rows: int, cols: int, max_pixels: int | None = None,
             return _decode(data, name, rows, cols, decode)
         if width * height > max_pixels:
             raise ImageError(f"{name} has {width}x{height} = {width * height} pixels, more than the "
-                             f"limit of {max_pixels} ({MAX_PIXELS_ENV})")
+                             f"limit of {max_pixels} (ORCA_MAX_PIXELS)")
         return _decode(data, name, rows, cols, decode)
     return decode(source, rows, cols)
 

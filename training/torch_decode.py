@@ -15,7 +15,7 @@ Imports torch: the CPU service does not use it (it scores with ONNX Runtime and 
 
 from __future__ import annotations
 
-import threading
+import functools
 
 import numpy as np
 import torch
@@ -25,8 +25,6 @@ from torchvision.io import ImageReadMode, decode_png
 from .images import decode_image, read_source
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_MAPS: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-_MAPS_LOCK = threading.Lock()
 
 
 def is_plain_png(data: bytes) -> bool:
@@ -35,20 +33,15 @@ def is_plain_png(data: bytes) -> bool:
             and data[24] == 8 and data[25] in (2, 6))
 
 
+@functools.lru_cache(maxsize=64)
 def nearest_index_maps(width: int, height: int, cols: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(source row per output row, source column per output column) of PIL's NEAREST resize from
-    width x height to cols x rows, taken from PIL itself (32-bit index images resized once)."""
-    key = (width, height, cols, rows)
-    with _MAPS_LOCK:
-        maps = _MAPS.get(key)
-    if maps is None:
-        across = Image.fromarray(np.arange(width, dtype=np.int32)[None, :], "I").resize((cols, 1), Image.Resampling.NEAREST)
-        down = Image.fromarray(np.arange(height, dtype=np.int32)[:, None], "I").resize((1, rows), Image.Resampling.NEAREST)
-        maps = (torch.from_numpy(np.asarray(down, dtype=np.int64)[:, 0].copy()),
-                torch.from_numpy(np.asarray(across, dtype=np.int64)[0].copy()))
-        with _MAPS_LOCK:
-            _MAPS[key] = maps
-    return maps
+    width x height to cols x rows, taken from PIL itself (32-bit index images resized once).
+    A pure function of its four sizes, so memoized (read-only tensors; nothing an app configures)."""
+    across = Image.fromarray(np.arange(width, dtype=np.int32)[None, :], "I").resize((cols, 1), Image.Resampling.NEAREST)
+    down = Image.fromarray(np.arange(height, dtype=np.int32)[:, None], "I").resize((1, rows), Image.Resampling.NEAREST)
+    return (torch.from_numpy(np.asarray(down, dtype=np.int64)[:, 0].copy()),
+            torch.from_numpy(np.asarray(across, dtype=np.int64)[0].copy()))
 
 
 def decode_png_torch(source, rows: int, cols: int) -> np.ndarray:

@@ -1,21 +1,18 @@
-"""`predict`: P(class 1) for image files with torch, streamed in batches with decoding ahead of inference.
+"""Scoring with torch: the CUDA path of /predict (a `training.scorers.Scorer`), and `predict()`.
 
-The service scores with ONNX Runtime on the CPU (`training.onnx_scoring`) and with this on CUDA.
 On CUDA the batch is pinned and copied asynchronously, activations are channels_last (the model
 takes Keras' NHWC batch and views it as NCHW, which *is* the channels_last layout, so cuDNN gets
-NHWC without a copy), and `precision="bf16"` (or ORCA_PRECISION=bf16) runs the forward under
-bf16 autocast: predicted values then differ from fp32 by up to ~1e-2 (on the CPU at 67x83, see
-tests/test_perf_precision.py; 1.1e-4 on an H200 at 607x617 on the sample spectrograms, see
-bench/README.md), so fp32 is the default and the only setting held to the 1e-4 parity with the
-original Keras pipeline.
+NHWC without a copy), PNGs are decoded by torchvision (`training.torch_decode`, bit-identical to
+PIL), and `precision="bf16"` runs the forward under bf16 autocast: predicted values then differ
+from fp32 by up to ~1e-2 (on the CPU at 67x83, see tests/test_perf_precision.py; 1.1e-4 on an H200
+at 607x617 on the sample spectrograms, see bench/README.md), so fp32 is the default and the only
+setting held to the 1e-4 parity with the original Keras pipeline.
 """
 
 from __future__ import annotations
 
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -24,37 +21,7 @@ from conversion.formats import load_trainable
 
 from .device import pick_device, resolve_precision
 from .errors import TrainingError
-from .images import decode_image
 from .loop import check_input_size, to_batch
-
-PREFETCH_BATCHES = 2
-
-
-def decoded_batches(paths: Sequence, rows: int, cols: int, batch_size: int,
-                    workers: int | None = None, prefetch: int = PREFETCH_BATCHES) -> Iterator[np.ndarray]:
-    """uint8 batches (n, rows, cols, 3) in `paths` order; at most `prefetch` batches decode ahead.
-
-    A file that cannot be decoded raises images.ImageError (naming it) when its batch is reached.
-    """
-    workers = workers or min(4, os.cpu_count() or 1)
-    chunks = (paths[i:i + batch_size] for i in range(0, len(paths), batch_size))
-    pool = ThreadPoolExecutor(workers)
-    try:
-        pending: deque = deque()
-
-        def submit_next() -> None:
-            chunk = next(chunks, None)
-            if chunk is not None:
-                pending.append([pool.submit(decode_image, p, rows, cols) for p in chunk])
-
-        for _ in range(max(prefetch, 1)):
-            submit_next()
-        while pending:
-            futures = pending.popleft()
-            submit_next()
-            yield np.stack([f.result() for f in futures])
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _probability_of_class_1(outputs) -> torch.Tensor:
@@ -74,31 +41,50 @@ def score_pixels(model, pixels: np.ndarray, device: torch.device, precision: str
     return probabilities.float().cpu().tolist()
 
 
-@torch.inference_mode()
+class TorchScorer:
+    """P(class 1) of images with an eval-mode torch module on one device (a `Scorer`)."""
+
+    def __init__(self, model, device=None, precision: str | None = None, batch_size: int = 32):
+        self.device = pick_device(device)
+        self.precision = resolve_precision(precision)
+        self.model = load_trainable(model) if isinstance(model, (str, os.PathLike)) else model
+        self.model.to(self.device).eval()
+        self.batch_size = batch_size
+
+    @staticmethod
+    def decode(source, rows: int, cols: int) -> np.ndarray:
+        """torchvision's PNG decoding: the pixels of PIL's, with less CPU (on CUDA the GPU waits on it)."""
+        from .torch_decode import decode_png_torch
+
+        return decode_png_torch(source, rows, cols)
+
+    def check_size(self, rows: int, cols: int) -> None:
+        check_input_size(self.model, rows, cols)
+
+    def score_pixels(self, pixels: np.ndarray) -> list[float]:
+        return score_pixels(self.model, pixels, self.device, self.precision)
+
+    def score(self, paths: Iterable, rows: int, cols: int, batch_size: int | None = None,
+              workers: int = 4) -> list[float]:
+        from .scorers import score_files
+
+        return score_files(self, paths, rows, cols, batch_size, workers)
+
+
 def predict(model_h5_or_module, image_paths: Iterable, rows: int, cols: int, *,
             device: str | torch.device | None = None, batch_size: int = 32,
             precision: str | None = None) -> list[float]:
     """The model's P(class 1) ("nocalls" for srkw_cnn) for each image, in `image_paths` order.
 
     `model_h5_or_module`: a model file (.h5, .onnx, .pt) or a module from conversion.formats.load_trainable (taking NHWC
-    input). Images are decoded exactly like `images.load_image`, a few batches ahead on threads,
-    so memory stays at a few batches whatever the number of files. `precision`: "fp32" | "bf16"
-    (default ORCA_PRECISION, else fp32).
+    input). Images are decoded exactly like `images.load_image`, a few batches ahead on threads
+    (`training.stream`), so memory stays at a few batches whatever the number of files.
+    `precision`: "fp32" (default) | "bf16". A module given is left in the training mode it had.
     """
-    device = pick_device(device)
-    precision = resolve_precision(precision)
-    if isinstance(model_h5_or_module, (str, os.PathLike)):
-        model = load_trainable(model_h5_or_module)
-    else:
-        model = model_h5_or_module
-    check_input_size(model, rows, cols)
-    was_training = model.training
-    model.to(device).eval()
-    paths = list(image_paths)
-    scores: list[float] = []
+    was_training = getattr(model_h5_or_module, "training", None)
+    scorer = TorchScorer(model_h5_or_module, device, precision, batch_size)
     try:
-        for pixels in decoded_batches(paths, rows, cols, batch_size):
-            scores.extend(score_pixels(model, pixels, device, precision))
+        return scorer.score(image_paths, rows, cols)
     finally:
-        model.train(was_training)
-    return scores
+        if was_training is not None:
+            scorer.model.train(was_training)

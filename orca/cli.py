@@ -1,0 +1,295 @@
+"""`orca`: the orca ML endpoint's command line.
+
+    serve     [--host H --port P]                                        the HTTP service (werkzeug, threaded)
+    demo      [--dir D --host H --port P --prepare-only]                 sample data under ./local + the service
+    train     --model_url M --labeled_url L --img_width R --img_height C --epochs E [--seed S]
+    predict   --model_url M --unlabeled_url U --img_width R --img_height C
+    evaluate  --model_url M --data_url D --img_width R --img_height C   accuracy, ROC AUC, AP on D/<class>/*
+    new       NAME OUT [--rows R --cols C --seed S]                     a fresh model of the registry
+    convert   SRC DST [--force]                                          .h5 ⇄ .onnx, .pt → .onnx/.h5
+    verify    MODEL.h5 [...] [--tolerance T]                             Keras vs PyTorch vs ONNX Runtime
+
+URLs are local paths (anywhere: the CLI runs as you) or `s3://` URLs. `train` and `predict` print
+the same JSON as the HTTP endpoints (`--output FILE` writes it to a file instead) and show a
+progress bar on stderr. `convert` to or from `.h5` and `verify` need the `bridge` extra
+(TensorFlow). The commands only parse arguments and print: the work is in `service`, `training`,
+`models` and `conversion`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+log = logging.getLogger("orca")
+
+BRIDGE_MODULES = {"tensorflow", "tf_keras", "tf2onnx", "keras"}  # the `bridge` extra
+
+
+# --------------------------------------------------------------------------- the service's work
+# The only calls into the service's API; everything below only parses arguments and prints.
+
+def _runtime():
+    """The service's runtime for one command, configured from the environment like the server,
+    except that local paths may lie anywhere (the CLI runs as you)."""
+    from service.runtime import Runtime
+
+    return Runtime.from_config({"LOCAL_ROOT": None})
+
+
+def _run_train(params, on_epoch) -> dict:
+    """/train's work for `params` (service.params.TrainParams): its JSON as a dict.
+    `on_epoch(epoch, epochs, metrics)` follows the epochs."""
+    from service.train import run_train
+
+    return run_train(_runtime(), params, on_epoch=on_epoch)
+
+
+def _run_predict(params, on_progress):
+    """/predict's work for `params` (service.params.PredictParams): the items (a list, with
+    `.skipped`, the files not scored). `on_progress(done, total)` follows the scoring."""
+    from service.predict import run_predict
+
+    return run_predict(_runtime(), params, on_progress=on_progress)
+
+
+def _local_model(url: str) -> str:
+    """A local path of the model at `url` (the file itself, or the cached copy of an S3 object)."""
+    runtime = _runtime()
+    return runtime.cache.model(runtime.locate(url, "model_url"))
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _emit(result, output: str | None) -> None:
+    text = json.dumps(result, indent=2, sort_keys=True)
+    if output:
+        with open(output, "w") as f:
+            f.write(text + "\n")
+        print(f"wrote {output}", file=sys.stderr)
+    else:
+        print(text)
+
+
+def _bar(desc: str, total: int | None, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+
+def _missing_bridge(exc: ImportError) -> bool:
+    return (exc.name or "").split(".")[0] in BRIDGE_MODULES
+
+
+def _bridge_exit(command: str, exc: ImportError) -> SystemExit:
+    return SystemExit(f"error: `orca {command}` needs {exc.name}, which is not installed: "
+                      "pip install 'orca-ml-endpoint[bridge]'")
+
+
+# --------------------------------------------------------------------------- commands
+
+def cmd_serve(args) -> int:
+    from service.__main__ import make, run
+    from service.config import from_env
+
+    logging.basicConfig(level=(from_env()["LOG_LEVEL"] or "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = make(None, args.host, args.port)
+    print(f"orca ML endpoint listening on http://{server.host}:{server.server_port}/", flush=True)
+    run(server)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from service import demo
+
+    demo.run(args)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from service.params import Limits, train_params
+
+    query = {"model_url": args.model_url, "labeled_url": args.labeled_url, "img_width": str(args.img_width),
+             "img_height": str(args.img_height), "epochs": str(args.epochs)}
+    if args.seed is not None:
+        query["seed"] = str(args.seed)
+    params = train_params(query, Limits())
+    bar = _bar("epochs", params.epochs, "epoch")
+
+    def on_epoch(epoch, epochs, m):
+        bar.set_postfix_str(f"loss={m['loss']:.4f} acc={m['acc']:.3f} val_loss={m['val_loss']:.4f} "
+                            f"val_acc={m['val_acc']:.3f}", refresh=False)
+        bar.update(epoch - bar.n)
+
+    try:
+        result = _run_train(params, on_epoch)
+    finally:
+        bar.close()
+    _emit(result, args.output)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from service.params import Limits, predict_params
+
+    params = predict_params({"model_url": args.model_url, "unlabeled_url": args.unlabeled_url,
+                             "img_width": str(args.img_width), "img_height": str(args.img_height)}, Limits())
+    bar = None
+
+    def on_progress(done, total):
+        nonlocal bar
+        bar = bar or _bar("scored", total, "img")
+        bar.update(done - bar.n)
+
+    try:
+        items = _run_predict(params, on_progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if items.skipped:
+        print(f"skipped {len(items.skipped)} unreadable file(s): "
+              + ", ".join(s["url"] for s in items.skipped), file=sys.stderr)
+    _emit(list(items), args.output)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from training.errors import TrainingError
+    from training.evaluate import evaluate_folder
+
+    model = _local_model(args.model_url)
+    try:
+        scores = evaluate_folder(model, args.data_url, args.img_width, args.img_height)
+    except TrainingError as exc:
+        raise SystemExit(str(exc)) from None
+    _emit(scores, args.output)
+    return 0
+
+
+def cmd_new(args) -> int:
+    from conversion.errors import ConversionError
+    from models.create import UnsupportedFormat, write_new_model
+    from models.registry import RegistryError
+
+    try:
+        entry, spec = write_new_model(args.name, args.out, rows=args.rows, cols=args.cols, seed=args.seed)
+    except (UnsupportedFormat, RegistryError, ConversionError) as exc:
+        raise SystemExit(str(exc)) from None
+    print(f"wrote {args.out} ({entry.name}, {spec.rows}x{spec.cols}x{spec.channels})", file=sys.stderr)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    if os.path.exists(args.dst) and not args.force:
+        raise SystemExit(f"{args.dst} exists; pass --force to replace it")
+    import torch  # noqa: F401  (before TensorFlow, which the bridge imports)
+
+    from conversion.converting import convert
+    from conversion.errors import ConversionError
+
+    try:
+        written = convert(args.src, args.dst)
+    except ConversionError as exc:
+        raise SystemExit(str(exc)) from None
+    except ImportError as exc:
+        if _missing_bridge(exc):
+            raise _bridge_exit("convert", exc) from None
+        raise
+    print(f"wrote {written}", file=sys.stderr)
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from conversion.__main__ import main as conversion_main
+
+    argv = ["verify", *args.models] + (["--tolerance", str(args.tolerance)] if args.tolerance is not None else [])
+    try:
+        return conversion_main(argv)
+    except ImportError as exc:
+        if _missing_bridge(exc):
+            raise _bridge_exit("verify", exc) from None
+        raise
+
+
+# --------------------------------------------------------------------------- main
+
+def _image_args(p):
+    p.add_argument("--img_width", "--img-width", type=int, required=True, help="image rows (as the HTTP API)")
+    p.add_argument("--img_height", "--img-height", type=int, required=True, help="image columns")
+    p.add_argument("--output", "-o", help="write the JSON here instead of stdout")
+
+
+def parser() -> argparse.ArgumentParser:
+    from service import demo
+
+    p = argparse.ArgumentParser(prog="orca", description="The orca ML endpoint's command line.",
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="serve /train and /predict (werkzeug, threaded; gunicorn in production)")
+    serve.add_argument("--host", help="address to listen on (default: $HOST, else 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: $PORT, else 5001; 0 picks a free one)")
+    serve.set_defaults(run=cmd_serve)
+    demo_cmd = sub.add_parser("demo", help="lay out the bundled sample data under ./local and serve it",
+                              description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_arguments(demo_cmd)
+    demo_cmd.set_defaults(run=cmd_demo)
+    train = sub.add_parser("train", help="fine-tune a model, write the next version, print /train's JSON")
+    train.add_argument("--model_url", "--model-url", required=True)
+    train.add_argument("--labeled_url", "--labeled-url", required=True)
+    train.add_argument("--epochs", type=int, required=True)
+    train.add_argument("--seed", type=int)
+    _image_args(train)
+    train.set_defaults(run=cmd_train)
+    predict = sub.add_parser("predict", help="score every unlabeled spectrogram, print /predict's JSON")
+    predict.add_argument("--model_url", "--model-url", required=True)
+    predict.add_argument("--unlabeled_url", "--unlabeled-url", required=True)
+    _image_args(predict)
+    predict.set_defaults(run=cmd_predict)
+    evaluate = sub.add_parser("evaluate", help="accuracy, ROC AUC and AP on a folder of <class>/ images")
+    evaluate.add_argument("--model_url", "--model-url", required=True)
+    evaluate.add_argument("--data_url", "--data-url", required=True, help="a local folder with two class folders")
+    _image_args(evaluate)
+    evaluate.set_defaults(run=cmd_evaluate)
+    new = sub.add_parser("new", help="write a fresh, untrained model of the registry")
+    new.add_argument("name", help="registry name (srkw_cnn, small_cnn, …) or package.module:Class")
+    new.add_argument("out", help="NAME_0.pt (or srkw_cnn_0.h5)")
+    new.add_argument("--rows", type=int)
+    new.add_argument("--cols", type=int)
+    new.add_argument("--seed", type=int, default=0)
+    new.set_defaults(run=cmd_new)
+    conv = sub.add_parser("convert", help="convert a model between .h5, .onnx and .pt")
+    conv.add_argument("src")
+    conv.add_argument("dst")
+    conv.add_argument("--force", action="store_true", help="replace an existing DST")
+    conv.set_defaults(run=cmd_convert)
+    verify = sub.add_parser("verify", help="Keras vs PyTorch vs ONNX Runtime parity of .h5 files (needs [bridge])")
+    verify.add_argument("models", nargs="+")
+    verify.add_argument("--tolerance", type=float)
+    verify.set_defaults(run=cmd_verify)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    if args.command not in ("serve", "demo"):  # those two log at INFO, as servers do
+        from service.config import from_env
+
+        level = (from_env()["LOG_LEVEL"] or "WARNING").upper()
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(level)
+    from service.errors import ServiceError
+
+    try:
+        return args.run(args)
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `orca predict ... | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -1,0 +1,138 @@
+"""The work behind /predict: score every unlabeled spectrogram with the runtime's scorer for the model
+(ONNX Runtime on the CPU, torch on CUDA: `training.scorers`), and describe each clip as the
+original did.
+
+The model comes from the model cache (URL + ETag), S3 spectrograms from the prefix's local mirror
+(`service.cache`), streamed: downloads and decoding run on threads a few batches ahead of the
+scorer (`training.stream`). Unreadable images and images over ORCA_MAX_PIXELS are skipped, logged
+and listed in the answer's `skipped`. Clips scored before by the same model file are answered from
+the score cache without being read again. The mirror follows deletions, so a clip deleted from the
+unlabeled set is never scored again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import posixpath
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from training.stream import stream_batches
+
+from .cache import ScoreCache
+from .datasets import is_image, list_dataset, model_errors, name_urls, unprocessable
+from .nodes import describe_clip
+from .params import PredictParams
+from .storage import LocalStorage, Location, ObjectInfo
+
+log = logging.getLogger(__name__)
+
+
+class PredictItems(list):
+    """The /predict answer: a plain list of items (JSON as is), plus `skipped`, the files not scored:
+    [{"url": storage URL, "reason": why}] (corrupt or not an image, or over ORCA_MAX_PIXELS)."""
+
+    def __init__(self, items=(), skipped=()):
+        super().__init__(items)
+        self.skipped = list(skipped)
+
+
+def unlabeled_clips(unlabeled: Location) -> list[tuple[str, ObjectInfo]]:
+    """(file name, object) of `spectrograms/<stem>.<png|jpg>` under `unlabeled`, sorted by name."""
+    spectrograms = unlabeled.prefix + "spectrograms/"
+    clips = []
+    for info in list_dataset(unlabeled, "unlabeled_url"):
+        relative = info.key[len(spectrograms):] if info.key.startswith(spectrograms) else None
+        if relative is None or "/" in relative or not is_image(relative) or relative.startswith("."):
+            continue  # only spectrograms/<stem>.<png|jpg>; mp3/ and the rest are ignored
+        clips.append((relative, info))
+    clips.sort(key=lambda clip: clip[0])  # sorted by file name, as the original returned them
+    return clips
+
+
+def _prefetch(clips, fetch_name, threads: int, until) -> None:
+    """Download clips into the mirror while the future `until` runs; stop starting new ones when it is
+    done (the scoring stream fetches the rest). Download errors surface there, in order."""
+    def one(clip):
+        if not until.done():
+            with contextlib.suppress(Exception):
+                fetch_name(clip[0])
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        list(pool.map(one, clips))
+
+
+def run_predict(runtime, params: PredictParams, on_progress=None) -> PredictItems:
+    """Score every unlabeled spectrogram (see the module docstring). `on_progress(done, total)`
+    (optional) follows the scoring, batch by batch."""
+    config = runtime.config
+    model = runtime.locate(params.model_url, "model_url")
+    unlabeled = runtime.locate(params.unlabeled_url, "unlabeled_url")
+    started = time.monotonic()
+    model_path = runtime.cache.model(model)
+    clips = unlabeled_clips(unlabeled)
+    if not clips:
+        return PredictItems()
+    replacements = {model_path: model.url}
+    model_scores = runtime.scores.table(runtime.scorers.digest(model_path), params.rows, params.cols)
+    values: dict[str, float] = {}  # file name → score: cached ones first, then the rest as scored
+    if model_scores is not None:
+        for name, info in clips:
+            hit = model_scores.get(ScoreCache.identity(info))
+            if hit is not None:
+                values[name] = hit
+    pending = [clip for clip in clips if clip[0] not in values]
+    skipped = []
+    try:
+        if isinstance(unlabeled.storage, LocalStorage):
+            mirror, synced = None, contextlib.nullcontext(None)
+        else:
+            mirror = runtime.cache.mirror(unlabeled, unlabeled.prefix + "spectrograms/")
+            synced = mirror.synced({name: info for name, info in clips})
+            replacements[str(mirror.folder) + os.sep] = unlabeled.prefix_url + "spectrograms/"
+        with synced as fetch_name, ThreadPoolExecutor(1) as starter:
+            scorer = None
+            if pending:
+                # A model seen for the first time is exported to ONNX or loaded onto the device (seconds):
+                # meanwhile the S3 mirror is brought up to date.
+                getting = starter.submit(runtime.scorers.get, model_path)
+                if fetch_name is not None:
+                    _prefetch(pending, fetch_name, config["DOWNLOAD_THREADS"], until=getting)
+                scorer = getting.result()
+                scorer.check_size(params.rows, params.cols)
+            fetch = (lambda clip: clip[1].key) if fetch_name is None else (lambda clip: fetch_name(clip[0]))
+            batches = stream_batches(pending, fetch, params.rows, params.cols,
+                                     min(config["BATCH_SIZE"], scorer.batch_size) if scorer else 1,
+                                     workers=config["DOWNLOAD_THREADS"], skip_unreadable=True,
+                                     max_pixels=config["MAX_PIXELS"], decode=scorer.decode) if pending else ()
+            for batch in batches:
+                for (name, info), reason in batch.skipped:
+                    url = unlabeled.storage.url(info.key)
+                    reason = name_urls(reason, replacements)
+                    log.warning("predict: skipped %s: %s", url, reason)
+                    skipped.append({"url": url, "reason": reason})
+                if batch.items:
+                    for (name, info), value in zip(batch.items, scorer.score_pixels(batch.pixels)):
+                        values[name] = float(value)
+                        runtime.scores.store(model_scores, ScoreCache.identity(info), float(value))
+                if on_progress is not None:
+                    on_progress(len(values) + len(skipped), len(clips))
+    except model_errors() as error:
+        raise unprocessable(error, replacements) from error
+    items = []
+    for name, _ in clips:  # sorted by file name, as the original returned them
+        if name in values:
+            stem = posixpath.splitext(name)[0]
+            item = describe_clip(stem)
+            item["audio_url"] = unlabeled.storage.public_url(f"{unlabeled.prefix}mp3/{stem}.mp3")
+            item["predicted_value"] = values[name]
+            items.append(item)
+    if on_progress is not None and not pending:
+        on_progress(len(clips), len(clips))
+    log.info("predict: %d scored (%d from the score cache), %d skipped with %s in %.1f s%s", len(items),
+             len(clips) - len(pending), len(skipped), runtime.scorers.backend, time.monotonic() - started,
+             f" (mirror: {mirror.downloaded} downloaded, {mirror.reused} reused, {mirror.removed} removed)"
+             if mirror is not None else "")
+    return PredictItems(items, skipped)

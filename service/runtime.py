@@ -1,0 +1,101 @@
+"""Everything one app owns at run time, built once by `create_app` (or by the CLI) from its config.
+
+Storage clients, caches, the job manager, the metrics registry, the scorers and the device all live
+on one `Runtime` object, kept in `app.extensions["orca"]`: two apps in one process share nothing,
+and tests replace a part by passing it to `create_app` (e.g. an `S3Connector` whose client has a
+fault injected), never by patching a module.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from . import __version__
+from . import config as config_module
+from .access import AllowList
+from .cache import CacheDir, ScoreCache
+from .jobqueue import JobManager
+from .metrics import Metrics
+from .storage import S3Connector, StorageLocator
+
+if TYPE_CHECKING:
+    from training.scorers import Scorers
+
+
+@dataclass
+class Runtime:
+    config: dict
+    storage: StorageLocator
+    cache: CacheDir
+    scores: ScoreCache
+    scorers: "Scorers"
+    jobs: JobManager
+    metrics: Metrics
+    allow: AllowList
+    run_train: Callable  # (runtime, TrainParams, on_epoch) -> the /train JSON: service.train.run_train
+    run_predict: Callable  # (runtime, PredictParams, on_progress) -> PredictItems: service.predict.run_predict
+    train_lock: threading.Lock = field(default_factory=threading.Lock)  # one training at a time, jobs or CLI
+    version: str = __version__
+
+    @classmethod
+    def from_config(cls, config: dict | None = None, *, s3: S3Connector | None = None,
+                    metrics: Metrics | None = None, **parts) -> "Runtime":
+        """`config` overlays `service.config.from_env()`. `s3` and `metrics` replace the parts built
+        from it, and `parts` any other field (e.g. `run_train`): tests inject fakes here."""
+        from training.device import resolve_precision
+        from training.errors import TrainingError
+        from training.scorers import Scorers
+
+        from .predict import run_predict
+        from .train import run_train
+
+        merged = config_module.from_env()
+        merged.update(config or {})
+        try:
+            precision = resolve_precision(merged["PRECISION"])
+        except TrainingError as error:
+            raise SystemExit(str(error)) from None
+        s3 = s3 or S3Connector(attempts=merged["S3_MAX_ATTEMPTS"],
+                               max_connections=max(16, merged["DOWNLOAD_THREADS"] * 2))
+        metrics = metrics or Metrics(__version__)
+        fields = dict(
+            config=merged,
+            storage=StorageLocator(merged["LOCAL_ROOT"], s3, merged["MAX_LISTING"]),
+            cache=CacheDir(config_module.cache_dir(merged)),
+            scores=ScoreCache(max_entries=merged["SCORE_CACHE"]),
+            scorers=Scorers(config_module.onnx_cache_dir(merged), device=merged["DEVICE"], precision=precision,
+                            batch_size=merged["BATCH_SIZE"]),
+            jobs=JobManager(merged["MAX_QUEUED"], merged["JOB_HISTORY"], metrics),
+            metrics=metrics,
+            allow=AllowList(merged["ALLOWED_PREFIXES"]),
+            run_train=run_train,
+            run_predict=run_predict,
+        )
+        unknown = set(parts) - set(fields)
+        if unknown:
+            raise TypeError(f"not parts of the runtime: {', '.join(sorted(unknown))}")
+        fields.update(parts)
+        return cls(**fields)
+
+    def locate(self, url: str, param: str):
+        return self.storage.locate(url, param)
+
+    @functools.cached_property
+    def device_label(self) -> str:
+        """What /health reports ("cpu", "cuda:0", …); never raises (a misconfigured device is reported)."""
+        try:
+            from training.device import device_label
+
+            return device_label(self.config["DEVICE"])  # does not import torch on a CPU-only machine
+        except Exception as error:  # noqa: BLE001 - /health must answer
+            return f"unavailable ({type(error).__name__}: {error})"
+
+
+def current_runtime() -> Runtime:
+    """The runtime of the app handling the current request."""
+    from flask import current_app
+
+    return current_app.extensions["orca"]

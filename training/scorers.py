@@ -1,0 +1,131 @@
+"""One interface for the engines that score spectrograms, and the cache of ready scorers an app keeps.
+
+A `Scorer` (ONNX Runtime: `training.onnx_scoring.OnnxScorer`; torch: `training.torch_scoring.TorchScorer`):
+
+    scorer.batch_size                  the batch its engine prefers
+    scorer.check_size(rows, cols)      TrainingError when the model takes another image size
+    scorer.decode(source, rows, cols)  uint8 pixels bit-identical to `images.decode_image`
+    scorer.score_pixels(pixels)        P(class 1) of uint8 images (n, rows, cols, 3)
+    scorer.score(paths, rows, cols)    the same for image files, streamed (`score_files`)
+
+`Scorers` (one per app: `service.runtime.Runtime.scorers`) chooses the engine for the device
+(ONNX Runtime on the CPU, torch on CUDA; `training.device.scoring_backend`), keeps the last two ONNX
+Runtime sessions and one torch module, builds each once even under concurrent requests, and
+releases them all before a training (live sessions slow torch's CPU training in the same process
+by 20–30 %: one srkw_cnn epoch on 96 images at 607×617 took 24–27 s after scoring, 18.7 s once
+released). Importing this module imports neither torch nor ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from typing import Iterable, Protocol
+
+import numpy as np
+
+from .stream import stream_batches
+
+
+class Scorer(Protocol):
+    batch_size: int
+
+    def check_size(self, rows: int, cols: int) -> None: ...
+
+    def decode(self, source, rows: int, cols: int) -> np.ndarray: ...
+
+    def score_pixels(self, pixels: np.ndarray) -> list[float]: ...
+
+    def score(self, paths: Iterable, rows: int, cols: int) -> list[float]: ...
+
+
+def score_files(scorer: Scorer, paths: Iterable, rows: int, cols: int, batch_size: int | None = None,
+                workers: int = 4) -> list[float]:
+    """Any scorer over local image files, streamed: P(class 1) in `paths` order, ImageError naming
+    the first unreadable file."""
+    scorer.check_size(rows, cols)
+    scores: list[float] = []
+    for batch in stream_batches(list(paths), None, rows, cols, batch_size or scorer.batch_size,
+                                workers=workers, decode=scorer.decode):
+        scores.extend(scorer.score_pixels(batch.pixels))
+    return scores
+
+
+class Scorers:
+    """Ready scorers of one app, by model file content and device (see the module docstring)."""
+
+    KEEP_ONNX = 2  # ORT sessions kept: the current model version and the previous one
+
+    def __init__(self, onnx_cache: str | os.PathLike, device: str | None = None, precision: str = "fp32",
+                 batch_size: int = 32, backend: str | None = None):
+        self.onnx_cache = onnx_cache
+        self._backend = backend  # None: chosen by the device; "torch" or "onnxruntime" to force one
+        self.device = device
+        self.precision = precision
+        self.batch_size = batch_size
+        self._ready: OrderedDict[tuple, Scorer] = OrderedDict()
+        self._building: dict[tuple, threading.Lock] = {}
+        self._digests: dict[tuple, str] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def backend(self) -> str:
+        from .device import scoring_backend
+
+        return self._backend or scoring_backend(self.device)
+
+    def digest(self, path: str | os.PathLike) -> str:
+        """SHA-256 of a file, memoized by (real path, size, mtime)."""
+        from .onnx_scoring import file_sha256
+
+        stat = os.stat(path)
+        key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            digest = self._digests.get(key)
+        if digest is None:
+            digest = file_sha256(path)
+            with self._lock:
+                self._digests[key] = digest
+                while len(self._digests) > 256:
+                    self._digests.pop(next(iter(self._digests)))
+        return digest
+
+    def get(self, model_path: str | os.PathLike) -> Scorer:
+        """The scorer of this model file on this app's device, built on first use."""
+        backend = self.backend
+        key = (backend, self.digest(model_path), str(self.device))
+        with self._lock:
+            scorer = self._ready.get(key)
+            if scorer is not None:
+                self._ready.move_to_end(key)
+                return scorer
+            building = self._building.setdefault(key, threading.Lock())
+        with building:  # concurrent requests for a new model build it once
+            with self._lock:
+                scorer = self._ready.get(key)
+            if scorer is None:
+                scorer = self._build(backend, model_path, key[1])
+                with self._lock:
+                    if backend == "torch":  # one model on the device at a time
+                        for old in [k for k in self._ready if k[0] == "torch"]:
+                            del self._ready[old]
+                    self._ready[key] = scorer
+                    while sum(k[0] == "onnxruntime" for k in self._ready) > self.KEEP_ONNX:
+                        del self._ready[next(k for k in self._ready if k[0] == "onnxruntime")]
+                    self._building.pop(key, None)
+        return scorer
+
+    def _build(self, backend: str, model_path, digest: str) -> Scorer:
+        if backend == "onnxruntime":
+            from .onnx_scoring import OnnxScorer
+
+            return OnnxScorer(model_path, self.onnx_cache, digest=digest)
+        from .torch_scoring import TorchScorer
+
+        return TorchScorer(model_path, self.device, self.precision, self.batch_size)
+
+    def release(self) -> None:
+        """Drop every ready scorer (the next request builds them again in well under a second)."""
+        with self._lock:
+            self._ready.clear()
