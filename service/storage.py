@@ -18,9 +18,10 @@ objects is a 422), `download(key, path)` (checked by size: a short or broken dow
 typed errors of `service.errors` (404, 403, 502, 503).
 
 Faults: S3 calls are retried by botocore (standard mode: throttling such as SlowDown, 5xx,
-dropped connections; `attempts` attempts with exponential backoff); downloads go through boto3's
-transfer manager (s3transfer), which also fetches a body again when it breaks off while streaming,
-and writes to a temporary name renamed into place when complete. Uploads stay one conditional
+dropped connections; `attempts` attempts with exponential backoff). Models and other large or
+unsized objects download through boto3's transfer manager (s3transfer: ranged GETs, its retries of
+bodies that break off, a temporary name renamed into place); spectrograms, whose size the listing
+gives, are one GetObject each with the same guarantees (see `S3Storage._get_small` for why). Uploads stay one conditional
 `PutObject` (`If-None-Match: *`): the transfer manager does not pass that condition on (s3transfer
 0.19's `ALLOWED_UPLOAD_ARGS`), and the condition is what keeps two writers from replacing each
 other's version; S3 stores all of the body or nothing. Local writes go through
@@ -32,9 +33,11 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import random
 import shutil
 import tempfile
 import threading
+import time
 import urllib.parse
 import urllib.request
 from abc import ABC, abstractmethod
@@ -46,6 +49,7 @@ from .errors import (AlreadyExists, BadRequest, Forbidden, NotFound, StorageErro
                      Unprocessable)
 
 CHUNK = 1 << 20
+SMALL_OBJECT = 8 << 20  # boto3's multipart threshold: below it the transfer manager makes one GetObject anyway
 DEFAULT_MAX_LISTING = 100_000
 log = logging.getLogger(__name__)
 
@@ -330,22 +334,6 @@ class S3Connector:
             return self._transfers
 
 
-class _KnownSize:
-    """A transfer subscriber that gives s3transfer the size from our listing: no HeadObject per file."""
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def on_queued(self, future, **kwargs):
-        future.meta.provide_transfer_size(self.size)
-
-    def on_progress(self, **kwargs):
-        pass
-
-    def on_done(self, **kwargs):
-        pass
-
-
 class S3Storage(Storage):
     def __init__(self, bucket: str, connector: S3Connector | None = None, max_listing: int = DEFAULT_MAX_LISTING):
         self.bucket = bucket
@@ -374,26 +362,57 @@ class S3Storage(Storage):
         return out
 
     def download(self, key: str, local_path: str, expected_size: int | None = None) -> None:
-        """GetObject through the transfer manager (retried by botocore; a body that breaks off is
-        fetched again by s3transfer, up to `attempts` times); then the size check."""
+        """Files of a known size below the multipart threshold (spectrograms) are one GetObject
+        (`_get_small`); the rest (models, unknown sizes) go through boto3's transfer manager (ranged
+        GETs in parallel, its own retries). Then the size check: the listing's size, or HeadObject's."""
         from s3transfer.exceptions import RetriesExceededError
 
         url = self.url(key)
         os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
-        subscribers = [_KnownSize(expected_size)] if expected_size is not None else None
+        if expected_size is not None and expected_size < SMALL_OBJECT:
+            self._get_small(key, local_path, expected_size, url)
+            return
         try:
-            future = self.connector.transfers.download(self.bucket, key, local_path, subscribers=subscribers)
+            future = self.connector.transfers.download(self.bucket, key, local_path)
             future.result()
         except RetriesExceededError as error:
             raise StorageError(f"S3 transfer failed for {url} after {self.connector.attempts} attempts: "
                                f"{error.last_exception}") from error
         except Exception as error:  # noqa: BLE001 - botocore and s3transfer already retried
             raise map_s3_error(error, url) from error
-        expected = expected_size if expected_size is not None else future.meta.size  # ours, or HeadObject's
+        expected = expected_size if expected_size is not None else future.meta.size
         written = os.path.getsize(local_path)
         if expected is not None and written != expected:  # a body that ended early without an error
             os.unlink(local_path)
             _check_size(url, written, expected)
+
+    def _get_small(self, key: str, local_path: str, size: int, url: str) -> None:
+        """One GetObject streamed to a temporary file, renamed into place when whole. Why not the
+        transfer manager here: s3transfer 0.19 sends a HeadObject before every GetObject when it is
+        not told the size, and its classic manager offers no way to tell it (it never calls a
+        subscriber's `on_queued`): twice the requests, measured 2x slower per spectrogram against
+        moto (bench figures in docs/design.md). botocore retries the call; a body that breaks off
+        while streaming, which botocore does not retry, is fetched again here, up to `attempts` times."""
+        from botocore import exceptions as bx
+
+        broken_errors = (bx.ResponseStreamingError, bx.IncompleteReadError, bx.ReadTimeoutError,
+                         bx.ConnectionClosedError, ConnectionError, TimeoutError)
+        for attempt in range(1, self.connector.attempts + 1):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=key)
+            except Exception as error:  # noqa: BLE001 - botocore already retried what it could
+                raise map_s3_error(error, url) from error
+            try:
+                with atomic_output(local_path, prefix=".download-") as tmp, open(tmp, "wb") as out:
+                    shutil.copyfileobj(response["Body"], out, CHUNK)
+                    out.flush()
+                    _check_size(url, out.tell(), size)
+                return
+            except broken_errors as error:
+                if attempt == self.connector.attempts:
+                    raise StorageError(f"S3 transfer failed for {url} after {attempt} attempts: {error}") from error
+                log.warning("download of %s broke off (%s); fetching it again", url, error)
+                time.sleep(min(5.0, 0.1 * 2 ** attempt) * random.uniform(0.5, 1.0))
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:

@@ -171,11 +171,14 @@ def test_persistent_throttling_is_a_clear_503_and_5xx_a_502(moto_stack, monkeypa
     assert status == 502 and "InternalError" in body["error"], body
 
 
-def test_a_download_that_breaks_off_is_fetched_again(moto_stack, tmp_path):
+@pytest.mark.parametrize("size_known", [True, False], ids=["one GetObject (size from the listing)",
+                                                         "transfer manager (size unknown)"])
+def test_a_download_that_breaks_off_is_fetched_again(moto_stack, tmp_path, size_known):
     from botocore.exceptions import ResponseStreamingError
 
     _, s3, _ = moto_stack
     broken = []
+    size = s3.head_object(Bucket=BUCKET, Key="models/srkw_cnn_0.h5")["ContentLength"] if size_known else None
 
     def hook(client):
         real = client.get_object
@@ -197,14 +200,14 @@ def test_a_download_that_breaks_off_is_fetched_again(moto_stack, tmp_path):
         client.get_object = get_object
 
     target = tmp_path / "m.h5"
-    S3Storage(BUCKET, S3Connector(attempts=5, on_client=hook)).download("models/srkw_cnn_0.h5", str(target))
+    S3Storage(BUCKET, S3Connector(attempts=5, on_client=hook)).download("models/srkw_cnn_0.h5", str(target), size)
     assert len(broken) == 2 and target.read_bytes()[:4] == b"\x89HDF"
     assert os.listdir(tmp_path) == ["m.h5"]
 
     broken.clear()
     with pytest.raises(StorageError, match="after 2 attempts"):
         S3Storage(BUCKET, S3Connector(attempts=2, on_client=hook)).download("models/srkw_cnn_0.h5",
-                                                                            str(tmp_path / "n.h5"))
+                                                                            str(tmp_path / "n.h5"), size)
     assert os.listdir(tmp_path) == ["m.h5"]
 
 
