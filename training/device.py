@@ -105,6 +105,7 @@ def _preload() -> None:
 
         if not _no_nvidia_driver():
             from . import torch_decode  # noqa: F401  (torchvision: how the CUDA path decodes PNGs)
+        import matplotlib.backends.backend_agg  # noqa: F401  (the learning curves drawn after a training)
     except Exception as error:  # noqa: BLE001 - the request that needs torch reports it properly
         LOG.warning("preloading torch failed: %s", error)
         return
