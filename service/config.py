@@ -56,8 +56,8 @@ SETTINGS = (
     Setting("ALLOWED_PREFIXES", "ORCA_ALLOWED_PREFIXES", str, None, "comma-separated URL prefixes that may "
             "be read and written"),
     Setting("READY_BUCKET", "ORCA_READY_BUCKET", str, None, "bucket `/ready` checks with HeadBucket"),
-    Setting("S3_MAX_ATTEMPTS", "ORCA_S3_MAX_ATTEMPTS", int, 5, "attempts per S3 call and per transfer "
-            "(botocore standard retries, s3transfer)"),
+    Setting("S3_MAX_ATTEMPTS", "ORCA_S3_MAX_ATTEMPTS", int, 5, "attempts per S3 call (botocore's standard "
+            "retries) and per download of a body that breaks off"),
     Setting("LOG_LEVEL", "LOG_LEVEL", str, None, "logging level; unset: INFO for the server (`orca serve`, "
             "`orca demo`, gunicorn), WARNING for the other `orca` commands"),
 )
