@@ -8,6 +8,7 @@ from types import MappingProxyType
 from flask import Blueprint, jsonify, request
 
 from . import __version__
+from .errors import Busy
 from .params import Limits, predict_params, train_params
 from .runtime import current_runtime
 
@@ -43,12 +44,24 @@ def health():
 
 @api.get("/train")
 def train():
-    """Goes through the training queue like POST /jobs/train, and waits for its job."""
+    """Goes through the training queue like POST /jobs/train, and waits for its job.
+
+    Each waiting request holds one of the server's request threads for the whole training, so at most
+    ORCA_MAX_TRAIN_WAITERS wait at once and the rest get a 503 with Retry-After at once: the other
+    threads stay free for /health, /predict and /jobs (docs/operations.md, "Liveness under load")."""
     from .ops import submit_train
 
+    runtime = current_runtime()
     params = train_params(request.args, limits())
-    job = submit_train(params)
-    job.done.wait()
+    if not runtime.train_waiters.acquire(blocking=False):
+        raise Busy(f"{runtime.config['MAX_TRAIN_WAITERS']} GET /train requests are already waiting for their "
+                   "training (ORCA_MAX_TRAIN_WAITERS); try again later, or submit with POST /jobs/train and "
+                   "poll GET /jobs/<id>", retry_after=60)
+    try:
+        job = submit_train(params)
+        job.done.wait()
+    finally:
+        runtime.train_waiters.release()
     if job.exception is not None:
         raise job.exception
     return jsonify(job.result)

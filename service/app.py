@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .errors import ServiceError
@@ -45,16 +45,42 @@ def start_preload(setting: str | None):
     return preload_torch_in_background() if wanted else None
 
 
+LEGACY_ROUTES = frozenset({"/train", "/predict"})  # the original's two endpoints and their legacy client
+
+
 def handle_error(error: Exception):
-    """Every error becomes `{"error": message}` with its status; never a traceback."""
+    """Every error becomes its status and a message naming the parameter or object; never a traceback.
+
+    The body is `{"error": message}`, except on the original's two routes for a request that does not
+    prefer JSON: there it is `text/plain`. Their real client parses every answer with
+    `requests.get(url).json()` and no status check, then replaces its predictions by iterating the
+    answer; the original's HTML error pages made `.json()` raise before the client touched its
+    database, and a plain-text body keeps it so (docs/api.md, "Errors")."""
     if isinstance(error, ServiceError):
-        if error.status >= 500:
-            log.warning("%s: %s", type(error).__name__, error.message)
-        response = jsonify(error=error.message)
-        if error.status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="orca-ml-endpoint"'
-        return response, error.status
-    if isinstance(error, HTTPException):
-        return jsonify(error=f"{error.name}: {error.description}"), error.code or 500
-    log.exception("unhandled error")
-    return jsonify(error="internal server error (see the server log)"), 500
+        status, message = error.status, error.message
+        if status >= 500:
+            log.warning("%s: %s", type(error).__name__, message)
+    elif isinstance(error, HTTPException):
+        status, message = error.code or 500, f"{error.name}: {error.description}"
+    else:
+        log.exception("unhandled error")
+        status, message = 500, "internal server error (see the server log)"
+    if request.path in LEGACY_ROUTES and not _prefers_json():
+        response = Response(f"error: {message}\n", status=status, mimetype="text/plain")
+    else:
+        response = jsonify(error=message)
+        response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="orca-ml-endpoint"'
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after:
+        response.headers["Retry-After"] = str(int(retry_after))
+    return response
+
+
+def _prefers_json() -> bool:
+    """Content negotiation: JSON only when the Accept header ranks it above plain text (`*/*`, as
+    `requests` sends, and no header at all get text)."""
+    accept = request.accept_mimetypes
+    return accept.best_match(["text/plain", "application/json"]) == "application/json" and \
+        accept["application/json"] > accept["text/plain"]

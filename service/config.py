@@ -34,6 +34,8 @@ SETTINGS = (
             "S3 prefixes (default: `<temp>/orca-cache`)"),
     Setting("ONNX_CACHE", "ORCA_ONNX_CACHE", str, None, "where ONNX exports of models are cached by content "
             "hash (default: `<ORCA_CACHE_DIR>/onnx`)"),
+    Setting("STATE_DIR", "ORCA_STATE_DIR", str, None, "where the service keeps state that must survive a restart "
+            "(the job database, `jobs.sqlite3`); default: `<temp>/orca-state`, beside the cache"),
     Setting("DEVICE", "ORCA_DEVICE", str, None, "torch device (`cuda`, `cuda:1`, `cpu`); default: CUDA if "
             "available, else the CPU"),
     Setting("PRECISION", "ORCA_PRECISION", str, "fp32", "`bf16`: torch scoring in bfloat16 autocast "
@@ -51,7 +53,10 @@ SETTINGS = (
     Setting("SCORE_CACHE", "ORCA_SCORE_CACHE", int, 500_000, "scores kept per model file for unchanged "
             "clips; 0 disables"),
     Setting("MAX_QUEUED", "ORCA_MAX_QUEUED", int, 8, "training jobs that may wait for the device (429 beyond)"),
-    Setting("JOB_HISTORY", "ORCA_JOB_HISTORY", int, 100, "finished jobs kept in memory for `GET /jobs`"),
+    Setting("MAX_TRAIN_WAITERS", "ORCA_MAX_TRAIN_WAITERS", int, 8, "`GET /train` requests that may wait for "
+            "their job at once, each holding a request thread (503 with Retry-After beyond); keep it below "
+            "the server's threads"),
+    Setting("JOB_HISTORY", "ORCA_JOB_HISTORY", int, 100, "finished jobs kept in the job database for `GET /jobs`"),
     Setting("API_TOKEN", "API_TOKEN", str, None, "bearer token every endpoint but `/health` requires"),
     Setting("ALLOWED_PREFIXES", "ORCA_ALLOWED_PREFIXES", str, None, "comma-separated URL prefixes that may "
             "be read and written"),
@@ -90,6 +95,10 @@ def from_env(environ=None) -> dict:
 
 def cache_dir(config: dict) -> str:
     return config.get("CACHE_DIR") or os.path.join(tempfile.gettempdir(), "orca-cache")
+
+
+def state_dir(config: dict) -> str:
+    return config.get("STATE_DIR") or os.path.join(tempfile.gettempdir(), "orca-state")
 
 
 def onnx_cache_dir(config: dict) -> str:

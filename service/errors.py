@@ -45,6 +45,17 @@ class Unprocessable(ServiceError):
     status = 422
 
 
+class Busy(ServiceError):
+    """The service cannot take this request now (too many GET /train waiting, shutting down); the
+    client may try again after `retry_after` seconds (the `Retry-After` header)."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 30):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class TooManyRequests(ServiceError):
     """The training queue is full (ORCA_MAX_QUEUED)."""
 

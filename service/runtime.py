@@ -18,6 +18,7 @@ from . import config as config_module
 from .access import AllowList
 from .cache import CacheDir, ScoreCache
 from .jobqueue import JobManager
+from .jobstore import JobStore
 from .metrics import Metrics
 from .storage import S3Connector, StorageLocator
 
@@ -38,6 +39,7 @@ class Runtime:
     run_train: Callable  # (runtime, TrainParams, on_epoch) -> the /train JSON: service.train.run_train
     run_predict: Callable  # (runtime, PredictParams, on_progress) -> PredictItems: service.predict.run_predict
     train_lock: threading.Lock = field(default_factory=threading.Lock)  # one training at a time, jobs or CLI
+    train_waiters: threading.BoundedSemaphore = None  # GET /train requests waiting for their job (see api.train)
     version: str = __version__
 
     @classmethod
@@ -68,12 +70,14 @@ class Runtime:
             scores=ScoreCache(max_entries=merged["SCORE_CACHE"]),
             scorers=Scorers(config_module.onnx_cache_dir(merged), device=merged["DEVICE"], precision=precision,
                             batch_size=merged["BATCH_SIZE"]),
-            jobs=JobManager(merged["MAX_QUEUED"], merged["JOB_HISTORY"], metrics),
+            jobs=JobManager(merged["MAX_QUEUED"], merged["JOB_HISTORY"], metrics,
+                            store=JobStore(config_module.state_dir(merged))),  # opened on first use
             metrics=metrics,
             allow=AllowList(merged["ALLOWED_PREFIXES"]),
             run_train=run_train,
             run_predict=run_predict,
         )
+        fields["train_waiters"] = threading.BoundedSemaphore(max(1, merged["MAX_TRAIN_WAITERS"]))
         unknown = set(parts) - set(fields)
         if unknown:
             raise TypeError(f"not parts of the runtime: {', '.join(sorted(unknown))}")

@@ -22,6 +22,15 @@ if os.environ.get("CI"):
 
 # ------------------------------------------------------------------------------ data in the repository
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state_dir(tmp_path_factory):
+    """Apps that are given no STATE_DIR keep their job database in this session's own folder, not in
+    the machine-wide default that another test run may be using at the same time."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ORCA_STATE_DIR", str(tmp_path_factory.mktemp("orca-state")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     """sample_data/orcasound: the real spectrograms, {train,validation,test}/{calls,nocalls}/*.png.

@@ -53,9 +53,12 @@ class Served:
         self.thread.join()
 
     def request(self, method, path, params=None, body=None, headers=None, timeout=300):
+        """One HTTP request; it prefers JSON (`Accept: application/json`, so errors of /train and
+        /predict come as `{"error"}`) unless `headers` says otherwise."""
         url = f"{self.base}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+        request = urllib.request.Request(url, data=data, method=method,
+                                         headers={"Accept": "application/json", **dict(headers or {})})
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:

@@ -27,3 +27,11 @@ def srkw_h5() -> str:
     folder = Path(tempfile.mkdtemp(prefix="orca-srkw-h5-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return write_fresh_h5(folder / "srkw_cnn_0.h5", SRKW_ROWS, SRKW_COLS, seed=0)
+
+
+def json_client(app):
+    """A Flask test client that prefers JSON, as API clients that read error bodies do: on /train and
+    /predict an error is then `{"error": …}` rather than the plain text legacy clients get."""
+    client = app.test_client()
+    client.environ_base["HTTP_ACCEPT"] = "application/json"
+    return client

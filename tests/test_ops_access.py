@@ -8,6 +8,7 @@ import pytest
 
 from ops_support import make_root
 from service import create_app
+from repo_data import json_client
 from service.access import AllowList, check_token
 from service.errors import Forbidden, Unauthorized
 from service.storage import LocalStorage, locate
@@ -31,7 +32,7 @@ def stub_jobs():
 
 
 def test_token_required_everywhere_but_health(stub_jobs):
-    client = create_app({"LOCAL_ROOT": "", "API_TOKEN": "s3cret"}, **stub_jobs.parts()).test_client()
+    client = json_client(create_app({"LOCAL_ROOT": "", "API_TOKEN": "s3cret"}, **stub_jobs.parts()))
     assert client.get("/health").status_code == 200
     for path in ("/", "/metrics", "/jobs", "/ready", "/models?model_url=s3://b/m/",
                  PREDICT.format(m="s3://b/m_0.h5", u="s3://b/u/")):
@@ -55,8 +56,8 @@ def test_no_token_configured_means_open():
 
 
 def test_allow_list_of_prefixes(stub_jobs):
-    client = create_app({"LOCAL_ROOT": "", "ALLOWED_PREFIXES": "s3://orcagsoc/, s3://other/models"},
-                        **stub_jobs.parts()).test_client()
+    client = json_client(create_app({"LOCAL_ROOT": "", "ALLOWED_PREFIXES": "s3://orcagsoc/, s3://other/models"},
+                        **stub_jobs.parts()))
     good = PREDICT.format(m="s3://orcagsoc/models/m_0.h5", u="s3://orcagsoc/unlabeled")
     assert client.get(good).status_code == 200
     for model, unlabeled in [("s3://evil/m_0.h5", "s3://orcagsoc/u/"),
@@ -103,7 +104,7 @@ def test_local_paths_cannot_escape_the_root(tmp_path, escape):
     os.symlink(tmp_path / "outside", root / "link")
     with pytest.raises(Forbidden):
         locate(escape.format(root=root), "model_url", local_root=str(root))
-    client = create_app({"LOCAL_ROOT": str(root)}).test_client()
+    client = json_client(create_app({"LOCAL_ROOT": str(root)}))
     response = client.get(PREDICT.format(m=escape.format(root=root), u=str(root)))
     assert response.status_code == 403 and "outside" in response.get_json()["error"]
 
@@ -130,7 +131,7 @@ def test_symlinked_files_inside_a_dataset_pointing_out_are_not_listed_or_read(tm
 
 def test_listing_larger_than_the_bound_is_422(tmp_path):
     args = make_root(tmp_path, per_class=2)
-    client = create_app({"LOCAL_ROOT": str(tmp_path), "MAX_LISTING": 5}).test_client()
+    client = json_client(create_app({"LOCAL_ROOT": str(tmp_path), "MAX_LISTING": 5}))
     response = client.get("/train", query_string=args)
     assert response.status_code == 422 and "ORCA_MAX_LISTING" in response.get_json()["error"]
     response = client.get("/predict", query_string={**args, "unlabeled_url": args["labeled_url"]})

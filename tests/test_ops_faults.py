@@ -55,7 +55,8 @@ def moto_stack(use_s3_endpoint, srkw_h5):
             s3.upload_file(str(png), BUCKET, f"unlabeled/spectrograms/orcasoundlab_{1594154118 + 3 * i}.png")
         faults = Faults()
         cache = tempfile.mkdtemp(prefix="orca-faults-cache-")
-        served = Served(create_app({"LOCAL_ROOT": "", "DEVICE": "cpu", "READY_BUCKET": BUCKET, "CACHE_DIR": cache},
+        served = Served(create_app({"LOCAL_ROOT": "", "DEVICE": "cpu", "READY_BUCKET": BUCKET, "CACHE_DIR": cache,
+                                    "STATE_DIR": os.path.join(cache, "state")},
                                    s3=S3Connector(attempts=3, on_client=faults.install)))
         state = {"moto": moto, "port": port, "faults": faults}
         try:

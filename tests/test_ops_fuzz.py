@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service import create_app
+from repo_data import json_client
 
 URLS = st.one_of(
     st.sampled_from(["", " ", "s3://", "s3:///key", "s3://bucket", "s3://b/m_0.h5", "s3://b/../x", "ftp://x/m.h5",
@@ -37,7 +38,7 @@ def client(tmp_path_factory):
         mp.delenv("AWS_PROFILE", raising=False)
         mp.chdir(root)
         app = create_app({"LOCAL_ROOT": str(root), "DEVICE": "cpu", "S3_MAX_ATTEMPTS": 1})
-        yield app.test_client()
+        yield json_client(app)
 
 
 def _check(response):

@@ -11,6 +11,7 @@ from PIL import Image
 
 from ops_support import TRAIN_KEYS, Served, make_root
 from service import create_app
+from repo_data import json_client
 from service.errors import NotFound
 
 
@@ -18,7 +19,8 @@ from service.errors import NotFound
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("ops_jobs")
     args = make_root(root)
-    served = Served(create_app({"LOCAL_ROOT": str(root), "DEVICE": "cpu", "MAX_QUEUED": 8}))
+    served = Served(create_app({"LOCAL_ROOT": str(root), "DEVICE": "cpu", "MAX_QUEUED": 8,
+                                "STATE_DIR": str(root / "state")}))
     served.root, served.args = root, args
     yield served
     served.close()
@@ -143,7 +145,7 @@ def test_corrupt_training_image_is_skipped_and_reported_in_the_sidecar(served, t
     assert status == 422 and "nocalls" in body["error"], body
 
 
-def test_queue_full_is_429_and_train_waits_for_its_turn():
+def test_queue_full_is_429_and_train_waits_for_its_turn(tmp_path):
     release, started = threading.Event(), threading.Event()
     calls = []
 
@@ -154,7 +156,8 @@ def test_queue_full_is_429_and_train_waits_for_its_turn():
         release.wait(30)
         return {"model_url": f"m{params.epochs}"}
 
-    client = create_app({"LOCAL_ROOT": "", "MAX_QUEUED": 2}, run_train=slow_train).test_client()
+    client = json_client(create_app({"LOCAL_ROOT": "", "MAX_QUEUED": 2, "STATE_DIR": str(tmp_path)},
+                                    run_train=slow_train))
     body = {"model_url": "s3://b/m_0.h5", "labeled_url": "s3://b/l/", "img_width": 3, "img_height": 3}
     first = client.post("/jobs/train", json=dict(body, epochs=1))
     assert first.status_code == 202
@@ -180,9 +183,9 @@ def test_queue_full_is_429_and_train_waits_for_its_turn():
     assert client.get("/train", query_string=dict(body, epochs=6)).get_json() == {"model_url": "m6"}
 
 
-def test_job_history_is_bounded():
-    client = create_app({"LOCAL_ROOT": "", "JOB_HISTORY": 3},
-                        run_train=lambda runtime, params, on_epoch=None: {"ok": params.epochs}).test_client()
+def test_job_history_is_bounded(tmp_path):
+    client = json_client(create_app({"LOCAL_ROOT": "", "JOB_HISTORY": 3, "STATE_DIR": str(tmp_path)},
+                        run_train=lambda runtime, params, on_epoch=None: {"ok": params.epochs}))
     query = {"model_url": "s3://b/m_0.h5", "labeled_url": "s3://b/l/", "img_width": 3, "img_height": 3}
     for n in range(1, 6):
         assert client.get("/train", query_string=dict(query, epochs=n)).get_json() == {"ok": n}
@@ -190,11 +193,11 @@ def test_job_history_is_bounded():
     assert [j["result"] for j in listed] == [{"ok": 5}, {"ok": 4}, {"ok": 3}]
 
 
-def test_job_that_raises_a_bug_is_a_500_without_details():
+def test_job_that_raises_a_bug_is_a_500_without_details(tmp_path):
     def boom(runtime, params, on_epoch=None):
         raise RuntimeError("secret")
 
-    client = create_app({"LOCAL_ROOT": ""}, run_train=boom).test_client()
+    client = json_client(create_app({"LOCAL_ROOT": "", "STATE_DIR": str(tmp_path)}, run_train=boom))
     response = client.post("/jobs/train", json={"model_url": "s3://b/m_0.h5", "labeled_url": "s3://b/l/",
                                                 "img_width": 3, "img_height": 3, "epochs": 1})
     job_id = response.get_json()["job_id"]

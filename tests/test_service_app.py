@@ -3,11 +3,12 @@
 import pytest
 
 from service import create_app
+from repo_data import json_client
 
 
 @pytest.fixture
 def client():
-    return create_app({"LOCAL_ROOT": ""}).test_client()
+    return json_client(create_app({"LOCAL_ROOT": ""}))
 
 
 def test_index_names_the_service_and_its_endpoints(client):
@@ -26,7 +27,7 @@ def test_unexpected_exception_is_a_json_500_without_details(caplog):
     def boom(runtime, params, on_progress=None):
         raise RuntimeError("secret internal detail")
 
-    client = create_app({"LOCAL_ROOT": ""}, run_predict=boom).test_client()
+    client = json_client(create_app({"LOCAL_ROOT": ""}, run_predict=boom))
     response = client.get("/predict?model_url=s3://b/m_0.h5&unlabeled_url=s3://b/u/&img_width=3&img_height=3")
     assert response.status_code == 500
     assert response.get_json() == {"error": "internal server error (see the server log)"}
@@ -45,6 +46,6 @@ def test_local_paths_disabled_by_config_is_400(client):
 
 def test_environment_configures_limits(monkeypatch):
     monkeypatch.setenv("ORCA_MAX_EPOCHS", "3")
-    client = create_app().test_client()
+    client = json_client(create_app())
     response = client.get("/train?model_url=s3://b/m_0.h5&labeled_url=s3://b/l/&img_width=3&img_height=3&epochs=4")
     assert response.status_code == 400 and "between 1 and 3" in response.get_json()["error"]

@@ -14,6 +14,7 @@ import sys
 import time
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -214,3 +215,94 @@ def test_documented_docker_lines_match_the_dockerfile():
     header = [line.lstrip("# ").strip() for line in DOCKERFILE.read_text().splitlines() if line.startswith("#")]
     assert any("docker build -f Dockerfile.gpu" in line and IMAGE in line for line in header)
     assert any("docker run" in line and IMAGE in line for line in header)
+
+
+# --------------------------------------------------------------------------- liveness under load
+
+@pytest.mark.slow
+def test_under_the_images_command_health_stays_fast_while_more_trains_wait_than_there_are_threads(tmp_path):
+    """The image's gunicorn command, a small real model: more concurrent GET /train than request
+    threads. At most ORCA_MAX_TRAIN_WAITERS wait for their training (one after the other on the
+    worker), the rest get 503 + Retry-After at once; meanwhile /health answers well under a second
+    every time and /predict is served. The figures go to docs/operations.md."""
+    import shutil
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ops_support import make_root
+
+    cmd = command()
+    threads = int(cmd[cmd.index("--threads") + 1])
+    args = make_root(tmp_path / "data")
+    spectrograms = tmp_path / "data" / "unlabeled" / "spectrograms"
+    spectrograms.mkdir(parents=True)
+    for i, png in enumerate(sorted((tmp_path / "data" / "labeled" / "validation").glob("*/*.png"))):
+        shutil.copy(png, spectrograms / f"orcasoundlab_{1594154118 + 3 * i}.png")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd[cmd.index("--bind") + 1] = f"127.0.0.1:{port}"
+    env = {**os.environ, "ORCA_LOCAL_ROOT": str(tmp_path / "data"), "ORCA_DEVICE": "cpu",
+           "ORCA_CACHE_DIR": str(tmp_path / "cache"), "ORCA_STATE_DIR": str(tmp_path / "state"),
+           "ORCA_PRELOAD_TORCH": "1"}
+    process = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn"))] + cmd[1:], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path, query=None, timeout=600):
+        url = f"{base}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        started = time.monotonic()
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                status, headers = response.status, response.headers
+        except urllib.error.HTTPError as error:
+            status, headers = error.code, error.headers
+        return status, headers, time.monotonic() - started
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                get("/health", timeout=5)
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.3)
+        time.sleep(5)  # torch's background import (ORCA_PRELOAD_TORCH=1) settles first
+        trains = threads + 4  # more than there are request threads
+        health, stop = [], threading.Event()
+
+        def probe():
+            while not stop.is_set():
+                status, _, seconds = get("/health", timeout=30)
+                health.append((status, seconds))
+                time.sleep(0.1)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        with ThreadPoolExecutor(trains + 1) as pool:
+            waiting = [pool.submit(get, "/train", {**args, "epochs": 1}) for _ in range(trains)]
+            time.sleep(1.0)  # the trains are in: 8 wait, one after the other on the worker
+            predict = pool.submit(get, "/predict", {
+                "model_url": args["model_url"], "unlabeled_url": str(tmp_path / "data" / "unlabeled") + "/",
+                "img_width": args["img_width"], "img_height": args["img_height"]}).result()
+            answers = [future.result() for future in waiting]
+            predict_overlapped = sum(1 for status, _, seconds in answers if status == 200
+                                     and seconds > 1.0 + predict[2])  # trains still waiting when it answered
+        stop.set()
+        prober.join()
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    statuses = sorted(status for status, _, _ in answers)
+    waiters = int(os.environ.get("ORCA_MAX_TRAIN_WAITERS", "8"))
+    assert statuses == [200] * waiters + [503] * (trains - waiters), statuses
+    assert all(headers["Retry-After"] for status, headers, _ in answers if status == 503)
+    assert max(seconds for status, _, seconds in answers if status == 503) < 2
+    assert predict[0] == 200 and predict_overlapped >= 1, (predict, predict_overlapped)
+    latencies = [seconds for _, seconds in health]
+    assert all(status == 200 for status, _ in health) and len(latencies) >= 10
+    print(f"/health during {waiters} waiting trains: {len(latencies)} probes, max {max(latencies) * 1000:.0f} ms, "
+          f"median {sorted(latencies)[len(latencies) // 2] * 1000:.0f} ms; trains took "
+          f"{max(seconds for _, _, seconds in answers):.1f} s; /predict answered in {predict[2]:.2f} s meanwhile")
+    assert max(latencies) < 1.0

@@ -38,9 +38,12 @@ class Stack:
         self.base, self.s3, self.local_root = base, s3, local_root
 
     def get(self, path, **params):
+        """GET preferring JSON, as an API client that reads error bodies does (the legacy client's
+        plain-text errors: tests/test_legacy_client.py)."""
         url = f"{self.base}{path}?{urllib.parse.urlencode(params)}"
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})
         try:
-            with urllib.request.urlopen(url, timeout=600) as response:
+            with urllib.request.urlopen(request, timeout=600) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
             body = error.read()
@@ -317,7 +320,7 @@ def test_unreachable_s3_endpoint_is_503(stack, monkeypatch, tmp_path):
         port = s.getsockname()[1]
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     app = create_app({"LOCAL_ROOT": "", "DEVICE": "cpu", "S3_MAX_ATTEMPTS": 1, "CACHE_DIR": str(tmp_path)})
-    response = app.test_client().get("/predict", query_string=_predict_args())
+    response = app.test_client().get("/predict", query_string=_predict_args(), headers={"Accept": "application/json"})
     assert response.status_code == 503 and "cannot reach" in response.get_json()["error"], response.get_json()
     assert stack.get("/health")[0] == 200
 
