@@ -20,6 +20,7 @@ left alone.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -231,40 +232,29 @@ class JobStore:
                         [_encode(n, values[n]) for n in names] + [job_id])
 
     def add_epoch(self, job_id: str, epoch: int, epochs: int, metrics: dict) -> None:
-        with self.lock:
-            db = self._writable()
-            if db is None:
-                return
-            try:
-                with _transaction(db):
-                    db.execute("INSERT OR REPLACE INTO job_epochs (job_id, epoch, metrics) VALUES (?, ?, ?)",
-                               (job_id, int(epoch), dumps(metrics)))
-                    db.execute("UPDATE jobs SET epoch = ?, epochs = ? WHERE id = ?", (int(epoch), int(epochs), job_id))
-            except sqlite3.Error as error:
-                raise JobStoreError(f"cannot write the job database {self.path}: {error}") from error
+        with self.lock, self._writing() as db:
+            if db is not None:
+                db.execute("INSERT OR REPLACE INTO job_epochs (job_id, epoch, metrics) VALUES (?, ?, ?)",
+                           (job_id, int(epoch), dumps(metrics)))
+                db.execute("UPDATE jobs SET epoch = ?, epochs = ? WHERE id = ?", (int(epoch), int(epochs), job_id))
 
     def finish_live(self, owner: str | None, status: str, error: dict, finished: float,
                     ids: list[str] | None = None) -> list[str]:
         """Mark the queued and running jobs of `owner` (or those in `ids`) finished with `status`
         and `error`; return their ids."""
-        with self.lock:
-            db = self._writable()
+        where, args = "status IN (?, ?)", list(LIVE)
+        if owner is not None:
+            where, args = where + " AND owner = ?", args + [owner]
+        if ids is not None:
+            where += " AND id IN ({})".format(", ".join("?" * len(ids)))
+            args += list(ids)
+        with self.lock, self._writing() as db:
             if db is None:
                 return []
-            where, args = "status IN (?, ?)", list(LIVE)
-            if owner is not None:
-                where, args = where + " AND owner = ?", args + [owner]
-            if ids is not None:
-                where += " AND id IN ({})".format(", ".join("?" * len(ids)))
-                args += list(ids)
-            try:
-                with _transaction(db):
-                    found = [r[0] for r in db.execute(f"SELECT id FROM jobs WHERE {where}", args)]
-                    db.execute(f"UPDATE jobs SET status = ?, error = ?, finished = ? WHERE {where}",
-                               [status, dumps(error), finished] + args)
-            except sqlite3.Error as error_:
-                raise JobStoreError(f"cannot write the job database {self.path}: {error_}") from error_
-            return found
+            found = [r[0] for r in db.execute(f"SELECT id FROM jobs WHERE {where}", args)]
+            db.execute(f"UPDATE jobs SET status = ?, error = ?, finished = ? WHERE {where}",
+                       [status, dumps(error), finished] + args)
+        return found
 
     def reap_dead_owners(self, status: str, error: dict) -> list[str]:
         """Mark failed (`status`, `error`) the queued and running jobs whose process has ended; their ids."""
@@ -279,38 +269,36 @@ class JobStore:
 
     def trim(self, keep: int) -> None:
         """Keep the newest `keep` finished jobs (by submission order), and every queued or running one."""
-        with self.lock:
-            db = self._writable()
+        with self.lock, self._writing() as db:
             if db is None:
                 return
-            try:
-                with _transaction(db):
-                    old = [r[0] for r in db.execute(
-                        "SELECT id FROM jobs WHERE status IN (?, ?) ORDER BY seq DESC LIMIT -1 OFFSET ?",
-                        (*FINISHED, int(keep)))]
-                    for start in range(0, len(old), 500):
-                        chunk = old[start:start + 500]
-                        marks = ", ".join("?" * len(chunk))
-                        db.execute(f"DELETE FROM job_epochs WHERE job_id IN ({marks})", chunk)
-                        db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", chunk)
-            except sqlite3.Error as error:
-                raise JobStoreError(f"cannot write the job database {self.path}: {error}") from error
+            old = [r[0] for r in db.execute(
+                "SELECT id FROM jobs WHERE status IN (?, ?) ORDER BY seq DESC LIMIT -1 OFFSET ?",
+                (*FINISHED, int(keep)))]
+            for start in range(0, len(old), 500):
+                chunk = old[start:start + 500]
+                marks = ", ".join("?" * len(chunk))
+                db.execute(f"DELETE FROM job_epochs WHERE job_id IN ({marks})", chunk)
+                db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", chunk)
 
-    def _writable(self) -> sqlite3.Connection | None:
-        """The connection, or None once closed (a job still finishing while the process exits)."""
-        if self.closed:
-            return None
-        return self._db()
-
-    def _write(self, sql: str, args) -> None:
-        db = self._writable()
-        if db is None:
-            return
+    @contextlib.contextmanager
+    def _writing(self):
+        """One transaction on the connection (None once closed: a job still finishing while the process
+        exits writes nothing); a database error becomes JobStoreError naming the file."""
+        db = None if self.closed else self._db()
         try:
+            if db is None:
+                yield None
+                return
             with _transaction(db):
-                db.execute(sql, args)
+                yield db
         except sqlite3.Error as error:
             raise JobStoreError(f"cannot write the job database {self.path}: {error}") from error
+
+    def _write(self, sql: str, args) -> None:
+        with self._writing() as db:
+            if db is not None:
+                db.execute(sql, args)
 
     # ------------------------------------------------------------------ reads
     def get(self, job_id: str) -> dict | None:
