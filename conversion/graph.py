@@ -91,9 +91,13 @@ def _keras3_tensors(args) -> list[TensorRef]:
 
 def _calls(inbound_nodes) -> list[list[TensorRef]]:
     calls = []
+    if inbound_nodes and isinstance(inbound_nodes[0], str):  # one bare [name, node, tensor, kwargs]
+        inbound_nodes = [[inbound_nodes]]
     for node in inbound_nodes or []:
         if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
             calls.append(_keras3_tensors(node.get("args", [])))
+        elif node and isinstance(node[0], str):  # tf.keras 2.2.4-tf: a call of one tensor, written flat
+            calls.append([_ref(node)])
         else:  # Keras 2: [[name, node_index, tensor_index, kwargs], ...]
             calls.append([_ref(t) for t in node])
     return calls

@@ -154,6 +154,26 @@ class Lambda(nn.Module):
         return self.fn(x)
 
 
+class HardSilu(nn.Module):
+    """Keras 3 hard_silu / hard_swish: x · relu6(x + 3) / 6."""
+
+    def forward(self, x):
+        return x * torch.clamp(x / 6.0 + 0.5, 0.0, 1.0)
+
+
+class LogSoftmax(nn.Module):
+    def forward(self, x):
+        return torch.log_softmax(x, dim=torch_axis(-1, x.dim()))
+
+
+def _gelu(x):
+    return F.gelu(x)  # exact (erf), Keras' default approximate=False
+
+
+def _mish(x):
+    return x * torch.tanh(F.softplus(x))
+
+
 def activation_name(spec) -> str:
     """Keras activation as a plain name, from a string or a Keras 3 serialized dict."""
     if spec is None:
@@ -161,14 +181,20 @@ def activation_name(spec) -> str:
     if isinstance(spec, dict):
         inner = spec.get("config")
         spec = inner if isinstance(inner, str) else spec.get("class_name", "")
-    return {"softmax_v2": "softmax", "silu": "swish"}.get(str(spec), str(spec))
+    return {"softmax_v2": "softmax", "silu": "swish", "hard_swish": "hard_silu"}.get(str(spec), str(spec))
+
+
+# Every string tf_keras' `activations.get` accepts (Keras 2), plus Keras 3's hard_silu / hard_swish.
+ACTIVATION_NAMES = ("linear", "relu", "relu6", "leaky_relu", "sigmoid", "hard_sigmoid", "softmax",
+                    "log_softmax", "tanh", "elu", "selu", "gelu", "softplus", "softsign", "swish",
+                    "silu", "mish", "exponential", "hard_silu", "hard_swish")
 
 
 def make_activation(name: str, ctx: ConvertContext) -> nn.Module:
     simple = {
         "linear": nn.Identity, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
         "elu": nn.ELU, "selu": nn.SELU, "softplus": nn.Softplus, "swish": nn.SiLU,
-        "relu6": nn.ReLU6, "softsign": nn.Softsign,
+        "relu6": nn.ReLU6, "softsign": nn.Softsign, "hard_silu": HardSilu, "log_softmax": LogSoftmax,
     }
     if name in simple:
         return simple[name]()
@@ -178,6 +204,12 @@ def make_activation(name: str, ctx: ConvertContext) -> nn.Module:
         return HardSigmoid(ctx.keras_major)
     if name == "exponential":
         return Lambda(torch.exp)
+    if name == "gelu":
+        return Lambda(_gelu)
+    if name == "mish":
+        return Lambda(_mish)
+    if name == "leaky_relu":  # tf.nn.leaky_relu and Keras 3: negative slope 0.2
+        return nn.LeakyReLU(0.2)
     raise ConversionError(f"unsupported activation {name!r}")
 
 
@@ -233,7 +265,7 @@ def convert_dropout(config, weights, ctx):
     return DropoutLayer(float(config.get("rate", 0.0)), spatial=False)
 
 
-@converter("SpatialDropout2D")
+@converter("SpatialDropout1D", "SpatialDropout2D")
 def convert_spatial_dropout(config, weights, ctx):
     _check_channels_last(config, config.get("name", ""))
     return DropoutLayer(float(config.get("rate", 0.0)), spatial=True)
@@ -275,6 +307,8 @@ class DropoutLayer(KerasLayer):
     def linear(self, x):
         if self.spatial and x.dim() == 4:
             return F.dropout2d(x, self.rate, self.training)
+        if self.spatial and x.dim() == 3:  # (batch, steps, channels): whole channels
+            return F.dropout1d(x.transpose(1, 2), self.rate, self.training).transpose(1, 2)
         return fast_dropout(x, self.rate) if self.training else x
 
 
@@ -346,14 +380,17 @@ def convert_reshape(config, weights, ctx):
 
 
 class GlobalPool(KerasLayer):
-    def __init__(self, mode: str, keepdims: bool):
+    """Global average or max pooling over `dims`: (2, 3) for 2-D maps (held NCHW), (1,) for 1-D
+    sequences (held as Keras' (batch, steps, channels))."""
+
+    def __init__(self, mode: str, keepdims: bool, dims: tuple[int, ...] = (2, 3)):
         super().__init__()
-        self.mode, self.keepdims = mode, keepdims
+        self.mode, self.keepdims, self.dims = mode, keepdims, dims
 
     def linear(self, x):
         if self.mode == "avg":
-            return x.mean(dim=(2, 3), keepdim=self.keepdims)
-        return x.amax(dim=(2, 3), keepdim=self.keepdims)
+            return x.mean(dim=self.dims, keepdim=self.keepdims)
+        return x.amax(dim=self.dims, keepdim=self.keepdims)
 
 
 @converter("GlobalAveragePooling2D")
@@ -661,3 +698,283 @@ def convert_batch_norm(config, weights, ctx):
     layer.add_weight(weights, "moving_mean", False, config)
     layer.add_weight(weights, "moving_variance", False, config)
     return layer
+
+
+# --------------------------------------------------------------------------- activation layers
+
+def _keras_axes(axis, rank: int) -> list[int]:
+    """A Keras axis argument (int or list, negative allowed) as sorted non-negative Keras axes."""
+    axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+    return sorted({int(a) % rank for a in axes})
+
+
+class SoftmaxLayer(KerasLayer):
+    """Keras Softmax layer: over one axis, or several (exp(x − logsumexp over them))."""
+
+    def __init__(self, axis):
+        super().__init__()
+        self.axis = axis
+
+    def linear(self, x):
+        axes = _keras_axes(self.axis, x.dim())
+        if len(axes) == 1:
+            return torch.softmax(x, dim=torch_axis(axes[0], x.dim()))
+        xk = to_keras(x)
+        return to_internal(torch.exp(xk - torch.logsumexp(xk, dim=axes, keepdim=True)))
+
+
+@converter("Softmax")
+def convert_softmax(config, weights, ctx):
+    return SoftmaxLayer(config.get("axis", -1))
+
+
+class PReLULayer(KerasLayer):
+    """x where x ≥ 0, alpha · x below; alpha stays in Keras' shape (input shape without batch,
+    1 along `shared_axes`) and broadcasts over the Keras-layout tensor."""
+
+    def linear(self, x):
+        xk = to_keras(x)
+        return to_internal(torch.where(xk >= 0, xk, self.alpha * xk))
+
+
+@converter("PReLU")
+def convert_prelu(config, weights, ctx):
+    layer = PReLULayer()
+    layer.add_weight(weights, "alpha", _trainable(config), config, "alpha_regularizer")
+    return layer
+
+
+class ELULayer(KerasLayer):
+    def __init__(self, alpha: float):
+        super().__init__()
+        self.alpha = alpha
+
+    def linear(self, x):
+        return F.elu(x, self.alpha)
+
+
+@converter("ELU")
+def convert_elu(config, weights, ctx):
+    return ELULayer(float(config.get("alpha", 1.0)))
+
+
+class ThresholdedReLULayer(KerasLayer):
+    """x where x > theta, else 0."""
+
+    def __init__(self, theta: float):
+        super().__init__()
+        self.theta = theta
+
+    def linear(self, x):
+        return torch.where(x > self.theta, x, torch.zeros_like(x))
+
+
+@converter("ThresholdedReLU")
+def convert_thresholded_relu(config, weights, ctx):
+    return ThresholdedReLULayer(float(config.get("theta", 1.0)))
+
+
+# --------------------------------------------------------------------------- reshaping and normalization
+
+class PermuteLayer(KerasLayer):
+    """Keras Permute: `dims` numbers the non-batch axes from 1, in Keras' layout."""
+
+    def __init__(self, dims):
+        super().__init__()
+        self.dims = tuple(int(d) for d in dims)
+
+    def linear(self, x):
+        return to_internal(to_keras(x).permute(0, *self.dims))
+
+
+@converter("Permute")
+def convert_permute(config, weights, ctx):
+    dims = config["dims"]
+    if sorted(int(d) for d in dims) != list(range(1, len(dims) + 1)):
+        raise ConversionError(f"layer {config.get('name')!r}: Permute dims {dims} "
+                              f"is not a permutation of 1..{len(dims)}")
+    return PermuteLayer(dims)
+
+
+class RepeatVectorLayer(KerasLayer):
+    """(batch, features) → (batch, n, features)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def linear(self, x):
+        return x.unsqueeze(1).expand(x.shape[0], self.n, x.shape[1])
+
+
+@converter("RepeatVector")
+def convert_repeat_vector(config, weights, ctx):
+    return RepeatVectorLayer(int(config["n"]))
+
+
+class LayerNorm(KerasLayer):
+    """Keras LayerNormalization over `axis` (one or several Keras axes), with Keras' epsilon; gamma and
+    beta have the shape of those axes and broadcast over the rest."""
+
+    def __init__(self, axis, epsilon: float):
+        super().__init__()
+        self.axis, self.epsilon = axis, epsilon
+
+    def linear(self, x):
+        xk = to_keras(x)
+        axes = _keras_axes(self.axis, xk.dim())
+        mean = xk.mean(dim=axes, keepdim=True)
+        variance = (xk - mean).square().mean(dim=axes, keepdim=True)
+        y = (xk - mean) * torch.rsqrt(variance + self.epsilon)
+        shape = [xk.shape[d] if d in axes else 1 for d in range(xk.dim())]
+        if hasattr(self, "gamma"):
+            y = y * self.gamma.reshape(shape)
+        if hasattr(self, "beta"):
+            y = y + self.beta.reshape(shape)
+        return to_internal(y)
+
+
+@converter("LayerNormalization")
+def convert_layer_norm(config, weights, ctx):
+    if config.get("rms_scaling"):
+        raise ConversionError(f"layer {config.get('name')!r}: LayerNormalization rms_scaling is not supported")
+    layer = LayerNorm(config.get("axis", -1), float(config.get("epsilon", 1e-3)))
+    if config.get("scale", True):
+        layer.add_weight(weights, "gamma", _trainable(config), config, "gamma_regularizer")
+    if config.get("center", True):
+        layer.add_weight(weights, "beta", _trainable(config), config, "beta_regularizer")
+    return layer
+
+
+# --------------------------------------------------------------------------- 1-D layers
+# Rank-3 tensors keep Keras' (batch, steps, channels) layout inside the bridge.
+
+def _single(value) -> int:
+    """A Keras 1-D size argument (`3`, `[3]`, `(3,)`) as an int."""
+    return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
+
+
+def _pair_1d(value) -> tuple[int, int]:
+    """ZeroPadding1D / Cropping1D amounts: `n` or `(before, after)`."""
+    if isinstance(value, (list, tuple)):
+        return (int(value[0]), int(value[1])) if len(value) == 2 else (int(value[0]), int(value[0]))
+    return (int(value), int(value))
+
+
+class Conv1DLayer(KerasLayer):
+    """Keras Conv1D with 'valid', TF 'same' and 'causal' (all padding before) padding; the kernel
+    stays (k, in, out)."""
+
+    def __init__(self, strides, padding, dilation, activation, ctx):
+        super().__init__(activation, ctx)
+        self.strides, self.padding, self.dilation = strides, padding, dilation
+
+    def linear(self, x):
+        x = x.transpose(1, 2)  # (batch, channels, steps)
+        k = self.kernel.shape[0]
+        if self.padding == "same":
+            before, after = same_padding(x.shape[2], k, self.strides, self.dilation)
+        elif self.padding == "causal":
+            before, after = (k - 1) * self.dilation, 0
+        else:
+            before, after = 0, 0
+        if before or after:
+            x = F.pad(x, (before, after))
+        y = F.conv1d(x, self.kernel.permute(2, 1, 0), getattr(self, "bias", None), self.strides, 0, self.dilation)
+        return y.transpose(1, 2)
+
+
+@converter("Conv1D", "Convolution1D")
+def convert_conv1d(config, weights, ctx):
+    name = config.get("name", "")
+    _check_channels_last(config, name)
+    if int(config.get("groups", 1) or 1) != 1:
+        raise ConversionError(f"layer {name!r}: grouped convolution (groups={config['groups']}) is not supported")
+    padding = config.get("padding", "valid")
+    if padding not in ("valid", "same", "causal"):
+        raise ConversionError(f"layer {name!r}: padding={padding!r} is not supported")
+    layer = Conv1DLayer(_single(config.get("strides", 1)), padding, _single(config.get("dilation_rate", 1)),
+                        activation_name(config.get("activation")), ctx)
+    layer.add_weight(weights, "kernel", _trainable(config), config, "kernel_regularizer")
+    if config.get("use_bias", True):
+        layer.add_weight(weights, "bias", _trainable(config), config, "bias_regularizer")
+    return layer
+
+
+class Pool1D(Pool2D):
+    """1-D pooling as 2-D pooling over a (1, steps) image: the same TF padding rules."""
+
+    def linear(self, x):
+        y = super().linear(x.transpose(1, 2).unsqueeze(2))
+        return y.squeeze(2).transpose(1, 2)
+
+
+def _convert_pool1d(mode):
+    def convert(config, weights, ctx):
+        _check_channels_last(config, config.get("name", ""))
+        pool = _single(config.get("pool_size", 2))
+        strides = _single(config.get("strides") or pool)
+        padding = config.get("padding", "valid")
+        if padding not in ("valid", "same"):
+            raise ConversionError(f"layer {config.get('name')!r}: padding={padding!r} is not supported")
+        return Pool1D(mode, (1, pool), (1, strides), padding)
+
+    return convert
+
+
+converter("MaxPooling1D", "MaxPool1D")(_convert_pool1d("max"))
+converter("AveragePooling1D", "AvgPool1D")(_convert_pool1d("avg"))
+
+
+@converter("GlobalAveragePooling1D", "GlobalAvgPool1D")
+def convert_global_avg_1d(config, weights, ctx):
+    _check_channels_last(config, config.get("name", ""))
+    return GlobalPool("avg", bool(config.get("keepdims", False)), dims=(1,))
+
+
+@converter("GlobalMaxPooling1D", "GlobalMaxPool1D")
+def convert_global_max_1d(config, weights, ctx):
+    _check_channels_last(config, config.get("name", ""))
+    return GlobalPool("max", bool(config.get("keepdims", False)), dims=(1,))
+
+
+class ZeroPad1D(KerasLayer):
+    def __init__(self, before: int, after: int):
+        super().__init__()
+        self.before, self.after = before, after
+
+    def linear(self, x):
+        return F.pad(x, (0, 0, self.before, self.after))
+
+
+@converter("ZeroPadding1D")
+def convert_zero_padding_1d(config, weights, ctx):
+    return ZeroPad1D(*_pair_1d(config.get("padding", 1)))
+
+
+class Crop1D(KerasLayer):
+    def __init__(self, before: int, after: int):
+        super().__init__()
+        self.before, self.after = before, after
+
+    def linear(self, x):
+        return x[:, self.before:x.shape[1] - self.after]
+
+
+@converter("Cropping1D")
+def convert_cropping_1d(config, weights, ctx):
+    return Crop1D(*_pair_1d(config.get("cropping", (1, 1))))
+
+
+class UpSample1D(KerasLayer):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def linear(self, x):
+        return x.repeat_interleave(self.size, dim=1)
+
+
+@converter("UpSampling1D")
+def convert_upsampling_1d(config, weights, ctx):
+    return UpSample1D(_single(config.get("size", 2)))

@@ -118,6 +118,97 @@ def nested_multi():
     return _compile(randomize(tf_keras.Model(inp, [first, second], name="nested_multi"), 2))
 
 
+# Every activation string tf_keras' `activations.get` accepts (see conversion.layers.ACTIVATION_NAMES).
+KERAS2_ACTIVATIONS = ["linear", "relu", "relu6", "leaky_relu", "sigmoid", "hard_sigmoid", "softmax", "log_softmax",
+                      "tanh", "elu", "selu", "gelu", "softplus", "softsign", "swish", "silu", "mish", "exponential"]
+
+
+TF2ONNX_LACKS = {"gelu"}  # tf.nn.gelu is Erfc, which tf2onnx cannot export: tests/test_bridge_layers.py covers it
+
+
+def activation_strings_zoo():
+    """Functional: one branch per activation string, as `activation=` and as an Activation layer,
+    all from the same features and concatenated (a saturated branch does not stop the others' gradient)."""
+    inp = L.Input((ROWS, COLS, 2), name="image")
+    x = L.Conv2D(4, (3, 5), strides=(2, 3), name="c")(inp)
+    x = L.Flatten(name="flat")(x)
+    x = L.Dense(9, name="d0")(x)
+    branches = []
+    for name in KERAS2_ACTIVATIONS:
+        if name in TF2ONNX_LACKS:
+            continue
+        branches.append(L.Dense(5, activation=name, name=f"dense_{name}")(x))
+        branches.append(L.Activation(name, name=f"act_{name}")(L.Dense(5, name=f"pre_{name}")(x)))
+    x = L.Concatenate(name="all")(branches)
+    out = L.Dense(1, activation="sigmoid", name="score")(x)
+    model = tf_keras.Model(inp, out, name="activation_strings_zoo")
+    randomize(model, 4)
+    return _compile(model)
+
+
+def advanced_zoo():
+    """Functional: activation layers (PReLU, ELU, ThresholdedReLU, Softmax), Permute, RepeatVector,
+    LayerNormalization, on odd, non-square shapes."""
+    inp = L.Input((ROWS, COLS, 3), name="image")
+    x = L.Conv2D(5, 3, name="conv_a")(inp)                              # 19 x 24 x 5
+    x = L.PReLU(shared_axes=[1, 2], name="prelu_shared")(x)
+    y = L.Conv2D(4, (3, 2), padding="same", name="conv_b")(x)           # 19 x 24 x 4
+    y = L.PReLU(name="prelu_full")(y)
+    y = L.ELU(alpha=0.7, name="elu")(y)
+    y = L.ThresholdedReLU(theta=0.15, name="thresholded")(y)
+    s_rows = L.Softmax(axis=-3, name="softmax_rows")(y)
+    s_hw = L.Softmax(axis=[1, 2], name="softmax_hw")(y)
+    y = L.Add(name="sum")([y, s_rows, s_hw])
+    p = L.Permute((2, 3, 1), name="permute")(y)                         # 24 x 4 x 19
+    p = L.LayerNormalization(axis=[1, 3], epsilon=1e-2, name="ln_13")(p)
+    p = L.PReLU(shared_axes=[1], name="prelu_after_permute")(p)
+    p = L.Conv2D(6, (3, 2), name="conv_c")(p)                           # 22 x 3 x 6
+    g = L.GlobalAveragePooling2D(name="gap")(p)
+    g = L.Dense(7, name="dense_a")(g)
+    r = L.RepeatVector(3, name="repeat")(g)                             # 3 x 7
+    r = L.LayerNormalization(name="ln_last")(r)
+    r = L.LayerNormalization(axis=1, center=False, name="ln_nocenter")(r)
+    r = L.LayerNormalization(axis=[1, 2], scale=False, epsilon=1e-5, name="ln_noscale")(r)
+    r = L.PReLU(name="prelu_seq")(r)
+    r = L.Permute((2, 1), name="permute_seq")(r)                        # 7 x 3
+    r = L.Softmax(axis=1, name="softmax_seq")(r)
+    f = L.Flatten(name="flat")(r)
+    out = L.Dense(3, name="logits")(f)
+    out = L.Softmax(name="probs")(out)
+    return _compile(randomize(tf_keras.Model(inp, out, name="advanced_zoo"), 5))
+
+
+STEPS = 37
+
+
+def conv1d_zoo():
+    """Functional over (steps, channels): Conv1D (valid, same, causal; strides, dilation), 1-D
+    pooling, padding, cropping, upsampling and global pooling."""
+    inp = L.Input((STEPS, 3), name="signal")
+    x = L.Conv1D(5, 4, strides=2, padding="same", name="conv_same_s2")(inp)            # 19 x 5
+    x = L.Conv1D(6, 3, padding="causal", dilation_rate=2, name="conv_causal_d2")(x)    # 19 x 6
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.SpatialDropout1D(0.25, name="spatial_dropout")(x)
+    c = L.Conv1D(6, 2, strides=2, padding="causal", use_bias=False, name="conv_causal_s2")(x)  # 10 x 6
+    x = L.Conv1D(4, 3, strides=3, activation="relu", name="conv_valid_s3")(x)          # 6 x 4
+    m = L.MaxPooling1D(3, strides=2, padding="same", name="maxpool_same")(c)           # 5 x 6
+    a = L.AveragePooling1D(3, strides=2, padding="same", name="avgpool_same")(c)       # 5 x 6
+    y = L.Concatenate(name="concat")([m, a])                                            # 5 x 12
+    y = L.ZeroPadding1D((1, 2), name="zeropad")(y)                                      # 8 x 12
+    y = L.Cropping1D((2, 1), name="crop")(y)                                            # 5 x 12
+    y = L.UpSampling1D(3, name="upsample")(y)                                           # 15 x 12
+    y = L.Conv1D(4, 5, padding="same", dilation_rate=3, name="conv_same_d3")(y)        # 15 x 4
+    y = L.MaxPooling1D(2, name="maxpool_valid")(y)                                      # 7 x 4
+    y = L.AveragePooling1D(3, strides=1, name="avgpool_valid")(y)                       # 5 x 4
+    g1 = L.GlobalAveragePooling1D(name="gap")(y)
+    g2 = L.GlobalMaxPooling1D(name="gmp")(x)
+    g3 = L.Flatten(name="flat")(L.GlobalMaxPooling1D(keepdims=True, name="gmp_keep")(y))
+    g4 = L.Flatten(name="flat_seq")(x)
+    g = L.Concatenate(name="features")([g1, g2, g3, g4])
+    out = L.Dense(1, activation="sigmoid", name="score")(g)
+    return _compile(randomize(tf_keras.Model(inp, out, name="conv1d_zoo"), 7))
+
+
 def with_lambda():
     inp = L.Input((ROWS, COLS, 1))
     x = L.Lambda(lambda t: t * 2.0, name="doubler")(inp)
@@ -149,7 +240,9 @@ def keras3_zoo(path):
     return path
 
 
-BUILDERS = {"conv_zoo": conv_zoo, "activation_zoo": activation_zoo, "nested_multi": nested_multi}
+BUILDERS = {"conv_zoo": conv_zoo, "activation_zoo": activation_zoo, "nested_multi": nested_multi,
+            "activation_strings_zoo": activation_strings_zoo, "advanced_zoo": advanced_zoo,
+            "conv1d_zoo": conv1d_zoo}
 
 
 def save_all(folder) -> dict[str, str]:

@@ -75,7 +75,7 @@ def _shared_param(path: Path):
     return pytest.param(f"shared:{path.name}", marks=[*marks, pytest.mark.slow])  # up to ~40 s a file
 
 
-ZOO_NAMES = ["conv_zoo", "activation_zoo", "nested_multi", "keras3_zoo", "srkw_cnn"]
+ZOO_NAMES = [*keras_zoo.BUILDERS, "keras3_zoo", "srkw_cnn"]  # every zoo model
 MODEL_IDS = ZOO_NAMES + [_shared_param(p) for p in SHARED_FILES]
 
 
