@@ -126,3 +126,27 @@ def verify(h5_path, seed: int = 0, workdir: str | None = None) -> Report:
         report.comparisons.append(Comparison("keras vs onnxruntime(torch.onnx)", "logits",
                                              *_max_diff(keras_logits, session.run(None, feeds(session)))))
     return report
+
+
+def round_trip_is_exact(h5_path) -> bool:
+    """Whether keras_to_torch → torch_to_keras, without training, writes every weight dataset back
+    with the same dtype and bytes (and the model, training config and version attributes unchanged)."""
+    import tempfile
+
+    import h5py
+
+    from .bridge import torch_to_keras
+
+    with tempfile.TemporaryDirectory(prefix="orca-verify-") as tmp:
+        out = torch_to_keras(keras_to_torch(h5_path), h5_path, os.path.join(tmp, "copy.h5"))
+        with h5py.File(h5_path, "r") as a, h5py.File(out, "r") as b:
+            for attr in ("model_config", "training_config", "keras_version", "backend"):
+                if attr in a.attrs and (attr not in b.attrs or a.attrs[attr] != b.attrs[attr]):
+                    return False
+            names = []
+            a["model_weights"].visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+            for name in names:
+                x, y = a["model_weights"][name][()], b["model_weights"][name][()]
+                if x.dtype != y.dtype or x.tobytes() != y.tobytes():
+                    return False
+    return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -290,6 +291,30 @@ def test_verify_cli_prints_the_table_and_fails_above_tolerance(zoo):
     strict = subprocess.run([sys.executable, "-m", "conversion", "verify", "--tolerance", "-1",
                              zoo["nested_multi"]], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert strict.returncode == 1 and "FAIL" in strict.stdout
+
+
+@pytest.mark.slow
+def test_verify_takes_a_folder_and_prints_one_row_per_file(zoo, tmp_path):
+    """`orca verify FOLDER` (python -m conversion verify): a table per file, then a summary with a row
+    per file (converted, parity, round trip, reason); exit 1 when any file does not pass."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(zoo["activation_zoo"], folder / "a_ok.h5")
+    keras_zoo.with_lambda().save(str(folder / "b_lambda.h5"))
+    (folder / "c_broken.h5").write_text("not an HDF5 file")
+    (folder / "notes.txt").write_text("ignored")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-m", "conversion", "verify", str(folder)], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=600)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    summary = lines[max(i for i, line in enumerate(lines) if line.startswith("file ") and "converted" in line):]
+    assert summary[0].split() == ["file", "converted", "parity", "round", "trip", "reason"]
+    rows = {line.split()[0]: line for line in summary[1:]}
+    assert sorted(rows) == ["a_ok.h5", "b_lambda.h5", "c_broken.h5"]
+    assert rows["a_ok.h5"].split()[1:5] == ["yes", rows["a_ok.h5"].split()[2], "ok", "bit-exact"]
+    assert "no" == rows["b_lambda.h5"].split()[1] and "Lambda" in rows["b_lambda.h5"]
+    assert "no" == rows["c_broken.h5"].split()[1] and "HDF5" in rows["c_broken.h5"]
 
 
 def test_keras_2_2_list_style_sequential_config_converts(zoo, tmp_path):
