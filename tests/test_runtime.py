@@ -91,3 +91,22 @@ def test_models_lists_every_format_the_service_writes(tmp_path, srkw_h5):
     assert response.status_code == 200, response.get_json()
     names = [version["name"] for version in response.get_json()["versions"]]
     assert sorted(names) == ["small_cnn_2.onnx", "small_cnn_3.pt", "srkw_cnn_0.h5", "srkw_cnn_1.hdf5"]
+
+
+def test_scorers_build_a_model_once_under_concurrent_requests_and_retry_after_a_failure(tmp_path, srkw_h5):
+    from training.errors import TrainingError
+    from training.scorers import Scorers
+
+    scorers = Scorers(tmp_path / "onnx", device="cpu")
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: scorers.get(srkw_h5), range(4)))
+    assert all(scorer is got[0] for scorer in got) and len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(b"not a model")
+    for _ in range(2):  # a failed build leaves nothing behind: the next request tries again
+        with pytest.raises(Exception) as raised:
+            scorers.get(broken)
+        assert isinstance(raised.value, (TrainingError, ValueError))
+    assert scorers.get(srkw_h5) is got[0]

@@ -105,7 +105,12 @@ class Scorers:
             with self._lock:
                 scorer = self._ready.get(key)
             if scorer is None:
-                scorer = self._build(backend, model_path, key[1])
+                try:
+                    scorer = self._build(backend, model_path, key[1])
+                except BaseException:
+                    with self._lock:
+                        self._building.pop(key, None)
+                    raise
                 with self._lock:
                     if backend == "torch":  # one model on the device at a time
                         for old in [k for k in self._ready if k[0] == "torch"]:
