@@ -1,7 +1,7 @@
 """`python -m service`: serve on $HOST:$PORT (default 127.0.0.1:5001) with werkzeug's threaded server.
 
 For production use gunicorn (`gunicorn --config python:service.gunicorn_hooks --graceful-timeout 60
---bind 0.0.0.0:5001 --workers 1 --threads 4 --timeout 0 service.wsgi:app`, as Dockerfile.gpu does).
+--bind 0.0.0.0:5001 --workers 1 --threads 16 --timeout 0 service.wsgi:app`, as Dockerfile.gpu does).
 
 SIGTERM or Ctrl-C stops the server and then the training jobs (`JobManager.shutdown`): no new jobs,
 the queued ones fail as interrupted, the running one stops after its current epoch without publishing
