@@ -38,6 +38,18 @@ def make_root(root: Path, per_class: int = 2) -> dict:
             "img_height": COLS, "epochs": 1, "seed": 0}
 
 
+def upload_stack(s3, bucket: str, model_path: str) -> None:
+    """The same small dataset in a bucket: models/srkw_cnn_0.h5, labeled/{train,validation}/{calls,
+    nocalls}/ (two images each) and unlabeled/spectrograms/ (three clips named orcasoundlab_<ts>)."""
+    s3.upload_file(str(model_path), bucket, "models/srkw_cnn_0.h5")
+    for split in ("train", "validation"):
+        for cls in ("calls", "nocalls"):
+            for png in sorted((SAMPLE / split / cls).glob("*.png"))[:2]:
+                s3.upload_file(str(png), bucket, f"labeled/{split}/{cls}/{png.name}")
+    for i, png in enumerate(sorted(SAMPLE.glob("test/*/*.png"))[:3]):
+        s3.upload_file(str(png), bucket, f"unlabeled/spectrograms/orcasoundlab_{1594154118 + 3 * i}.png")
+
+
 class Served:
     """An app on a werkzeug threaded server on a free port."""
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch  # noqa: F401  (before TensorFlow)
 import pytest
 
-from ops_support import COLS, ROWS, SAMPLE, Served, make_root
+from ops_support import COLS, ROWS, Served, make_root, upload_stack
 from service import create_app
 from service.jobqueue import DIED, SHUT_DOWN
 
@@ -124,20 +124,10 @@ def _interrupted(message: str) -> dict:
 
 # ---------------------------------------------------------------------------------- under load
 
-def _upload_stack(s3, bucket: str, srkw_h5: str) -> None:
-    s3.upload_file(srkw_h5, bucket, "models/srkw_cnn_0.h5")
-    for split in ("train", "validation"):
-        for cls in ("calls", "nocalls"):
-            for png in sorted((SAMPLE / split / cls).glob("*.png"))[:2]:
-                s3.upload_file(str(png), bucket, f"labeled/{split}/{cls}/{png.name}")
-    for i, png in enumerate(sorted(SAMPLE.glob("test/*/*.png"))[:3]):
-        s3.upload_file(str(png), bucket, f"unlabeled/spectrograms/orcasoundlab_{1594154118 + 3 * i}.png")
-
-
 @pytest.mark.slow  # ~5 s: four trainings against moto
 def test_concurrent_trains_and_predicts_against_moto(s3_env, srkw_h5, tmp_path):
     s3, bucket = s3_env.client(), s3_env.bucket
-    _upload_stack(s3, bucket, srkw_h5)
+    upload_stack(s3, bucket, srkw_h5)
     served = Served(create_app({"LOCAL_ROOT": "", "DEVICE": "cpu", "STATE_DIR": str(tmp_path / "state"),
                                 "CACHE_DIR": str(tmp_path / "cache")}))
     train = {"model_url": f"s3://{bucket}/models/srkw_cnn_0.h5", "labeled_url": f"s3://{bucket}/labeled/",
@@ -183,7 +173,7 @@ def test_concurrent_trains_and_predicts_against_moto(s3_env, srkw_h5, tmp_path):
 @pytest.mark.slow  # ~10 s (2 cores): a service process importing torch to train, another restarted
 def test_kill_9_during_a_training_job_then_restart(s3_env, srkw_h5, tmp_path):
     s3, bucket = s3_env.client(), s3_env.bucket
-    _upload_stack(s3, bucket, srkw_h5)
+    upload_stack(s3, bucket, srkw_h5)
     env = _env(tmp_path / "state", "")  # S3 only, on moto (AWS_ENDPOINT_URL from s3_env)
     train = {"model_url": f"s3://{bucket}/models/srkw_cnn_0.h5", "labeled_url": f"s3://{bucket}/labeled/",
              "img_width": ROWS, "img_height": COLS, "seed": 0}

@@ -19,7 +19,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from moto.server import ThreadedMotoServer
 
-from ops_support import COLS, ROWS, SAMPLE, Served, make_root
+from ops_support import COLS, ROWS, Served, make_root, upload_stack
 from service import create_app
 from service.errors import StorageError
 from service.storage import S3Connector, S3Storage
@@ -46,13 +46,7 @@ def moto_stack(use_s3_endpoint, srkw_h5):
         use_s3_endpoint(mp, f"http://{host}:{port}")
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket=BUCKET)
-        s3.upload_file(srkw_h5, BUCKET, "models/srkw_cnn_0.h5")
-        for split in ("train", "validation"):
-            for cls in ("calls", "nocalls"):
-                for png in sorted((SAMPLE / split / cls).glob("*.png"))[:2]:
-                    s3.upload_file(str(png), BUCKET, f"labeled/{split}/{cls}/{png.name}")
-        for i, png in enumerate(sorted(SAMPLE.glob("test/*/*.png"))[:3]):
-            s3.upload_file(str(png), BUCKET, f"unlabeled/spectrograms/orcasoundlab_{1594154118 + 3 * i}.png")
+        upload_stack(s3, BUCKET, srkw_h5)
         faults = Faults()
         cache = tempfile.mkdtemp(prefix="orca-faults-cache-")
         served = Served(create_app({"LOCAL_ROOT": "", "DEVICE": "cpu", "READY_BUCKET": BUCKET, "CACHE_DIR": cache,
