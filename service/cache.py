@@ -74,16 +74,17 @@ class CacheDir:
                     pass
                 yield
 
-    def model(self, model: Location) -> str:
+    def model(self, model: Location, info: ObjectInfo | None = None) -> str:
         """A local path of the model file at `model`: in place for local storage, else the cached
-        copy for the object's current ETag (downloaded once per URL + ETag)."""
+        copy for the object's current ETag (downloaded once per URL + ETag). `info`: the object's
+        `stat()`, when the caller has it already (saves a HeadObject)."""
         if not model.key or model.key.endswith("/"):
             raise NotFound(f"model_url is a folder, not a model file: {model.url}")
         if isinstance(model.storage, LocalStorage):
             if not os.path.isfile(model.key):
                 raise NotFound(f"model_url not found: {model.url}")
             return model.key
-        info = model.storage.stat(model.key)
+        info = info or model.storage.stat(model.key)
         if info is None:
             raise NotFound(f"model_url not found: {model.url}")
         folder = self.root / "models" / _digest(model.storage.url(model.key))

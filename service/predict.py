@@ -104,7 +104,7 @@ def run_predict(runtime, params: PredictParams, on_progress=None) -> PredictItem
                 scorer.check_size(params.rows, params.cols)
             fetch = (lambda clip: clip[1].key) if fetch_name is None else (lambda clip: fetch_name(clip[0]))
             batches = stream_batches(pending, fetch, params.rows, params.cols,
-                                     min(config["BATCH_SIZE"], scorer.batch_size) if scorer else 1,
+                                     min(config["BATCH_SIZE"], scorer.batch_size),
                                      workers=config["DOWNLOAD_THREADS"], skip_unreadable=True,
                                      max_pixels=config["MAX_PIXELS"], decode=scorer.decode) if pending else ()
             for batch in batches:

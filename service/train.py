@@ -104,8 +104,8 @@ def run_train(runtime, params: TrainParams, on_epoch=None) -> dict:
     with runtime.train_lock, tempfile.TemporaryDirectory(prefix="orca-train-", dir=config["WORK_DIR"]) as tmp:
         started = time.monotonic()
         runtime.scorers.release()  # idle scoring sessions slow CPU training
-        model_path = runtime.cache.model(model)
-        parent_info = model.storage.stat(model.key)
+        parent_info = model.storage.stat(model.key)  # for the sidecar, and the cache's ETag check
+        model_path = runtime.cache.model(model, parent_info)
         data = os.path.join(tmp, "labeled")
         listing: list[ObjectInfo] = []
         counts = fetch_labeled(runtime, labeled, data, listing)
