@@ -17,6 +17,9 @@ api = Blueprint("api", __name__)
 ENDPOINTS = MappingProxyType({
     "/train": "GET ?model_url&labeled_url&img_width&img_height&epochs[&seed]: fine-tune, write NAME_{N+1}.h5",
     "/predict": "GET ?model_url&unlabeled_url&img_width&img_height: score every unlabeled spectrogram",
+    "/embed": "GET ?model_url&unlabeled_url&img_width&img_height: /predict's items plus each clip's embedding",
+    "/query": "GET ?model_url&unlabeled_url&img_width&img_height&k[&strategy&passes&seed&labeled_url]: the k clips "
+              "to label next",
     "/health": "GET: liveness, version and device (never needs the token)",
     "/ready": "GET: 200 when storage is reachable, else 503",
     "/metrics": "GET: Prometheus metrics (text exposition format)",

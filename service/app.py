@@ -20,6 +20,7 @@ def create_app(config: dict | None = None, **parts) -> Flask:
     from . import ops
     from .api import api
     from .runtime import Runtime
+    from .selection import selection
 
     runtime = Runtime.from_config(config, **parts)
     app = Flask("service")
@@ -27,6 +28,7 @@ def create_app(config: dict | None = None, **parts) -> Flask:
     app.extensions["orca"] = runtime
     app.json.sort_keys = True  # the original's JSON came out with sorted keys; clients may rely on it
     app.register_blueprint(api)
+    app.register_blueprint(selection)  # /embed, /query
     ops.install(app)  # jobs, /models, /ready, /metrics; token, allow-list and metrics hooks
     app.register_error_handler(Exception, handle_error)
     start_preload(runtime.config["PRELOAD_TORCH"])

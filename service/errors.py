@@ -38,6 +38,12 @@ class NotFound(ServiceError):
     status = 404
 
 
+class Conflict(ServiceError):
+    """The data changed under a request that reads it twice (/embed, /query); trying again works."""
+
+    status = 409
+
+
 class Unprocessable(ServiceError):
     """The inputs exist but cannot be used: not a Keras model, unsupported layer, empty or
     single-class labeled set, image size not matching the model, corrupt image."""

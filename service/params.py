@@ -1,4 +1,4 @@
-"""Query parameters of /train and /predict: every problem is collected and reported at once as a
+"""Query parameters of /train, /predict, /embed and /query: every problem is collected and reported at once as a
 400 naming the parameters. Parameters an endpoint does not use are accepted and ignored."""
 
 from __future__ import annotations
@@ -86,3 +86,46 @@ def predict_params(args, limits: Limits) -> PredictParams:
     cols = r.integer("img_height", 1, limits.max_image_size)
     r.done()
     return PredictParams(model_url, unlabeled_url, rows, cols)
+
+
+@dataclass(frozen=True)
+class EmbedParams:
+    predict: PredictParams
+
+
+@dataclass(frozen=True)
+class QueryParams:
+    predict: PredictParams
+    strategy: str
+    k: int
+    passes: int
+    passes_given: bool
+    seed: int | None
+    labeled_url: str | None
+
+
+DEFAULT_PASSES = 10  # Monte Carlo dropout passes of bald / variation_ratio
+MAX_PASSES = 100
+
+
+def embed_params(args, limits: Limits) -> EmbedParams:
+    return EmbedParams(predict_params(args, limits))
+
+
+def query_params(args, limits: Limits, max_k: int) -> QueryParams:
+    from training.acquisition import STRATEGIES
+
+    r = _Reader(args)
+    model_url, unlabeled_url = r.text("model_url"), r.text("unlabeled_url")
+    rows = r.integer("img_width", 1, limits.max_image_size)
+    cols = r.integer("img_height", 1, limits.max_image_size)
+    strategy = (args.get("strategy") or "uncertainty").strip()
+    if strategy not in STRATEGIES:
+        r.problems.append(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    k = r.integer("k", 1, max_k)
+    passes = r.integer("passes", 2, MAX_PASSES, required=False)
+    seed = r.integer("seed", 0, 2**32 - 1, required=False)
+    labeled_url = (args.get("labeled_url") or "").strip() or None
+    r.done()
+    return QueryParams(PredictParams(model_url, unlabeled_url, rows, cols), strategy, k,
+                       passes or DEFAULT_PASSES, passes is not None, seed, labeled_url)

@@ -1,0 +1,193 @@
+"""/embed and /query: what the model sees in each unlabeled clip, and which clips to label next.
+
+Both start from /predict's own work (`runtime.run_predict`: same clips, same order, same
+`predicted_value`, score cache included), so `uncertainty` ranks clips exactly as the orcaal client
+does with those values. When a strategy needs more than P(class 1), the model is loaded as a torch
+module (`conversion.formats.load_trainable`: .h5 through the bridge, .onnx, registered .pt) and the
+same clips are decoded once more for `training.embedding.ModelProbe`: embeddings (the input of the
+output layer) and Monte Carlo dropout passes. The strategies themselves are `training.acquisition`.
+
+/embed streams its JSON array item by item: 10,000 clips × 256 floats is ~25 MB of JSON, built
+while it is sent rather than held twice (docs/api.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import posixpath
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from flask import Blueprint, Response, jsonify, request
+
+from training.images import decode_image
+from training.stream import stream_batches
+
+from .datasets import model_errors, name_urls, unprocessable
+from .errors import BadRequest, Conflict
+from .params import PredictParams, embed_params, query_params
+from .predict import unlabeled_clips
+from .runtime import current_runtime
+from .storage import LocalStorage, Location
+
+log = logging.getLogger(__name__)
+
+selection = Blueprint("selection", __name__)
+
+
+@dataclass
+class ProbedPool:
+    items: list[dict]  # /predict's items, in its order
+    embeddings: np.ndarray | None = None  # float32 (n, d), row i ↔ items[i]
+    passes: np.ndarray | None = None  # float64 (passes, n): P(class 1) per Monte Carlo dropout pass
+
+
+def _limits():
+    from .api import limits
+
+    return limits()
+
+
+@selection.get("/embed")
+def embed():
+    runtime = current_runtime()
+    params = embed_params(request.args, _limits())
+    pool = probe_pool(runtime, params.predict, embeddings=True)
+
+    def rows():
+        yield "["
+        for i, item in enumerate(pool.items):
+            row = dict(item, embedding=[float(v) for v in pool.embeddings[i]])
+            yield ("," if i else "") + json.dumps(row, sort_keys=True)
+        yield "]\n"
+
+    response = Response(rows(), mimetype="application/json")
+    response.headers["X-Skipped-Files"] = str(len(getattr(pool.items, "skipped", ())))
+    if pool.embeddings is not None:
+        response.headers["X-Embedding-Size"] = str(pool.embeddings.shape[1])
+    return response
+
+
+@selection.get("/query")
+def query():
+    runtime = current_runtime()
+    params = query_params(request.args, _limits(), runtime.config["MAX_LISTING"])
+    return jsonify(run_query(runtime, params))
+
+
+def run_query(runtime, params) -> list[dict]:
+    """The k clips to label next: /predict's fields plus `score` and `rank` (1 = label first)."""
+    from training.acquisition import EMBEDDING_STRATEGIES, MC_STRATEGIES, StrategyError, select
+
+    needs_passes = params.strategy in MC_STRATEGIES or (params.strategy == "entropy" and params.passes_given)
+    pool = probe_pool(runtime, params.predict, embeddings=params.strategy in EMBEDDING_STRATEGIES,
+                      passes=params.passes if needs_passes else 0, seed=params.seed or 0)
+    if not pool.items:
+        return []
+    labeled = None
+    if params.strategy == "coreset" and params.labeled_url:
+        labeled = labeled_embeddings(runtime, params.predict, params.labeled_url)
+    probabilities = np.array([item["predicted_value"] for item in pool.items], dtype=np.float64)
+    try:
+        chosen = select(params.strategy, params.k, probabilities=probabilities, passes=pool.passes,
+                        embeddings=pool.embeddings, labeled_embeddings=labeled, seed=params.seed)
+    except StrategyError as error:
+        raise BadRequest(str(error)) from None
+    answer = []
+    for rank, (index, score) in enumerate(zip(chosen.indices.tolist(), chosen.scores.tolist()), start=1):
+        answer.append(dict(pool.items[index], score=score if np.isfinite(score) else None, rank=rank))
+    return answer
+
+
+# --------------------------------------------------------------------------- the torch pass
+
+def _model_probe(runtime, model_path: str):
+    from conversion.formats import load_trainable
+    from training.embedding import ModelProbe
+
+    return ModelProbe(load_trainable(model_path), device=runtime.config["DEVICE"],
+                      batch_size=runtime.config["BATCH_SIZE"])
+
+
+def _batch_seed(seed: int, batch: int) -> int:
+    """Independent, reproducible dropout masks per batch (the answer depends on seed and batch size)."""
+    return int(np.random.SeedSequence([seed, batch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def probe_pool(runtime, params: PredictParams, *, embeddings: bool, passes: int = 0, seed: int = 0) -> ProbedPool:
+    """/predict's items, and the embeddings and/or MC dropout passes of the same clips."""
+    items = runtime.run_predict(runtime, params)
+    if not items or not (embeddings or passes):
+        return ProbedPool(items)
+    unlabeled = runtime.locate(params.unlabeled_url, "unlabeled_url")
+    by_audio_url = {}
+    for name, info in unlabeled_clips(unlabeled):
+        stem = posixpath.splitext(name)[0]
+        by_audio_url[unlabeled.storage.public_url(f"{unlabeled.prefix}mp3/{stem}.mp3")] = (name, info)
+    try:
+        clips = [by_audio_url[item["audio_url"]] for item in items]
+    except KeyError as missing:
+        raise Conflict(f"the unlabeled set changed during the request ({missing} is gone); try again") from None
+    model_path = runtime.cache.model(runtime.locate(params.model_url, "model_url"))
+    replacements = {model_path: params.model_url}
+    embedded, scored = [], []
+    try:
+        probe = _model_probe(runtime, model_path)
+        probe.check_size(params.rows, params.cols)
+        with _clip_files(runtime, unlabeled, clips, replacements) as fetch:
+            batches = stream_batches(clips, fetch, params.rows, params.cols, probe.batch_size,
+                                     workers=runtime.config["DOWNLOAD_THREADS"], skip_unreadable=True,
+                                     max_pixels=runtime.config["MAX_PIXELS"], decode=decode_image)
+            for number, batch in enumerate(batches):
+                if batch.skipped:
+                    raise Conflict(f"{batch.skipped[0][0][0]} became unreadable during the request; try again")
+                if embeddings:
+                    embedded.append(probe.embed(batch.pixels)[0])
+                if passes:
+                    scored.append(probe.mc_passes(batch.pixels, passes, _batch_seed(seed, number)))
+    except model_errors() as error:
+        raise unprocessable(error, replacements) from error
+    return ProbedPool(items, np.concatenate(embedded) if embedded else None,
+                      np.concatenate(scored, axis=1) if scored else None)
+
+
+@contextlib.contextmanager
+def _clip_files(runtime, unlabeled: Location, clips, replacements: dict):
+    """`fetch(clip) → local path`: the file itself for local storage, else the prefix's S3 mirror."""
+    if isinstance(unlabeled.storage, LocalStorage):
+        yield lambda clip: clip[1].key
+        return
+    mirror = runtime.cache.mirror(unlabeled, unlabeled.prefix + "spectrograms/")
+    replacements[str(mirror.folder) + os.sep] = unlabeled.prefix_url + "spectrograms/"
+    with mirror.synced({name: info for name, info in unlabeled_clips(unlabeled)}) as fetch_name:
+        yield lambda clip: fetch_name(clip[0])
+
+
+def labeled_embeddings(runtime, params: PredictParams, labeled_url: str) -> np.ndarray:
+    """Embeddings of the `train/<class>/` and `validation/<class>/` images of `labeled_url` (coreset's
+    already-labeled centers), in the order of their keys."""
+    from .train import fetch_labeled
+
+    labeled = runtime.locate(labeled_url, "labeled_url")
+    model_path = runtime.cache.model(runtime.locate(params.model_url, "model_url"))
+    with tempfile.TemporaryDirectory(prefix="orca-query-", dir=runtime.config["WORK_DIR"]) as folder:
+        fetch_labeled(runtime, labeled, folder)
+        paths = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file())
+        replacements = {folder + os.sep: labeled.prefix_url, model_path: params.model_url}
+        try:
+            probe = _model_probe(runtime, model_path)
+            out = []
+            for batch in stream_batches(paths, None, params.rows, params.cols, probe.batch_size,
+                                        skip_unreadable=True, max_pixels=runtime.config["MAX_PIXELS"]):
+                for path, reason in batch.skipped:
+                    log.warning("query: skipped a labeled image: %s", name_urls(reason, replacements))
+                if batch.items:
+                    out.append(probe.embed(batch.pixels)[0])
+        except model_errors() as error:
+            raise unprocessable(error, replacements) from error
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -1,0 +1,168 @@
+"""/embed and /query over real HTTP, on local files and on S3 (moto), for the Keras srkw_cnn (.h5
+through the bridge) and a registered torch model (.pt). The embedding is checked against tf_keras'
+own activations of srkw_cnn's last hidden layer; `uncertainty` against the orcaal client's SQL."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import torch  # noqa: F401  (before TensorFlow)
+
+import numpy as np
+import pytest
+import requests
+
+from models.create import write_new_model
+from service.app import create_app
+from tests.ops_support import Served, upload_stack
+from tests.repo_data import SRKW_COLS as COLS, SRKW_ROWS as ROWS, json_client
+
+PREDICT_KEYS = {"audio_url", "duration", "location", "predicted_value", "timestamp"}
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory, sample_dir, srkw_h5):
+    """A local root: models/srkw_cnn_0.h5, models/small_cnn_0.pt, labeled/{train,validation}/<class>/,
+    and unlabeled/spectrograms/ with the nine test clips plus the four validation ones."""
+    root = tmp_path_factory.mktemp("selection")
+    (root / "models").mkdir()
+    shutil.copyfile(srkw_h5, root / "models" / "srkw_cnn_0.h5")
+    write_new_model("small_cnn", root / "models" / "small_cnn_0.pt", ROWS, COLS, seed=0)
+    for split in ("train", "validation"):
+        shutil.copytree(sample_dir / split, root / "labeled" / split)
+    spectrograms = root / "unlabeled" / "spectrograms"
+    spectrograms.mkdir(parents=True)
+    clips = sorted(sample_dir.glob("test/*/*.png")) + sorted(sample_dir.glob("validation/*/*.png"))
+    for i, png in enumerate(clips):
+        shutil.copy(png, spectrograms / f"orcasoundlab_{1594154118 + 3 * i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def served(pool):
+    served = Served(create_app({"LOCAL_ROOT": str(pool), "DEVICE": "cpu"}))
+    yield served
+    served.close()
+
+
+def _get(served, path, **params):
+    response = requests.get(served.base + path, params=params, timeout=300,
+                            headers={"Accept": "application/json"})
+    return response.status_code, response.json()
+
+
+def _args(pool, model="srkw_cnn_0.h5", **extra):
+    return {"model_url": str(pool / "models" / model), "unlabeled_url": str(pool / "unlabeled") + "/",
+            "img_width": ROWS, "img_height": COLS, **extra}
+
+
+def _keras_hidden(model_path, paths):
+    """tf_keras' own input of the output layer (the last with weights), on images loaded as the original did."""
+    import tf_keras
+
+    from training.images import load_image
+
+    model = tf_keras.models.load_model(model_path)
+    output_layer = [layer for layer in model.layers if layer.weights][-1]
+    hidden = tf_keras.Model(model.inputs, output_layer.input)
+    return hidden.predict(np.stack([load_image(p, ROWS, COLS) for p in paths]), verbose=0)
+
+
+@pytest.mark.slow
+def test_embed_answers_predicts_items_plus_the_last_hidden_layer_of_keras(served, pool):
+    status, predicted = _get(served, "/predict", **_args(pool))
+    assert status == 200
+    status, embedded = _get(served, "/embed", **_args(pool))
+    assert status == 200
+    assert [{k: row[k] for k in PREDICT_KEYS} for row in embedded] == predicted  # same items, same order
+    embeddings = np.array([row["embedding"] for row in embedded], dtype=np.float32)
+    assert embeddings.shape == (13, 256)  # srkw_cnn's Dense 256 feeds its output layer
+    paths = sorted((pool / "unlabeled" / "spectrograms").glob("*.png"))
+    reference = _keras_hidden(pool / "models" / "srkw_cnn_0.h5", paths)
+    np.testing.assert_allclose(embeddings, reference, atol=1e-4 * max(1.0, np.abs(reference).max()))
+    assert np.abs(embeddings).max() > 0
+
+
+def test_embed_works_for_a_registered_torch_model(served, pool):
+    status, embedded = _get(served, "/embed", **_args(pool, "small_cnn_0.pt"))
+    assert status == 200 and len(embedded) == 13
+    assert {len(row["embedding"]) for row in embedded} == {64}  # SmallCNN's pooled features feed its Linear
+
+
+def test_query_uncertainty_is_the_clients_own_order(served, pool):
+    status, predicted = _get(served, "/predict", **_args(pool))
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE prediction (id INTEGER PRIMARY KEY, predicted_value FLOAT, audio_url TEXT)")
+    db.executemany("INSERT INTO prediction (predicted_value, audio_url) VALUES (?, ?)",
+                   [(p["predicted_value"], p["audio_url"]) for p in predicted])
+    client = [row[0] for row in db.execute(
+        "SELECT predicted_value FROM prediction ORDER BY abs(0.5 - predicted_value) LIMIT 5")]
+    status, chosen = _get(served, "/query", **_args(pool, strategy="uncertainty", k=5))
+    assert status == 200
+    assert [row["predicted_value"] for row in chosen] == client
+    assert [row["rank"] for row in chosen] == [1, 2, 3, 4, 5]
+    assert [row["score"] for row in chosen] == [abs(0.5 - v) for v in client]
+    assert set(chosen[0]) == PREDICT_KEYS | {"score", "rank"}
+
+
+@pytest.mark.slow
+def test_query_bald_is_reproducible_with_a_seed_and_changes_with_passes(served, pool):
+    args = _args(pool, strategy="bald", k=13, seed=3)
+    _, first = _get(served, "/query", **args, passes=4)
+    _, again = _get(served, "/query", **args, passes=4)
+    _, more = _get(served, "/query", **args, passes=9)
+    assert first == again
+    scores = lambda rows: {r["audio_url"]: r["score"] for r in rows}  # noqa: E731
+    assert scores(first) != scores(more)
+    assert max(scores(first).values()) > 0  # srkw_cnn's dropout layers were active
+
+
+def test_query_coreset_picks_distinct_clips_away_from_the_labeled_set(served, pool):
+    status, chosen = _get(served, "/query", **_args(pool, strategy="coreset", k=4,
+                                                      labeled_url=str(pool / "labeled") + "/"))
+    assert status == 200 and len({row["audio_url"] for row in chosen}) == 4
+    assert all(row["score"] > 0 for row in chosen)
+    scores = [row["score"] for row in chosen]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_query_badge_and_random_on_a_torch_model(served, pool):
+    for strategy in ("badge", "random", "variation_ratio", "entropy"):
+        status, chosen = _get(served, "/query", **_args(pool, "small_cnn_0.pt", strategy=strategy, k=3, seed=1))
+        assert status == 200, chosen
+        assert len({row["audio_url"] for row in chosen}) == 3, strategy
+
+
+@pytest.mark.parametrize("extra,named", [
+    ({"strategy": "smartest"}, "strategy"),
+    ({"k": "0"}, "k"),
+    ({"k": "many"}, "k"),
+    ({"k": "3", "passes": "1", "strategy": "bald"}, "passes"),
+])
+def test_bad_query_parameters_are_400_naming_them(pool, extra, named):
+    client = json_client(create_app({"LOCAL_ROOT": str(pool)}))
+    args = {"k": "3", **_args(pool), **extra}
+    response = client.get("/query", query_string=args)
+    assert response.status_code == 400 and named in response.get_json()["error"]
+
+
+def test_query_without_k_is_400(pool):
+    response = json_client(create_app({"LOCAL_ROOT": str(pool)})).get("/query", query_string=_args(pool))
+    assert response.status_code == 400 and "missing parameter: k" in response.get_json()["error"]
+
+
+def test_query_and_embed_over_s3(s3_env, srkw_h5, tmp_path):
+    upload_stack(s3_env.client(), s3_env.bucket, srkw_h5)
+    served = Served(create_app({"LOCAL_ROOT": "", "DEVICE": "cpu", "CACHE_DIR": str(tmp_path / "cache")}))
+    try:
+        base = {"model_url": f"s3://{s3_env.bucket}/models/srkw_cnn_0.h5",
+                "unlabeled_url": f"s3://{s3_env.bucket}/unlabeled/", "img_width": ROWS, "img_height": COLS}
+        status, embedded = _get(served, "/embed", **base)
+        assert status == 200 and len(embedded) == 3 and len(embedded[0]["embedding"]) == 256
+        assert embedded[0]["audio_url"].startswith(f"https://{s3_env.bucket}.s3.amazonaws.com/unlabeled/mp3/")
+        status, chosen = _get(served, "/query", **base, strategy="coreset", k=2,
+                              labeled_url=f"s3://{s3_env.bucket}/labeled/")
+        assert status == 200 and len({row["audio_url"] for row in chosen}) == 2
+    finally:
+        served.close()
