@@ -8,12 +8,14 @@
     new       NAME OUT [--rows R --cols C --seed S]                     a fresh model of the registry
     convert   SRC DST [--force]                                          .h5 ⇄ .onnx, .pt → .onnx/.h5
     verify    MODEL.h5 [...] [--tolerance T]                             Keras vs PyTorch vs ONNX Runtime
+    score     MODEL SOURCE --out DEST [--workers N --part-size P ...]    batch scoring on Ray into Parquet
 
 URLs are local paths (anywhere: the CLI runs as you) or `s3://` URLs. `train` and `predict` print
 the same JSON as the HTTP endpoints (`--output FILE` writes it to a file instead) and show a
 progress bar on stderr. `convert` to or from `.h5` and `verify` need the `bridge` extra
-(TensorFlow). The commands only parse arguments and print: the work is in `service`, `training`,
-`models` and `conversion`.
+(TensorFlow); `score` needs the `scale` extra (Ray, pyarrow; docs/scoring.md). The commands only
+parse arguments and print: the work is in `service`, `training`, `models`, `conversion` and
+`batch_scoring`.
 """
 
 from __future__ import annotations
@@ -215,6 +217,31 @@ def cmd_verify(args) -> int:
         raise
 
 
+def cmd_score(args) -> int:
+    from conversion.errors import ConversionError
+    from service.config import from_env
+    from training.errors import TrainingError
+
+    try:
+        from batch_scoring.run import score_archive
+        import pyarrow  # noqa: F401
+        import ray  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(f"error: `orca score` needs {exc.name}, which is not installed: "
+                         "pip install 'orca-ml-endpoint[scale]'") from None
+    config = from_env()
+    try:
+        summary = score_archive(args.model, args.source, args.out, rows=args.img_width, cols=args.img_height,
+                                part_size=args.part_size, workers=args.workers, device=args.device,
+                                batch_size=args.batch_size, precision=config.get("PREDICT_PRECISION") or "fp32",
+                                max_pixels=config["MAX_PIXELS"], s3_attempts=config["S3_MAX_ATTEMPTS"],
+                                address=args.address, num_cpus=args.num_cpus)
+    except (TrainingError, ConversionError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    _emit(summary.to_dict(), None)
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 def _image_args(p):
@@ -271,6 +298,24 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("models", nargs="+")
     verify.add_argument("--tolerance", type=float)
     verify.set_defaults(run=cmd_verify)
+    score = sub.add_parser("score", help="score an archive of spectrograms on Ray into Parquet (needs [scale])",
+                           description="Score every SOURCE/spectrograms/<stem>.png with MODEL on Ray Data (a local "
+                           "Ray, or the cluster at --address / RAY_ADDRESS) into DEST/part-NNNNNN.parquet, one row "
+                           "per clip with /predict's fields. Re-running completes what a failed run left. "
+                           "See docs/scoring.md.")
+    score.add_argument("model", help="model URL: .h5, .onnx or .pt (s3:// or a local path)")
+    score.add_argument("source", help="the prefix holding spectrograms/ (and mp3/): /predict's unlabeled_url")
+    score.add_argument("--out", required=True, help="where the Parquet parts go (s3:// or a local folder)")
+    score.add_argument("--img_width", "--img-width", type=int, help="image rows (default: the model's input size)")
+    score.add_argument("--img_height", "--img-height", type=int, help="image columns (default: the model's)")
+    score.add_argument("--part-size", type=int, default=1000, help="clips per Parquet part (default 1000)")
+    score.add_argument("--workers", type=int, help="scoring actors (default: one per GPU, else one per CPU)")
+    score.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="cuda: torch on GPU actors; cpu: ONNX Runtime on CPU actors; auto: cuda where Ray has GPUs")
+    score.add_argument("--batch-size", type=int, help="images per scoring batch (default 16 on CPUs, 64 on GPUs)")
+    score.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    score.add_argument("--num-cpus", type=int, help="CPUs of the local Ray this command starts (default: all)")
+    score.set_defaults(run=cmd_score)
     return p
 
 
