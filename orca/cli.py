@@ -9,6 +9,9 @@
     convert   SRC DST [--force]                                          .h5 ⇄ .onnx, .pt → .onnx/.h5
     verify    MODEL.h5 [...] [--tolerance T]                             Keras vs PyTorch vs ONNX Runtime
     score     MODEL SOURCE --out DEST [--workers N --part-size P ...]    batch scoring on Ray into Parquet
+    embed     --model_url M --unlabeled_url U --img_width R --img_height C   /predict's items + embeddings
+    query     --model_url M --unlabeled_url U ... --k K [--strategy S]   the K clips to label next
+    simulate  LABELED_DIR --model M [--strategies ... --rounds N --k K]  compare query strategies, JSON + plot
 
 URLs are local paths (anywhere: the CLI runs as you) or `s3://` URLs. `train` and `predict` print
 the same JSON as the HTTP endpoints (`--output FILE` writes it to a file instead) and show a
@@ -56,6 +59,21 @@ def _run_predict(params, on_progress):
     from service.predict import run_predict
 
     return run_predict(_runtime(), params, on_progress=on_progress)
+
+
+def _run_embed(params):
+    """/embed's work: (items, embeddings) for `params` (service.params.PredictParams)."""
+    from service.selection import probe_pool
+
+    pool = probe_pool(_runtime(), params, embeddings=True)
+    return pool.items, pool.embeddings
+
+
+def _run_query(params) -> list[dict]:
+    """/query's work for `params` (service.params.QueryParams)."""
+    from service.selection import run_query
+
+    return run_query(_runtime(), params)
 
 
 def _local_model(url: str) -> str:
@@ -156,6 +174,71 @@ def cmd_predict(args) -> int:
         print(f"skipped {len(items.skipped)} unreadable file(s): "
               + ", ".join(s["url"] for s in items.skipped), file=sys.stderr)
     _emit(list(items), args.output)
+    return 0
+
+
+def _selection_args(args) -> dict:
+    return {"model_url": args.model_url, "unlabeled_url": args.unlabeled_url,
+            "img_width": str(args.img_width), "img_height": str(args.img_height)}
+
+
+def cmd_embed(args) -> int:
+    from service.params import Limits, predict_params
+
+    items, embeddings = _run_embed(predict_params(_selection_args(args), Limits()))
+    rows = [dict(item, embedding=[float(v) for v in embeddings[i]]) for i, item in enumerate(items)]
+    if args.npy:
+        import numpy as np
+
+        np.save(args.npy, embeddings if embeddings is not None else np.zeros((0, 0), np.float32))
+        print(f"wrote {args.npy} ({len(rows)} embeddings)", file=sys.stderr)
+        rows = list(items)
+    _emit(rows, args.output)
+    return 0
+
+
+def cmd_query(args) -> int:
+    from service.params import Limits, query_params
+
+    raw = {**_selection_args(args), "k": str(args.k), "strategy": args.strategy}
+    for name in ("passes", "seed", "labeled_url"):
+        if getattr(args, name) is not None:
+            raw[name] = str(getattr(args, name))
+    _emit(_run_query(query_params(raw, Limits(), max_k=10**9)), args.output)
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    import torch  # noqa: F401  (before anything that may import TensorFlow)
+
+    from training.errors import TrainingError
+    from training.simulate import SimulationConfig, simulate, write
+
+    model = args.model
+    if not os.path.splitext(model)[1]:  # a registry name: a fresh model of it, in the output folder
+        from models.create import write_new_model
+
+        os.makedirs(args.out, exist_ok=True)
+        model = os.path.join(args.out, f"{model}_0.pt")
+        write_new_model(args.model, model, args.img_width, args.img_height, seed=0)
+    config = SimulationConfig(model=model, labeled_dir=args.labeled_dir, rows=args.img_width, cols=args.img_height,
+                              strategies=args.strategies.split(","), seeds=[int(s) for s in args.seeds.split(",")],
+                              initial=args.initial, k=args.k, rounds=args.rounds, epochs=args.epochs,
+                              passes=args.passes, device=args.device)
+    bar = _bar("rounds", len(config.strategies) * len(config.seeds) * config.rounds, "round")
+
+    def on_round(strategy, seed, row):
+        bar.set_postfix_str(f"{strategy} seed {seed}: {row['labels']} labels, val_acc {row['val_acc']:.3f}")
+        bar.update(1)
+
+    try:
+        results = simulate(config, on_round=on_round)
+    except TrainingError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    finally:
+        bar.close()
+    json_path, png_path = write(results, args.out)
+    print(f"wrote {json_path} and {png_path}", file=sys.stderr)
     return 0
 
 
@@ -316,6 +399,41 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     score.add_argument("--num-cpus", type=int, help="CPUs of the local Ray this command starts (default: all)")
     score.set_defaults(run=cmd_score)
+    embed = sub.add_parser("embed", help="/predict's items plus each clip's embedding, as /embed")
+    embed.add_argument("--model_url", "--model-url", required=True)
+    embed.add_argument("--unlabeled_url", "--unlabeled-url", required=True)
+    embed.add_argument("--npy", help="write the embeddings to this .npy (rows in the JSON's order) and leave "
+                       "them out of the JSON")
+    _image_args(embed)
+    embed.set_defaults(run=cmd_embed)
+    query = sub.add_parser("query", help="the k clips to label next by a query strategy, as /query")
+    query.add_argument("--model_url", "--model-url", required=True)
+    query.add_argument("--unlabeled_url", "--unlabeled-url", required=True)
+    query.add_argument("--k", type=int, required=True)
+    query.add_argument("--strategy", default="uncertainty",
+                       help="uncertainty, entropy, bald, variation_ratio, coreset, badge or random")
+    query.add_argument("--passes", type=int, help="Monte Carlo dropout passes (bald, variation_ratio; default 10)")
+    query.add_argument("--seed", type=int)
+    query.add_argument("--labeled_url", "--labeled-url", help="coreset: the labeled set to stay away from")
+    _image_args(query)
+    query.set_defaults(run=cmd_query)
+    sim = sub.add_parser("simulate", help="pool-based simulation of query strategies on a labeled folder",
+                         description="The training split of LABELED_DIR is the pool (labels hidden until "
+                         "queried), its validation split the yardstick; see docs/active-learning.md.")
+    sim.add_argument("labeled_dir", help="a folder with train/<class>/ and validation/<class>/ images")
+    sim.add_argument("--model", required=True, help="a model file (.h5, .pt, .onnx) or a registry name (small_cnn)")
+    sim.add_argument("--out", required=True, help="folder for simulation.json and simulation.png")
+    sim.add_argument("--strategies", default="uncertainty,random", help="comma-separated (default uncertainty,random)")
+    sim.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    sim.add_argument("--initial", type=int, default=4, help="labeled clips at the start (default 4)")
+    sim.add_argument("--k", type=int, default=4, help="clips queried per round (default 4)")
+    sim.add_argument("--rounds", type=int, default=3, help="training rounds (default 3)")
+    sim.add_argument("--epochs", type=int, default=2, help="epochs per round (default 2)")
+    sim.add_argument("--passes", type=int, default=10, help="Monte Carlo dropout passes (default 10)")
+    sim.add_argument("--device", help="torch device (default: CUDA if available)")
+    sim.add_argument("--img_width", "--img-width", type=int, required=True, help="image rows")
+    sim.add_argument("--img_height", "--img-height", type=int, required=True, help="image columns")
+    sim.set_defaults(run=cmd_simulate)
     return p
 
 

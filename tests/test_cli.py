@@ -25,7 +25,8 @@ from orca.cli import main
 REPO = Path(__file__).resolve().parents[1]
 ROWS, COLS = 48, 60
 TRAIN_KEYS = {"acc", "val_acc", "loss", "val_loss", "cm", "labeled_files", "model_acc", "model_loss", "model_url"}
-COMMANDS = ("serve", "demo", "train", "predict", "evaluate", "new", "convert", "verify")
+COMMANDS = ("serve", "demo", "train", "predict", "evaluate", "new", "convert", "verify", "score", "embed", "query",
+            "simulate")
 
 
 def orca_command() -> list[str]:
@@ -194,3 +195,32 @@ def test_demo_prepare_only_lays_out_the_sample_data(tmp_path, capsys):
     assert (local / "models" / "srkw_cnn_0.h5").is_file()
     assert len(list((local / "labeled").rglob("*.png"))) == 14
     assert len(list((local / "unlabeled" / "spectrograms").glob("orcasoundlab_*.png"))) == 9
+
+
+@pytest.mark.slow
+def test_query_embed_and_simulate_commands_on_a_registered_torch_model(workspace, sample_dir, capsys, tmp_path):
+    model = workspace / "models" / "small_cnn_0.pt"
+    assert main(["new", "small_cnn", str(model), "--rows", str(ROWS), "--cols", str(COLS)]) == 0
+    capsys.readouterr()
+    common = ["--model_url", str(model), "--unlabeled_url", str(workspace / "unlabeled"),
+              "--img_width", str(ROWS), "--img_height", str(COLS)]
+    chosen, _ = run_json(capsys, "query", *common, "--k", "3", "--strategy", "bald", "--passes", "3", "--seed", "1")
+    assert [row["rank"] for row in chosen] == [1, 2, 3] and len({row["audio_url"] for row in chosen}) == 3
+    rows, err = run_json(capsys, "embed", *common, "--npy", str(tmp_path / "e.npy"))
+    import numpy as np
+
+    assert np.load(tmp_path / "e.npy").shape == (len(rows), 64) and "embedding" not in rows[0]
+    assert main(["simulate", str(sample_dir), "--model", "small_cnn", "--out", str(tmp_path / "sim"),
+                 "--strategies", "uncertainty,random", "--rounds", "2", "--k", "2", "--epochs", "1",
+                 "--img_width", "32", "--img_height", "40", "--device", "cpu"]) == 0
+    results = json.loads((tmp_path / "sim" / "simulation.json").read_text())
+    assert [run["strategy"] for run in results["runs"]] == ["uncertainty", "random"]
+    assert (tmp_path / "sim" / "simulation.png").stat().st_size > 0
+    assert "rounds" in capsys.readouterr().err  # the progress bar
+
+
+def test_query_with_a_bad_strategy_is_one_line_naming_it(workspace, capsys):
+    code = main(["query", "--model_url", str(workspace / "models" / "x_0.pt"), "--unlabeled_url",
+                 str(workspace / "unlabeled"), "--img_width", "8", "--img_height", "8", "--k", "2",
+                 "--strategy", "cleverest"])
+    assert code == 2 and "strategy must be one of" in capsys.readouterr().err

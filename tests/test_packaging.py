@@ -23,7 +23,8 @@ SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
 NOT_FOR_SERVING = {"tensorflow", "tf-keras", "tf2onnx", "keras", "moto", "pytest", "hypothesis"}
 BRIDGE_IMPORTS = {"tensorflow", "tf_keras", "tf2onnx", "keras"}
 BRIDGE_MODULES = {"conversion/keras_reference.py"}  # imports TensorFlow at module level, by design
-COMMANDS = ("serve", "demo", "train", "predict", "evaluate", "new", "convert", "verify", "score")
+COMMANDS = ("serve", "demo", "train", "predict", "evaluate", "new", "convert", "verify", "score", "embed", "query",
+            "simulate")
 
 
 def normalize(name: str) -> str:
