@@ -13,7 +13,7 @@ _LAZY = {
     "count_parameters": ".bridge", "keras_to_torch": ".bridge", "torch_to_keras": ".bridge",
     "ConversionError": ".errors", "KerasModel": ".graph",
     "TrainingConfig": ".keras_file", "read_keras_file": ".keras_file", "read_training_config": ".keras_file",
-    "supported_layers": ".layers", "keras_to_onnx": ".onnx_export", "torch_to_onnx": ".onnx_export",
+    "supported_layers": ".graph", "keras_to_onnx": ".onnx_export", "torch_to_onnx": ".onnx_export",
     "onnx_to_keras": ".keras_from_onnx", "OnnxModule": ".onnx_interpreter", "onnx_to_torch": ".onnx_interpreter",
     "convert": ".converting",
 }

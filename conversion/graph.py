@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from .errors import ConversionError
-from .layers import CONVERTERS, ConvertContext, KerasLayer, LayerWeights, SavedWeight
+from .layers import CONVERTERS, ConvertContext, KerasLayer, LayerWeights, SavedWeight, supported_layers  # noqa: F401
 from .layout import to_internal, to_keras
+from .recurrent import MASK_MERGING, MASK_PASSING, masked_global_average, wrapped_layer  # registers its converters
 
 MODEL_CLASSES = {"Sequential", "Model", "Functional"}
 
@@ -94,8 +95,9 @@ def _calls(inbound_nodes) -> list[list[TensorRef]]:
     if inbound_nodes and isinstance(inbound_nodes[0], str):  # one bare [name, node, tensor, kwargs]
         inbound_nodes = [[inbound_nodes]]
     for node in inbound_nodes or []:
-        if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
-            calls.append(_keras3_tensors(node.get("args", [])))
+        if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}; states fed to an RNN follow x
+            kwargs = node.get("kwargs") or {}
+            calls.append(_keras3_tensors(node.get("args", [])) + _keras3_tensors(kwargs.get("initial_state") or []))
         elif node and isinstance(node[0], str):  # tf.keras 2.2.4-tf: a call of one tensor, written flat
             calls.append([_ref(node)])
         else:  # Keras 2: [[name, node_index, tensor_index, kwargs], ...]
@@ -159,6 +161,19 @@ def _skips_first_node(entry: dict) -> bool:
     return bool(inner_layers) and inner_layers[0].get("class_name") == "InputLayer"
 
 
+def _without_mask_ops(layers: list[LayerSpec], outputs: list[TensorRef]) -> list[LayerSpec]:
+    """Keras 3 records the ops that compute a mask (`NotEqual`, `Any`, …) as layers whose results
+    reach other layers only as their `mask=` argument. The bridge computes masks itself, so such
+    op layers, read by no layer's inputs and no model output, are left out."""
+    while True:
+        read = {r.layer for layer in layers for call in layer.calls for r in call} | {r.layer for r in outputs}
+        unread = [layer for layer in layers if layer.name not in read and layer.class_name not in CONVERTERS
+                  and layer.model is None]
+        if not unread:
+            return layers
+        layers = [layer for layer in layers if layer not in unread]
+
+
 def _parse_functional(config) -> ModelSpec:
     entries = config.get("layers", [])
     layers = [_layer_spec(e) for e in entries]
@@ -175,6 +190,7 @@ def _parse_functional(config) -> ModelSpec:
         for layer in layers:
             layer.calls = [[fix(r) for r in call] for call in layer.calls]
         outputs = [fix(r) for r in outputs]
+    layers = _without_mask_ops(layers, outputs)
     shapes = [_input_shape(by_name[r.layer].config) if r.layer in by_name else None for r in inputs]
     return ModelSpec(config.get("name", "model"), layers, inputs, outputs,
                      shapes, bool(config.get("trainable", True)))
@@ -184,6 +200,9 @@ def check_supported(spec: ModelSpec, source: str = "") -> None:
     """Raise one ConversionError naming every layer no converter handles (class and name)."""
     unsupported = [f"{leaf.class_name} layer {leaf.name!r}" for leaf in spec.leaves()
                    if leaf.class_name not in CONVERTERS]
+    unsupported += [f"{wrapped_layer(leaf.config)[0]} layer wrapped in {leaf.class_name} {leaf.name!r}"
+                    for leaf in spec.leaves() if leaf.class_name in ("TimeDistributed", "Bidirectional")
+                    and wrapped_layer(leaf.config)[0] not in CONVERTERS]
     if unsupported:
         where = f"{source}: " if source else ""
         raise ConversionError(f"{where}unsupported Keras layer(s): {', '.join(unsupported)}; "
@@ -219,8 +238,44 @@ def module_key(name: str) -> str:
     return name.replace(".", "_") or "_"
 
 
+def _mask_rule(class_name: str) -> str | None:
+    """How a layer treats the mask of its input (Embedding(mask_zero) / Masking): see recurrent.py."""
+    if class_name in MASK_PASSING:
+        return "pass"
+    if class_name in MASK_MERGING:
+        return "merge"
+    if class_name in ("GlobalAveragePooling1D", "GlobalAvgPool1D"):
+        return "average"
+    return None
+
+
+def _merged_mask(args, in_masks):
+    """Keras merge layers: a step counts where every input's mask keeps it."""
+    if any(a.dim() < 2 or a.shape[:2] != args[0].shape[:2] for a in args):
+        raise ConversionError("a masked sequence is merged with a tensor of another shape")
+    merged = None
+    for m in in_masks:
+        if m is not None:
+            merged = m if merged is None else merged & m
+    return merged
+
+
+def _pick(value, index: int):
+    """Output `index` of a call: layers with several outputs (return_state, merge_mode=None,
+    nested models) return tuples."""
+    if isinstance(value, (tuple, list)):
+        return value[index]
+    if index:
+        raise ConversionError(f"output {index} requested from a layer with one output")
+    return value
+
+
 class KerasGraph(nn.Module):
-    """Runs a ModelSpec's calls in dependency order on the bridge's internal layout."""
+    """Runs a ModelSpec's calls in dependency order on the bridge's internal layout.
+
+    A value is a call's output (a tuple for layers with several outputs), read by TensorRef.index;
+    beside it runs the Keras mask of each value (None, or (batch, steps) booleans).
+    """
 
     def __init__(self, spec: ModelSpec, load_weights, ctx: ConvertContext, frozen: bool = False):
         super().__init__()
@@ -248,11 +303,12 @@ class KerasGraph(nn.Module):
                                           f"cannot read its config or weights ({exc!r})") from None
                 weights.check_all_taken()
                 self.layers[key] = module
+        self.mask_rules = {module_key(layer.name): _mask_rule(layer.class_name) for layer in spec.layers}
         self.inputs = [(module_key(r.layer), r.call) for r in spec.inputs]
-        self.outputs = [(module_key(r.layer), r.call) for r in spec.outputs]
+        self.outputs = [(module_key(r.layer), r.call, r.index) for r in spec.outputs]
         self.steps = self._schedule(spec)
 
-    def _schedule(self, spec: ModelSpec) -> list[tuple[str, int, list[tuple[str, int]]]]:
+    def _schedule(self, spec: ModelSpec) -> list[tuple[str, int, list[tuple[str, int, int]]]]:
         """Order every (layer, call) after the calls it reads from."""
         input_refs = {(module_key(r.layer), r.call) for r in spec.inputs}
         pending = []
@@ -261,18 +317,18 @@ class KerasGraph(nn.Module):
             for i, inputs in enumerate(layer.calls):
                 if (key, i) in input_refs and layer.class_name == "InputLayer":
                     continue
-                pending.append((key, i, [(module_key(r.layer), r.call) for r in inputs]))
+                pending.append((key, i, [(module_key(r.layer), r.call, r.index) for r in inputs]))
         ready, steps = set(input_refs), []
         while pending:
-            runnable = [p for p in pending if all(src in ready for src in p[2])]
+            runnable = [p for p in pending if all(src[:2] in ready for src in p[2])]
             if not runnable:
-                missing = sorted({src for p in pending for src in p[2] if src not in ready})
+                missing = sorted({src[:2] for p in pending for src in p[2] if src[:2] not in ready})
                 raise ConversionError(f"model {spec.name!r}: cannot resolve layer inputs {missing}")
             for step in runnable:
                 steps.append(step)
                 ready.add((step[0], step[1]))
             pending = [p for p in pending if p not in runnable]
-        needed = set(self.outputs)
+        needed = {o[:2] for o in self.outputs}
         for key, call, _ in steps:
             needed.discard((key, call))
         if needed - input_refs:
@@ -281,15 +337,28 @@ class KerasGraph(nn.Module):
 
     def run(self, inputs: list[torch.Tensor], logits: bool = False) -> list[torch.Tensor]:
         values = dict(zip(self.inputs, inputs))
-        outputs = set(self.outputs)
+        masks: dict[tuple[str, int], object] = {}
+        outputs = {o[:2] for o in self.outputs}
         for key, call, sources in self.steps:
             layer = self.layers[key]
-            args = [values[s] for s in sources]
-            if logits and (key, call) in outputs:
-                values[(key, call)] = layer.forward_logits(*args)
+            args = [_pick(values[s[:2]], s[2]) for s in sources]
+            in_masks = [_pick(masks[s[:2]], s[2]) if masks.get(s[:2]) is not None else None for s in sources]
+            rule = self.mask_rules.get(key)
+            kwargs = {"mask": in_masks[0]} if getattr(layer, "takes_mask", False) and in_masks else {}
+            if rule == "average" and in_masks and in_masks[0] is not None:
+                value = masked_global_average(args[0], in_masks[0])
+            elif logits and (key, call) in outputs:
+                value = layer.forward_logits(*args, **kwargs)
             else:
-                values[(key, call)] = layer(*args)
-        return [values[o] for o in self.outputs]
+                value = layer(*args, **kwargs)
+            values[(key, call)] = value
+            if getattr(layer, "takes_mask", False):
+                masks[(key, call)] = layer.output_mask(args, in_masks[0] if in_masks else None)
+            elif rule == "pass" and in_masks:
+                masks[(key, call)] = in_masks[0]
+            elif rule == "merge" and any(m is not None for m in in_masks):
+                masks[(key, call)] = _merged_mask(args, in_masks)
+        return [_pick(values[o[:2]], o[2]) for o in self.outputs]
 
     def forward(self, *inputs):
         out = self.run(list(inputs))
@@ -340,6 +409,9 @@ class KerasModel(nn.Module):
                     w = getattr(module, var)
                     term = (l1 * w.abs().sum() if l1 else 0) + (l2 * w.square().sum() if l2 else 0)
                     total = term if total is None else total + term
+                activity = module.take_activity_loss()  # outputs' penalties of the last train() forward
+                if activity is not None:
+                    total = activity if total is None else total + activity
         if total is None:
             return torch.zeros(())
         return total

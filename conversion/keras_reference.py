@@ -51,18 +51,34 @@ def predict(model, inputs: list[np.ndarray], logits: bool = False) -> list[np.nd
     Logits are taken by switching the activation of the layers that produce the outputs to
     linear for one call (Keras layers read `self.activation` at call time), then restoring it.
     """
-    feed = inputs if len(inputs) > 1 else inputs[0]
     switched = _final_activation_layers(model) if logits else []
     saved = [layer.activation for layer in switched]
     try:
         for layer in switched:
             layer.activation = _linear(model)
-        out = model(feed, training=False)
+        return _call_from_zero_states(model, inputs)
     finally:
         for layer, activation in zip(switched, saved):
             layer.activation = activation
-    out = out if isinstance(out, (list, tuple)) else [out]
-    return [np.asarray(o) for o in out]
+
+
+def _call_from_zero_states(model, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """model(inputs) in inference mode, as the bridge computes it: stateful recurrent layers start
+    from zero states (reset before every call), and a model built for a fixed batch size (stateful
+    ones are) runs on zero-padded chunks of that size."""
+    fixed = _input_tensors(model)[0].shape[0]
+    count = inputs[0].shape[0]
+    size = int(fixed) if fixed else count
+    chunks = []
+    for start in range(0, count, size):
+        part = [x[start:start + size] for x in inputs]
+        if part[0].shape[0] < size:
+            part = [np.concatenate([p, np.zeros((size - p.shape[0],) + p.shape[1:], p.dtype)]) for p in part]
+        if hasattr(model, "reset_states") and any(getattr(layer, "stateful", False) for layer in model.submodules):
+            model.reset_states()
+        out = model(part if len(part) > 1 else part[0], training=False)
+        chunks.append([np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])])
+    return [np.concatenate([c[i] for c in chunks])[:count] for i in range(len(chunks[0]))]
 
 
 def _linear(model):

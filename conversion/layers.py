@@ -48,19 +48,21 @@ class LayerWeights:
     saved: list[SavedWeight] = field(default_factory=list)
     taken: dict[str, str] = field(default_factory=dict)  # var → h5 path
 
-    def _find(self, var: str) -> SavedWeight:
-        for w in self.saved:
-            if w.var == var and w.h5_path not in self.taken.values():
-                return w
+    def _find(self, names: tuple[str, ...]) -> SavedWeight:
+        for name in names:
+            for w in self.saved:
+                if w.var == name and w.h5_path not in self.taken.values():
+                    return w
         # Names that do not parse (very old or hand-made files): fall back to save order.
         remaining = [w for w in self.saved if w.h5_path not in self.taken.values()]
-        if remaining and not any(w.var == var for w in self.saved):
+        if remaining and not any(w.var in names for w in self.saved):
             return remaining[0]
-        raise ConversionError(f"layer {self.layer!r}: no saved weight {var!r} "
+        raise ConversionError(f"layer {self.layer!r}: no saved weight {names[0]!r} "
                               f"(file has {[w.var for w in self.saved]})")
 
-    def take(self, var: str) -> np.ndarray:
-        w = self._find(var)
+    def take(self, var: str, aliases: tuple[str, ...] = ()) -> np.ndarray:
+        """The saved value of `var` (or of the first of `aliases` saved: another Keras version's name)."""
+        w = self._find((var, *aliases))
         self.taken[var] = w.h5_path
         return w.value
 
@@ -75,6 +77,11 @@ class KerasLayer(nn.Module):
 
     `forward_logits` stops before a fused sigmoid/softmax so parity tests and losses can work on
     logits. `regularizers` maps a parameter name to Keras' (l1, l2) penalty factors.
+
+    `activity_regularizer` is Keras' (l1, l2) penalty on the layer's output: each call in train()
+    mode with gradients on records l1·Σ|y| + l2·Σy² divided by the batch size (as tf_keras and
+    Keras 3 do), and `take_activity_loss` hands the recorded sum to the model's
+    `regularization_loss` once, so a training step adds the penalties of its own forward pass.
     """
 
     def __init__(self, activation: str | None = None, ctx: ConvertContext | None = None):
@@ -83,22 +90,45 @@ class KerasLayer(nn.Module):
         self.activation = make_activation(self.activation_name, ctx or ConvertContext())
         self.h5_paths: dict[str, str] = {}
         self.regularizers: dict[str, tuple[float, float]] = {}
+        self.activity_regularizer: tuple[float, float] | None = None
+        self._activity_losses: list[torch.Tensor] = []
 
     def linear(self, *xs: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.linear(*xs))
+        y = self.activation(self.linear(*xs))
+        self._record_activity(y)
+        return y
 
     def forward_logits(self, *xs: torch.Tensor) -> torch.Tensor:
         if self.activation_name in ("sigmoid", "softmax"):
-            return self.linear(*xs)
+            logits = self.linear(*xs)
+            if self.activity_regularizer:  # Keras penalizes the layer's output, after its activation
+                self._record_activity(self.activation(logits))
+            return logits
         return self.forward(*xs)
 
+    def _record_activity(self, outputs) -> None:
+        if not (self.activity_regularizer and self.training and torch.is_grad_enabled()):
+            return
+        l1, l2 = self.activity_regularizer
+        for y in outputs if isinstance(outputs, (tuple, list)) else (outputs,):
+            penalty = (l1 * y.abs().sum() if l1 else 0) + (l2 * y.square().sum() if l2 else 0)
+            self._activity_losses.append(penalty / max(int(y.shape[0]), 1) if y.dim() else penalty)
+
+    def take_activity_loss(self) -> torch.Tensor | None:
+        """The activity penalties recorded since the last take (None if none), forgotten afterwards."""
+        if not self._activity_losses:
+            return None
+        total = torch.stack(self._activity_losses).sum()
+        self._activity_losses = []
+        return total
+
     def add_weight(self, weights: LayerWeights, var: str, trainable: bool, config: dict,
-                   regularizer_key: str | None = None):
+                   regularizer_key: str | None = None, aliases: tuple[str, ...] = ()):
         """Register the saved Keras variable `var` as a parameter (or buffer if not trainable)."""
-        value = torch.from_numpy(np.array(weights.take(var), dtype=np.float32))
+        value = torch.from_numpy(np.array(weights.take(var, aliases), dtype=np.float32))
         if trainable:
             self.register_parameter(var, nn.Parameter(value))
         else:
@@ -223,8 +253,15 @@ def converter(*class_names: str):
     """Register a function as the converter of the named Keras layer classes."""
 
     def register(fn: Converter) -> Converter:
+        def convert(config: dict, weights: LayerWeights, ctx: ConvertContext) -> KerasLayer:
+            layer = fn(config, weights, ctx)
+            penalty = regularizer_factors(config.get("activity_regularizer"))  # any layer may have one
+            if penalty:
+                layer.activity_regularizer = penalty
+            return layer
+
         for name in class_names:
-            CONVERTERS[name] = fn
+            CONVERTERS[name] = convert
         return fn
 
     return register
@@ -310,6 +347,57 @@ class DropoutLayer(KerasLayer):
         if self.spatial and x.dim() == 3:  # (batch, steps, channels): whole channels
             return F.dropout1d(x.transpose(1, 2), self.rate, self.training).transpose(1, 2)
         return fast_dropout(x, self.rate) if self.training else x
+
+
+class NoiseLayer(KerasLayer):
+    """GaussianNoise, GaussianDropout, AlphaDropout: the identity in eval(), Keras' noise in train().
+
+    Additive N(0, stddev²); multiplicative N(1, rate / (1 − rate)); alpha dropout keeps SELU's mean
+    and variance: dropped units become −λα, then a·x + b (torch's `alpha_dropout` is the same formula
+    as Keras'). Same distribution as Keras, not the same draws.
+    """
+
+    def __init__(self, kind: str, amount: float):
+        super().__init__()
+        self.kind, self.amount = kind, amount
+
+    def linear(self, x):
+        if not self.training or self.amount <= 0:
+            return x
+        if self.kind == "gaussian_noise":
+            return x + torch.randn_like(x) * self.amount
+        if self.amount >= 1:  # Keras leaves rate ≥ 1 alone
+            return x
+        if self.kind == "gaussian_dropout":
+            return x * (1.0 + torch.randn_like(x) * math.sqrt(self.amount / (1.0 - self.amount)))
+        return F.alpha_dropout(x, self.amount, True)
+
+
+@converter("GaussianNoise")
+def convert_gaussian_noise(config, weights, ctx):
+    return NoiseLayer("gaussian_noise", float(config.get("stddev", 0.0)))
+
+
+@converter("GaussianDropout")
+def convert_gaussian_dropout(config, weights, ctx):
+    return NoiseLayer("gaussian_dropout", float(config.get("rate", 0.0)))
+
+
+@converter("AlphaDropout")
+def convert_alpha_dropout(config, weights, ctx):
+    if config.get("noise_shape") is not None:
+        raise ConversionError(f"layer {config.get('name')!r}: AlphaDropout noise_shape is not supported")
+    return NoiseLayer("alpha_dropout", float(config.get("rate", 0.0)))
+
+
+@converter("ActivityRegularization")
+def convert_activity_regularization(config, weights, ctx):
+    """The identity; its (l1, l2) penalty on the activations joins the model's regularization_loss."""
+    layer = Identity()
+    l1, l2 = float(config.get("l1", 0.0) or 0.0), float(config.get("l2", 0.0) or 0.0)
+    if l1 or l2:
+        layer.activity_regularizer = (l1, l2)
+    return layer
 
 
 class ActivationLayer(KerasLayer):
@@ -529,6 +617,38 @@ for _name, _op in [("Add", "add"), ("Subtract", "subtract"), ("Multiply", "multi
     converter(_name)(lambda config, weights, ctx, _op=_op: Merge(_op))
 
 
+class DotLayer(KerasLayer):
+    """Keras Dot of two (batch, n) or (batch, n, m) tensors over one axis each (batch_dot): rank 2
+    gives (batch, 1), rank 3 the remaining axis of the first input, then the second's; `normalize`
+    l2-normalizes each input along its axis first (as tf.math.l2_normalize)."""
+
+    def __init__(self, axes, normalize: bool):
+        super().__init__()
+        self.axes, self.normalize = axes, normalize
+
+    def linear(self, a, b):
+        if a.dim() != b.dim() or a.dim() not in (2, 3):
+            raise ConversionError(f"Dot of inputs of rank {a.dim()} and {b.dim()} (2 or 3 supported)")
+        axes = self.axes if isinstance(self.axes, (list, tuple)) else (self.axes, self.axes)
+        ax, bx = int(axes[0]) % a.dim(), int(axes[1]) % b.dim()
+        if self.normalize:
+            a = a * torch.rsqrt(torch.clamp(a.square().sum(dim=ax, keepdim=True), min=1e-12))
+            b = b * torch.rsqrt(torch.clamp(b.square().sum(dim=bx, keepdim=True), min=1e-12))
+        if a.dim() == 2:
+            return (a * b).sum(dim=1, keepdim=True)
+        a = a if ax == 2 else a.transpose(1, 2)  # (batch, kept, contracted)
+        b = b if bx == 1 else b.transpose(1, 2)  # (batch, contracted, kept)
+        return torch.bmm(a, b)
+
+
+@converter("Dot")
+def convert_dot(config, weights, ctx):
+    axes = config.get("axes", -1)
+    if isinstance(axes, (list, tuple)) and len(axes) != 2:
+        raise ConversionError(f"layer {config.get('name')!r}: Dot axes={axes!r}")
+    return DotLayer(axes, bool(config.get("normalize", False)))
+
+
 @converter("Concatenate")
 def convert_concatenate(config, weights, ctx):
     return Merge("concat", int(config.get("axis", -1)))
@@ -559,16 +679,38 @@ def convert_dense(config, weights, ctx):
     return layer
 
 
-class Conv(KerasLayer):
-    """Conv2D / DepthwiseConv2D / SeparableConv2D / Conv2DTranspose with TF 'same' padding.
+def transposed_window(size: int, kernel: int, stride: int, dilation: int, padding: str,
+                      output_padding: int | None) -> tuple[int, int]:
+    """(start, length) of a Keras ConvNDTranspose output inside torch's full transposed convolution
+    along one axis: Keras' output length (tf_keras `deconv_output_length`, Keras 3 alike), and TF's
+    'same' offset (the padding its forward convolution of that length would put before)."""
+    k = (kernel - 1) * dilation + 1
+    if output_padding is None:
+        length = size * stride + max(k - stride, 0) if padding == "valid" else size * stride
+    else:
+        length = (size - 1) * stride + k - 2 * (k // 2 if padding == "same" else 0) + output_padding
+    full = (size - 1) * stride + k
+    return (max(full - length, 0) // 2 if padding == "same" else 0), length
 
-    Kernels stay in Keras' (kh, kw, …) layout and are rearranged for torch at each call; the
-    copy is small next to the convolution and keeps the round trip a plain copy.
+
+class Conv(KerasLayer):
+    """Conv1D/2D (grouped too), DepthwiseConv1D/2D, SeparableConv1D/2D, Conv1D/2DTranspose with TF
+    'same' and 'causal' padding.
+
+    Kernels stay in Keras' (kh, kw, …) or (k, …) layout and are rearranged for torch at each call;
+    the copy is small next to the convolution and keeps the round trip a plain copy. 1-D layers run
+    as 2-D ones over a (1, steps) image: one code path for TF's padding and transposed geometry.
     """
 
-    def __init__(self, kind, strides, padding, dilation, activation, ctx):
+    def __init__(self, kind, strides, padding, dilation, activation, ctx, rank: int = 2, groups: int = 1,
+                 output_padding=None):
         super().__init__(activation, ctx)
         self.kind, self.strides, self.padding, self.dilation = kind, strides, padding, dilation
+        self.rank, self.groups, self.output_padding = rank, groups, output_padding
+
+    def _kernel(self, var: str) -> torch.Tensor:
+        k = getattr(self, var)
+        return k.unsqueeze(0) if self.rank == 1 else k  # (k, …) → (1, k, …)
 
     def _conv(self, x, weight, groups=1, bias=None):
         kernel = weight.shape[2:]
@@ -579,74 +721,91 @@ class Conv(KerasLayer):
             x, strides = x[:, :, ::strides[0], ::strides[1]], (1, 1)
         if self.padding == "same":
             x = pad_same(x, kernel, strides, self.dilation)
+        elif self.padding == "causal":  # 1-D only: every pad before the first step
+            x = F.pad(x, ((kernel[1] - 1) * self.dilation[1], 0))
         elif self.padding != "valid":
             raise ConversionError(f"padding={self.padding!r} is not supported")
         return F.conv2d(x, weight, bias, strides, 0, self.dilation, groups)
 
     def _transposed(self, x, weight):
-        n_h, n_w = x.shape[2], x.shape[3]
         y = F.conv_transpose2d(x, weight, None, self.strides, 0, 0, 1, self.dilation)
-        if self.padding == "valid":
-            return y
-        out = []
-        for axis, n in ((2, n_h), (3, n_w)):
-            i = axis - 2
-            k = weight.shape[axis]
-            full = (n - 1) * self.strides[i] + (k - 1) * self.dilation[i] + 1
-            target = n * self.strides[i]
-            start = max(full - target, 0) // 2
-            out.append((start, target))
-        (sh, th), (sw, tw) = out
+        output_padding = self.output_padding or (None, None)
+        (sh, th), (sw, tw) = (transposed_window(x.shape[2 + i], weight.shape[2 + i], self.strides[i],
+                                                self.dilation[i], self.padding, output_padding[i])
+                              for i in (0, 1))
         y = y[:, :, sh:sh + th, sw:sw + tw]
-        if y.shape[2] < th or y.shape[3] < tw:
+        if y.shape[2] < th or y.shape[3] < tw:  # TF's output reaches past the full one: zeros there
             y = F.pad(y, (0, tw - y.shape[3], 0, th - y.shape[2]))
         return y
 
-    def linear(self, x):
+    def _depthwise(self, x, bias=None):
+        k = self._kernel("depthwise_kernel")  # (kh, kw, in, mult)
+        w = k.permute(2, 3, 0, 1).reshape(k.shape[2] * k.shape[3], 1, k.shape[0], k.shape[1])
+        return self._conv(x, w, groups=k.shape[2], bias=bias)
+
+    def _linear_2d(self, x):
         bias = getattr(self, "bias", None)  # added inside the convolution: one full pass less
         if self.kind == "conv":
-            return self._conv(x, self.kernel.permute(3, 2, 0, 1), bias=bias)
+            return self._conv(x, self._kernel("kernel").permute(3, 2, 0, 1), groups=self.groups, bias=bias)
         if self.kind == "depthwise":
-            k = self.depthwise_kernel  # (kh, kw, in, mult)
-            w = k.permute(2, 3, 0, 1).reshape(k.shape[2] * k.shape[3], 1, k.shape[0], k.shape[1])
-            return self._conv(x, w, groups=k.shape[2], bias=bias)
+            return self._depthwise(x, bias)
         if self.kind == "separable":
-            k = self.depthwise_kernel
-            w = k.permute(2, 3, 0, 1).reshape(k.shape[2] * k.shape[3], 1, k.shape[0], k.shape[1])
-            y = self._conv(x, w, groups=k.shape[2])
-            return F.conv2d(y, self.pointwise_kernel.permute(3, 2, 0, 1), bias)
+            return F.conv2d(self._depthwise(x), self._kernel("pointwise_kernel").permute(3, 2, 0, 1), bias)
         # transpose: Keras (kh, kw, out, in) → torch (in, out, kh, kw)
-        y = self._transposed(x, self.kernel.permute(3, 2, 0, 1))
+        y = self._transposed(x, self._kernel("kernel").permute(3, 2, 0, 1))
         return y if bias is None else y + bias.view(1, -1, 1, 1)
 
+    def linear(self, x):
+        if self.rank == 1:  # (batch, steps, channels) → (batch, channels, 1, steps) and back
+            return self._linear_2d(x.transpose(1, 2).unsqueeze(2)).squeeze(2).transpose(1, 2)
+        return self._linear_2d(x)
 
+
+# class name → (kind, rank, kernel variables)
 _CONV_KINDS = {
-    "Conv2D": ("conv", ["kernel"]),
-    "Convolution2D": ("conv", ["kernel"]),
-    "Conv2DTranspose": ("transpose", ["kernel"]),
-    "Convolution2DTranspose": ("transpose", ["kernel"]),
-    "DepthwiseConv2D": ("depthwise", ["depthwise_kernel"]),
-    "SeparableConv2D": ("separable", ["depthwise_kernel", "pointwise_kernel"]),
-    "SeparableConvolution2D": ("separable", ["depthwise_kernel", "pointwise_kernel"]),
+    "Conv2D": ("conv", 2, ["kernel"]),
+    "Convolution2D": ("conv", 2, ["kernel"]),
+    "Conv2DTranspose": ("transpose", 2, ["kernel"]),
+    "Convolution2DTranspose": ("transpose", 2, ["kernel"]),
+    "DepthwiseConv2D": ("depthwise", 2, ["depthwise_kernel"]),
+    "SeparableConv2D": ("separable", 2, ["depthwise_kernel", "pointwise_kernel"]),
+    "SeparableConvolution2D": ("separable", 2, ["depthwise_kernel", "pointwise_kernel"]),
+    "Conv1D": ("conv", 1, ["kernel"]),
+    "Convolution1D": ("conv", 1, ["kernel"]),
+    "Conv1DTranspose": ("transpose", 1, ["kernel"]),
+    "Convolution1DTranspose": ("transpose", 1, ["kernel"]),
+    "DepthwiseConv1D": ("depthwise", 1, ["depthwise_kernel"]),
+    "SeparableConv1D": ("separable", 1, ["depthwise_kernel", "pointwise_kernel"]),
+    "SeparableConvolution1D": ("separable", 1, ["depthwise_kernel", "pointwise_kernel"]),
 }
+
+# Keras 3 saves a DepthwiseConv1D/2D kernel as `kernel`; tf_keras as `depthwise_kernel`.
+_KERNEL_ALIASES = {"depthwise_kernel": ("kernel",)}
+
+
+def _sizes(config, key, rank) -> tuple[int, int]:
+    """A Keras size argument as the (rows, cols) pair of the 2-D convolution that computes the layer."""
+    return (1, _single(config.get(key, 1))) if rank == 1 else _pair(config.get(key, 1))
 
 
 def convert_conv(config, weights, ctx, class_name):
     name = config.get("name", "")
     _check_channels_last(config, name)
-    kind, kernels = _CONV_KINDS[class_name]
-    if int(config.get("groups", 1) or 1) != 1:
-        raise ConversionError(f"layer {name!r}: grouped convolution (groups={config['groups']}) is not supported")
-    if kind == "transpose" and config.get("output_padding") is not None:
-        raise ConversionError(f"layer {name!r}: Conv2DTranspose output_padding is not supported")
-    strides = _pair(config.get("strides", 1))
-    dilation = _pair(config.get("dilation_rate", 1))
-    layer = Conv(kind, strides, config.get("padding", "valid"), dilation,
-                 activation_name(config.get("activation")), ctx)
+    kind, rank, kernels = _CONV_KINDS[class_name]
+    groups = int(config.get("groups", 1) or 1)
+    padding = config.get("padding", "valid")
+    if padding not in (("valid", "same", "causal") if rank == 1 and kind != "transpose" else ("valid", "same")):
+        raise ConversionError(f"layer {name!r}: padding={padding!r} is not supported")
+    output_padding = config.get("output_padding")
+    if output_padding is not None:
+        output_padding = (0, _single(output_padding)) if rank == 1 else _pair(output_padding)
+    layer = Conv(kind, _sizes(config, "strides", rank), padding, _sizes(config, "dilation_rate", rank),
+                 activation_name(config.get("activation")), ctx, rank, groups, output_padding)
     regularizer_keys = {"kernel": "kernel_regularizer", "depthwise_kernel": "depthwise_regularizer",
                         "pointwise_kernel": "pointwise_regularizer"}
     for var in kernels:
-        layer.add_weight(weights, var, _trainable(config), config, regularizer_keys[var])
+        layer.add_weight(weights, var, _trainable(config), config, regularizer_keys[var],
+                         aliases=_KERNEL_ALIASES.get(var, ()))
     if config.get("use_bias", True):
         layer.add_weight(weights, "bias", _trainable(config), config, "bias_regularizer")
     return layer
@@ -814,18 +973,22 @@ def convert_repeat_vector(config, weights, ctx):
 
 class LayerNorm(KerasLayer):
     """Keras LayerNormalization over `axis` (one or several Keras axes), with Keras' epsilon; gamma and
-    beta have the shape of those axes and broadcast over the rest."""
+    beta have the shape of those axes and broadcast over the rest.
 
-    def __init__(self, axis, epsilon: float):
+    `rms_scaling` (Keras 3) is what Keras computes, not an RMS norm: x · rsqrt(var(x) + ε) · gamma,
+    the input scaled by its variance but not centred, and no beta.
+    """
+
+    def __init__(self, axis, epsilon: float, rms_scaling: bool = False):
         super().__init__()
-        self.axis, self.epsilon = axis, epsilon
+        self.axis, self.epsilon, self.rms_scaling = axis, epsilon, rms_scaling
 
     def linear(self, x):
         xk = to_keras(x)
         axes = _keras_axes(self.axis, xk.dim())
         mean = xk.mean(dim=axes, keepdim=True)
         variance = (xk - mean).square().mean(dim=axes, keepdim=True)
-        y = (xk - mean) * torch.rsqrt(variance + self.epsilon)
+        y = (xk if self.rms_scaling else xk - mean) * torch.rsqrt(variance + self.epsilon)
         shape = [xk.shape[d] if d in axes else 1 for d in range(xk.dim())]
         if hasattr(self, "gamma"):
             y = y * self.gamma.reshape(shape)
@@ -836,14 +999,96 @@ class LayerNorm(KerasLayer):
 
 @converter("LayerNormalization")
 def convert_layer_norm(config, weights, ctx):
-    if config.get("rms_scaling"):
-        raise ConversionError(f"layer {config.get('name')!r}: LayerNormalization rms_scaling is not supported")
-    layer = LayerNorm(config.get("axis", -1), float(config.get("epsilon", 1e-3)))
-    if config.get("scale", True):
+    rms_scaling = bool(config.get("rms_scaling", False))
+    layer = LayerNorm(config.get("axis", -1), float(config.get("epsilon", 1e-3)), rms_scaling)
+    if config.get("scale", True) or rms_scaling:  # Keras 3 makes gamma for rms_scaling whatever `scale` says
         layer.add_weight(weights, "gamma", _trainable(config), config, "gamma_regularizer")
-    if config.get("center", True):
+    if config.get("center", True) and not rms_scaling:
         layer.add_weight(weights, "beta", _trainable(config), config, "beta_regularizer")
     return layer
+
+
+class UnitNorm(KerasLayer):
+    """Keras UnitNormalization: x / ‖x‖₂ over `axis`, the squared norm floored at 1e-12 as
+    tf.math.l2_normalize (tf_keras) and keras.ops.normalize (Keras 3) do."""
+
+    def __init__(self, axis):
+        super().__init__()
+        self.axis = axis
+
+    def linear(self, x):
+        xk = to_keras(x)
+        squares = xk.square().sum(dim=_keras_axes(self.axis, xk.dim()), keepdim=True)
+        return to_internal(xk * torch.rsqrt(torch.clamp(squares, min=1e-12)))
+
+
+@converter("UnitNormalization")
+def convert_unit_normalization(config, weights, ctx):
+    return UnitNorm(config.get("axis", -1))
+
+
+class RescalingLayer(KerasLayer):
+    """x · scale + offset (scalars, or per-channel lists broadcast over the last Keras axis)."""
+
+    def __init__(self, scale, offset):
+        super().__init__()
+        self.scale, self.offset = scale, offset  # config values, not weights: no buffer Keras would not count
+
+    def linear(self, x):
+        scale = torch.as_tensor(self.scale, dtype=x.dtype, device=x.device)
+        offset = torch.as_tensor(self.offset, dtype=x.dtype, device=x.device)
+        return to_internal(to_keras(x) * scale + offset)
+
+
+@converter("Rescaling")
+def convert_rescaling(config, weights, ctx):
+    return RescalingLayer(config.get("scale", 1.0), config.get("offset", 0.0))
+
+
+class NormalizationLayer(KerasLayer):
+    """Keras Normalization (preprocessing): (x − mean) / max(√variance, 1e-7), or its inverse. mean and
+    variance (non-trainable) have the shape of the kept `axis` and broadcast over the other Keras axes."""
+
+    def __init__(self, axis, invert: bool, configured=None):
+        super().__init__()
+        self.axis, self.invert = axis, invert
+        self.configured = configured  # (mean, variance) from the config: not weights, so no buffers
+
+    def _statistics(self, x):
+        if self.configured is None:
+            return self.mean, self.variance
+        return tuple(torch.as_tensor(v, dtype=x.dtype, device=x.device) for v in self.configured)
+
+    def _broadcast(self, value: torch.Tensor, xk: torch.Tensor) -> torch.Tensor:
+        if value.numel() == 1:
+            return value.reshape(())
+        kept = [] if self.axis is None else _keras_axes(self.axis, xk.dim())
+        return value.reshape([xk.shape[d] if d in kept else 1 for d in range(1, xk.dim())])
+
+    def linear(self, x):
+        xk = to_keras(x)
+        mean, variance = (self._broadcast(v, xk) for v in self._statistics(xk))
+        spread = torch.clamp(torch.sqrt(variance), min=1e-7)
+        return to_internal(mean + xk * spread if self.invert else (xk - mean) / spread)
+
+
+@converter("Normalization")
+def convert_normalization(config, weights, ctx):
+    """Adapted statistics come from the file's `mean`/`variance` weights. Its int64 `count` becomes a
+    buffer of its own dtype, never written back (the template keeps it bit for bit; the model never
+    reads it); statistics given to the constructor sit in the config."""
+    axis, invert = config.get("axis", -1), bool(config.get("invert", False))
+    if "mean" in {w.var for w in weights.saved}:
+        layer = NormalizationLayer(axis, invert)
+        layer.add_weight(weights, "mean", False, config)
+        layer.add_weight(weights, "variance", False, config)
+        if "count" in {w.var for w in weights.saved}:
+            layer.register_buffer("count", torch.from_numpy(np.array(weights.take("count"))))
+        return layer
+    if config.get("mean") is None or config.get("variance") is None:
+        raise ConversionError(f"layer {config.get('name')!r}: Normalization without saved or configured "
+                              "mean and variance")
+    return NormalizationLayer(axis, invert, (config["mean"], config["variance"]))
 
 
 # --------------------------------------------------------------------------- 1-D layers
@@ -859,46 +1104,6 @@ def _pair_1d(value) -> tuple[int, int]:
     if isinstance(value, (list, tuple)):
         return (int(value[0]), int(value[1])) if len(value) == 2 else (int(value[0]), int(value[0]))
     return (int(value), int(value))
-
-
-class Conv1DLayer(KerasLayer):
-    """Keras Conv1D with 'valid', TF 'same' and 'causal' (all padding before) padding; the kernel
-    stays (k, in, out)."""
-
-    def __init__(self, strides, padding, dilation, activation, ctx):
-        super().__init__(activation, ctx)
-        self.strides, self.padding, self.dilation = strides, padding, dilation
-
-    def linear(self, x):
-        x = x.transpose(1, 2)  # (batch, channels, steps)
-        k = self.kernel.shape[0]
-        if self.padding == "same":
-            before, after = same_padding(x.shape[2], k, self.strides, self.dilation)
-        elif self.padding == "causal":
-            before, after = (k - 1) * self.dilation, 0
-        else:
-            before, after = 0, 0
-        if before or after:
-            x = F.pad(x, (before, after))
-        y = F.conv1d(x, self.kernel.permute(2, 1, 0), getattr(self, "bias", None), self.strides, 0, self.dilation)
-        return y.transpose(1, 2)
-
-
-@converter("Conv1D", "Convolution1D")
-def convert_conv1d(config, weights, ctx):
-    name = config.get("name", "")
-    _check_channels_last(config, name)
-    if int(config.get("groups", 1) or 1) != 1:
-        raise ConversionError(f"layer {name!r}: grouped convolution (groups={config['groups']}) is not supported")
-    padding = config.get("padding", "valid")
-    if padding not in ("valid", "same", "causal"):
-        raise ConversionError(f"layer {name!r}: padding={padding!r} is not supported")
-    layer = Conv1DLayer(_single(config.get("strides", 1)), padding, _single(config.get("dilation_rate", 1)),
-                        activation_name(config.get("activation")), ctx)
-    layer.add_weight(weights, "kernel", _trainable(config), config, "kernel_regularizer")
-    if config.get("use_bias", True):
-        layer.add_weight(weights, "bias", _trainable(config), config, "bias_regularizer")
-    return layer
 
 
 class Pool1D(Pool2D):

@@ -21,12 +21,15 @@ ROWS, COLS = 21, 26
 
 
 def randomize(model, seed: int = 0):
-    """Every weight random and non-zero; BN variances positive."""
+    """Every weight random and non-zero; BN and Normalization variances positive; integer
+    counters (Normalization's `count`) left alone."""
     rng = np.random.default_rng(seed)
     for w in model.weights:
         shape = tuple(w.shape)
         name = w.name
-        if "moving_variance" in name:
+        if not w.dtype.is_floating:
+            continue
+        if "variance" in name:
             value = rng.uniform(0.5, 1.5, shape)
         elif "gamma" in name:
             value = rng.uniform(0.5, 1.5, shape)
@@ -123,7 +126,7 @@ KERAS2_ACTIVATIONS = ["linear", "relu", "relu6", "leaky_relu", "sigmoid", "hard_
                       "tanh", "elu", "selu", "gelu", "softplus", "softsign", "swish", "silu", "mish", "exponential"]
 
 
-TF2ONNX_LACKS = {"gelu"}  # tf.nn.gelu is Erfc, which tf2onnx cannot export: tests/test_bridge_layers.py covers it
+TF2ONNX_LACKS: set[str] = set()  # gelu's Erfc is exported by conversion.onnx_export's own tf2onnx handler
 
 
 def activation_strings_zoo():
@@ -209,6 +212,56 @@ def conv1d_zoo():
     return _compile(randomize(tf_keras.Model(inp, out, name="conv1d_zoo"), 7))
 
 
+def more_layers_zoo():
+    """Two inputs: over (steps, channels) SeparableConv1D (causal, same), DepthwiseConv1D, grouped
+    Conv1D, Conv1DTranspose (output_padding, valid), adapted Normalization, Rescaling,
+    UnitNormalization, LayerNormalization without weights, Dot, the noise layers, activity
+    regularization; over an image grouped Conv2D and Conv2DTranspose with output_padding."""
+    signal = L.Input((STEPS, 4), name="signal")
+    norm = L.Normalization(name="norm")
+    norm.adapt(np.random.default_rng(9).normal(1.0, 2.0, (16, STEPS, 4)).astype(np.float32))
+    x = L.Rescaling(0.5, offset=-0.1, name="rescale")(norm(signal))
+    a = L.SeparableConv1D(6, 3, depth_multiplier=2, padding="causal", dilation_rate=2, name="sep_causal")(x)  # 37 x 6
+    b = L.SeparableConv1D(6, 4, strides=2, padding="same", name="sep_same_s2")(x)                           # 19 x 6
+    c = L.DepthwiseConv1D(3, depth_multiplier=2, strides=2, padding="same", name="dw_same")(x)              # 19 x 8
+    g = L.Conv1D(6, 3, groups=2, padding="same", name="conv_groups")(c)                                     # 19 x 6
+    y = L.Add(name="add")([b, g])
+    y = L.GaussianNoise(0.1, name="gauss_noise")(y)
+    y = L.GaussianDropout(0.2, name="gauss_dropout")(y)
+    t = L.Conv1DTranspose(5, 3, strides=2, padding="same", output_padding=1, name="deconv1d_same")(y)       # 38 x 5
+    t2 = L.Conv1DTranspose(4, 3, strides=2, dilation_rate=1, name="deconv1d_valid")(y)                     # 39 x 4
+    u = L.UnitNormalization(name="unit")(t)
+    n = L.LayerNormalization(center=False, scale=False, name="ln_bare")(t2)
+    d = L.Flatten(name="flat_dot")(L.Dot(axes=(1, 1), name="dot_steps")([y, b]))                           # 6 x 6
+    a = L.AlphaDropout(0.1, name="alpha_dropout")(L.Activation("selu", name="selu")(a))
+    a = L.ActivityRegularization(l1=1e-3, l2=1e-2, name="activity_reg")(a)
+    pooled = [L.GlobalAveragePooling1D(name=f"gap_{i}")(v) for i, v in enumerate([a, u, n])]
+    v1 = L.Dense(8, activation="selu", activity_regularizer=tf_keras.regularizers.L1L2(1e-3, 1e-3),
+                 name="dense_act_reg")(L.Concatenate(name="pooled")(pooled + [d]))
+    v2 = L.Dense(8, name="dense_b")(d)
+    cosine = L.Dot(axes=1, normalize=True, name="cosine")([v1, v2])                                        # 1
+
+    image = L.Input((ROWS, COLS, 4), name="image")
+    i = L.Conv2D(6, 3, strides=2, padding="same", groups=2, name="conv2d_groups")(image)                  # 11 x 13 x 6
+    i = L.Conv2DTranspose(3, 3, strides=2, padding="same", output_padding=1, name="deconv2d_op")(i)       # 22 x 26 x 3
+    i = L.Conv2DTranspose(2, (2, 3), strides=(2, 1), name="deconv2d_valid")(i)  # tf2onnx mis-pads stride > kernel
+    features = L.Concatenate(name="features")([v1, v2, cosine, L.GlobalMaxPooling2D(name="gmp_image")(i)])
+    out = L.Dense(1, activation="sigmoid", name="score")(features)
+    return _compile(randomize(tf_keras.Model([signal, image], out, name="more_layers_zoo"), 10))
+
+
+def recurrent_zoo():
+    """Sequential over (steps, features): TimeDistributed(Dense), Bidirectional(LSTM), GRU without
+    reset_after, SimpleRNN; recurrent kernels and biases random (tests/test_bridge_recurrent.py has the rest)."""
+    model = tf_keras.Sequential(name="recurrent_zoo")
+    model.add(L.TimeDistributed(L.Dense(5, activation="relu"), input_shape=(13, 6), name="td_dense"))
+    model.add(L.Bidirectional(L.LSTM(4, return_sequences=True), name="bi_lstm"))
+    model.add(L.GRU(3, return_sequences=True, reset_after=False, name="gru"))
+    model.add(L.SimpleRNN(3, name="simple_rnn"))
+    model.add(L.Dense(1, activation="sigmoid", name="score"))
+    return _compile(randomize(model, 8))
+
+
 def with_lambda():
     inp = L.Input((ROWS, COLS, 1))
     x = L.Lambda(lambda t: t * 2.0, name="doubler")(inp)
@@ -242,7 +295,8 @@ def keras3_zoo(path):
 
 BUILDERS = {"conv_zoo": conv_zoo, "activation_zoo": activation_zoo, "nested_multi": nested_multi,
             "activation_strings_zoo": activation_strings_zoo, "advanced_zoo": advanced_zoo,
-            "conv1d_zoo": conv1d_zoo}
+            "conv1d_zoo": conv1d_zoo, "more_layers_zoo": more_layers_zoo,
+            "recurrent_zoo": recurrent_zoo}
 
 
 def save_all(folder) -> dict[str, str]:
