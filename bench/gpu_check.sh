@@ -3,8 +3,10 @@
 # CUDA-marked tests, the CUDA vs CPU output differences with TF32 on and off and in bf16 and the
 # model's own forward/training rates (bench/cuda_parity.py), PNG decoding vs threads
 # (bench/decode_threads.py), /predict's stream taken apart (bench/pipeline.py), and the benchmark
-# with ORCA_DEVICE=cuda.
+# with ORCA_DEVICE=cuda, then whole active-learning rounds at scale (default 10,000 unlabeled and
+# 5,000 labeled clips: $ROUND_ARGS) and bf16 against fp32 training (bench/precision_check.py).
 #   bash bench/gpu_check.sh [extra bench.run arguments, e.g. --quick or --unlabeled 1024]
+#   ROUND_ARGS="--unlabeled 2000 --labeled 1000 --rounds 2" bash bench/gpu_check.sh --quick
 # Python: $PY, else .venv/bin/python (`make setup`), else python3. Where TensorFlow is not installed
 # the benchmark times this service alone (no reference, no speed-up; it says so).
 # Results go to bench/results-cuda/ (results.json, results.png, logs).
@@ -41,6 +43,14 @@ echo "== /predict's scoring stream taken apart (decode only, score only, both), 
 
 echo "== benchmark with ORCA_DEVICE=cuda"
 ORCA_DEVICE=cuda "$PY" -m bench.run --out bench/results-cuda "$@" || status=$?
+
+echo "== whole rounds at scale with ORCA_DEVICE=cuda: ${ROUND_ARGS:=--unlabeled 10000 --labeled 5000 --epochs 2 --rounds 2}"
+# shellcheck disable=SC2086  (word splitting of ROUND_ARGS is intended)
+ORCA_DEVICE=cuda "$PY" -m bench.run --out bench/results-cuda-rounds $ROUND_ARGS || status=$?
+
+echo "== bf16 against fp32 training, seeded, full size"
+"$PY" -m bench.precision_check --device cuda --rows 607 --cols 617 --epochs 10 --seeds 0,1,2,3,4 \
+    --out bench/results-cuda/precision_check.json || status=$?
 
 echo "== GPU after the run"
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv

@@ -16,6 +16,9 @@ What the original did per request, and what is timed here:
   confusion matrix from `predict` on validation → reload the checkpoint, `evaluate` on validation
   → upload the new .h5 to S3.
 Downloads use 8 threads, like the service's default ORCA_DOWNLOAD_THREADS, and are also timed alone.
+
+`--round`: one active-learning round instead (what `bench.run --rounds` times): /train from
+`model_key` writing `output_key`, then /predict with the model it wrote.
 """
 
 from __future__ import annotations
@@ -131,6 +134,7 @@ def main(argv=None) -> None:
     parser.add_argument("--config", required=True, help="JSON: bucket, model_key, unlabeled_prefix, "
                         "labeled_prefix, output_key, rows, cols, epochs")
     parser.add_argument("--out", required=True, help="where to write the JSON results")
+    parser.add_argument("--round", action="store_true", help="one round: train, then predict with the new model")
     args = parser.parse_args(argv)
     cfg = json.loads(args.config)
 
@@ -144,6 +148,14 @@ def main(argv=None) -> None:
 
     out = {"tensorflow": tf.__version__, "import_s": import_s,
            "tf_gpus": len(tf.config.list_physical_devices("GPU"))}
+    if args.round:
+        out["train"] = train_request(s3, keras, cfg)
+        log(f"round train: {out['train']['timings']['total_s']:.1f} s")
+        out["predict"] = predict_request(s3, keras, dict(cfg, model_key=cfg["output_key"]))
+        log(f"round predict with the new model: {out['predict']['timings']['total_s']:.1f} s")
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+        return
     out["predict_cold"] = predict_request(s3, keras, cfg)
     log(f"predict cold: {out['predict_cold']['timings']['total_s']:.1f} s")
     out["predict_warm"] = predict_request(s3, keras, cfg)

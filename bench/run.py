@@ -8,7 +8,9 @@
 4. starts this service (`python -m service`, its own process, no TensorFlow) pointed at the same
    S3 server and times, over real HTTP, /predict cold (first call), /predict warm (second call)
    and /train with the same epochs;
-5. prints a table and writes `results.json` and `results.png` into --out.
+5. with `--rounds N` (default 2), times N whole active-learning rounds on each side
+   (`bench.rounds`: train, predict with the new model, 5 % of the clips labeled);
+6. prints a table and writes `results.json` and `results.png` into --out.
 
 Images per second: /predict = unlabeled images / request seconds; /train = training images × epochs
 / request seconds; every request figure includes the S3 downloads and model loading, as a client
@@ -36,11 +38,12 @@ import torch  # noqa: F401  (torch before anything that might import TensorFlow;
 from .chart import bar_chart
 from .dataset import make_dataset
 from .memory import GpuMemoryPeak, proc_status_mib
+from .rounds import print_rounds, reference_rounds, service_rounds, summary, undo
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "orcabench"
-QUICK = {"unlabeled": 32, "labeled": 16, "epochs": 1}
-DEFAULTS = {"unlabeled": 256, "labeled": 128, "epochs": 2}
+QUICK = {"unlabeled": 32, "labeled": 16, "epochs": 1, "rounds": 1}
+DEFAULTS = {"unlabeled": 256, "labeled": 128, "epochs": 2, "rounds": 2}
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
            "AWS_DEFAULT_REGION": "us-east-1"}
 STAGES = ("predict_cold", "predict_warm", "train", "predict_new_model")
@@ -58,6 +61,28 @@ def progress(message: str) -> None:
     print(f"[bench {time.perf_counter() - _T0:7.1f} s] {message}", flush=True)
 
 
+def cpu_model() -> str:
+    """`lscpu`'s model name (the figure's machine), else the platform's processor string."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine()
+
+
+def pixel_cache_counts(metrics_text: str) -> dict:
+    """The service's `orca_pixel_*` samples from its /metrics text (decodes, hits, misses)."""
+    counts = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("orca_pixel_") and not line.startswith("#") and "_created" not in line:
+            name, _, value = line.rpartition(" ")
+            counts[name] = float(value)
+    return counts
+
+
 def note_load(stage: str) -> None:
     """Other processes on the machine skew every timing: record the load average per stage."""
     LOAD[stage] = [round(v, 2) for v in os.getloadavg()]
@@ -70,6 +95,8 @@ def parse_args(argv=None):
     parser.add_argument("--rows", type=int, default=607, help="img_width: image rows (default 607)")
     parser.add_argument("--cols", type=int, default=617, help="img_height: image columns (default 617)")
     parser.add_argument("--epochs", type=int, help=f"training epochs (default {DEFAULTS['epochs']})")
+    parser.add_argument("--rounds", type=int, help=f"whole active-learning rounds timed after the stages "
+                        f"(default {DEFAULTS['rounds']}; 0: none)")
     parser.add_argument("--out", default="bench/results", help="folder for results.json/results.png")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK} unless given explicitly")
@@ -84,6 +111,8 @@ def parse_args(argv=None):
     for key in ("unlabeled", "labeled", "rows", "cols", "epochs"):
         if getattr(args, key) < 1:
             parser.error(f"--{key} must be positive")
+    if args.rounds < 0:
+        parser.error("--rounds must be 0 or more")
     return args
 
 
@@ -130,6 +159,10 @@ class Service:
                 return json.loads(response.read())
         except urllib.error.HTTPError as error:
             raise RuntimeError(f"GET {path} answered {error.code}: {error.read()[:2000]!r}") from error
+
+    def text(self, path: str, timeout: float = 60) -> str:
+        with urllib.request.urlopen(f"{self.base}{path}", timeout=timeout) as response:
+            return response.read().decode()
 
     def timed(self, path: str, timeout: float, **params):
         t0 = time.perf_counter()
@@ -217,7 +250,8 @@ def main(argv=None) -> dict:
     from models.srkw_cnn import write_fresh_h5
 
     config = {"unlabeled": args.unlabeled, "labeled": args.labeled, "rows": args.rows, "cols": args.cols,
-              "epochs": args.epochs, "quick": args.quick, "cpu_count": os.cpu_count(),
+              "epochs": args.epochs, "rounds": args.rounds, "quick": args.quick, "cpu_count": os.cpu_count(),
+              "cpu_model": cpu_model(),
               "machine": platform.machine(), "python": platform.python_version(),
               "torch": torch.__version__, "orca_device": os.environ.get("ORCA_DEVICE") or "auto",
               "cuda_available": torch.cuda.is_available(),
@@ -248,7 +282,7 @@ def main(argv=None) -> dict:
             progress(f"moto S3 on {endpoint}: uploaded the model and {n} spectrograms")
             env = dict(os.environ)
 
-            ref = None
+            ref, ref_rounds = None, None
             if skipped:
                 progress(f"reference not run: {skipped}")
             else:
@@ -261,6 +295,11 @@ def main(argv=None) -> dict:
                 progress(f"reference done: predict cold {ref['predict_cold']['timings']['total_s']:.1f} s, "
                          f"warm {ref['predict_warm']['timings']['total_s']:.1f} s, "
                          f"train {ref['train']['timings']['total_s']:.1f} s")
+                if args.rounds:
+                    ref_rounds, moves = reference_rounds(args.rounds, cfg, env, out_dir, s3, BUCKET, args.timeout,
+                                                         ROOT, progress)
+                    undo(s3, BUCKET, moves)  # the service's rounds start from the same dataset
+                    note_load("reference_rounds")
 
             progress("service (python -m service, own process) starting ...")
             service_env = dict(env, HOST="127.0.0.1", PORT="0", ORCA_LOCAL_ROOT="",
@@ -294,6 +333,11 @@ def main(argv=None) -> dict:
                 "/predict", args.timeout, **dict(predict_params, model_url=train_answer["model_url"]))
             note_load("ours_predict_new_model")
             progress(f"ours: predict_new_model {ours_seconds['predict_new_model']:.1f} s")
+            ours_rounds = service_rounds(args.rounds, service, train_answer["model_url"], BUCKET, args.rows,
+                                         args.cols, args.epochs, s3, args.timeout, progress)
+            if args.rounds:
+                note_load("ours_rounds")
+            metrics_text = service.text("/metrics")
             memory_end = service.memory()
             peak_gpu = gpu.stop()
         finally:
@@ -322,12 +366,17 @@ def main(argv=None) -> dict:
         "speedup": None,
         "load_average": LOAD,
         "parity": None,
+        "rounds": summary(ref_rounds, ours_rounds) if args.rounds else None,
+        "pixel_cache": pixel_cache_counts(metrics_text),
     }
     if ref is not None:
         add_reference(results, ref, work, answers)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     draw_chart(out_dir / "results.png", results, args, train_images)
     print_table(results)
+    if results["rounds"]:
+        print_rounds(results["rounds"])
+    print(f"service pixel cache over the whole run: {results['pixel_cache']}")
     progress(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.png'}")
     return results
 

@@ -54,7 +54,7 @@ def spectrogram(rng, rows: int, cols: int, call: bool) -> np.ndarray:
     from matplotlib import colormaps
 
     image = _background(rng, rows, cols)
-    strength = rng.uniform(0.05, 0.9)
+    strength = rng.uniform(0.15, 0.9)
     if call:
         _call(rng, image, strength)
         if rng.random() < 0.3:

@@ -224,7 +224,7 @@ def cmd_simulate(args) -> int:
     config = SimulationConfig(model=model, labeled_dir=args.labeled_dir, rows=args.img_width, cols=args.img_height,
                               strategies=args.strategies.split(","), seeds=[int(s) for s in args.seeds.split(",")],
                               initial=args.initial, k=args.k, rounds=args.rounds, epochs=args.epochs,
-                              passes=args.passes, device=args.device)
+                              passes=args.passes, batch_size=args.batch_size, device=args.device)
     bar = _bar("rounds", len(config.strategies) * len(config.seeds) * config.rounds, "round")
 
     def on_round(strategy, seed, row):
@@ -430,6 +430,7 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--rounds", type=int, default=3, help="training rounds (default 3)")
     sim.add_argument("--epochs", type=int, default=2, help="epochs per round (default 2)")
     sim.add_argument("--passes", type=int, default=10, help="Monte Carlo dropout passes (default 10)")
+    sim.add_argument("--batch-size", type=int, default=32, help="training and scoring batch (default 32)")
     sim.add_argument("--device", help="torch device (default: CUDA if available)")
     sim.add_argument("--img_width", "--img-width", type=int, required=True, help="image rows")
     sim.add_argument("--img_height", "--img-height", type=int, required=True, help="image columns")

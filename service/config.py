@@ -38,8 +38,16 @@ SETTINGS = (
             "(the job database, `jobs.sqlite3`); default: `<temp>/orca-state`, beside the cache"),
     Setting("DEVICE", "ORCA_DEVICE", str, None, "torch device (`cuda`, `cuda:1`, `cpu`); default: CUDA if "
             "available, else the CPU"),
-    Setting("PRECISION", "ORCA_PRECISION", str, "fp32", "`bf16`: torch scoring in bfloat16 autocast "
-            "(CUDA); `fp32` keeps the 1e-4 parity with the original"),
+    Setting("PRECISION", "ORCA_PRECISION", str, "auto", "training precision: `auto` trains in bfloat16 "
+            "autocast where the hardware computes bf16 natively (CUDA compute capability >= 8.0, CPUs with "
+            "AMX-BF16 or AVX512-BF16), else in float32; `fp32`, `bf16` force one. Weights and the written "
+            "model stay float32"),
+    Setting("PREDICT_PRECISION", "ORCA_PREDICT_PRECISION", str, "fp32", "`bf16`: torch scoring in bfloat16 "
+            "autocast (CUDA); `fp32` keeps the 1e-4 parity with the original"),
+    Setting("PIXEL_CACHE_BYTES", "ORCA_PIXEL_CACHE_BYTES", int, 20_000_000_000, "bytes of decoded pixels "
+            "kept on disk under `<ORCA_CACHE_DIR>/pixels` (least recently used out); 0 disables"),
+    Setting("GPU_PIXEL_CACHE", "ORCA_GPU_PIXEL_CACHE", float, 0.3, "fraction of the GPU's memory that keeps "
+            "decoded pixels on CUDA (least recently used out); 0 disables; no effect on the CPU"),
     Setting("PRELOAD_TORCH", "ORCA_PRELOAD_TORCH", str, "auto", "import torch at start-up: `auto` where an "
             "NVIDIA driver is, `1` always, `0` never"),
     Setting("BATCH_SIZE", "ORCA_BATCH_SIZE", int, 32, "batch size of training and scoring"),
@@ -99,6 +107,10 @@ def cache_dir(config: dict) -> str:
 
 def state_dir(config: dict) -> str:
     return config.get("STATE_DIR") or os.path.join(tempfile.gettempdir(), "orca-state")
+
+
+def pixel_cache_dir(config: dict) -> str:
+    return os.path.join(cache_dir(config), "pixels")
 
 
 def onnx_cache_dir(config: dict) -> str:

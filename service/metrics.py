@@ -17,6 +17,10 @@ there is no module-level metric state, so two apps in one process (tests) never 
 | `orca_models_written_total` | counter | | model versions written |
 | `orca_queue_length` | gauge | | training jobs waiting |
 | `orca_jobs_running` | gauge | | training jobs running (0 or 1 per process) |
+| `orca_pixel_cache_lookups_total` | counter | result, tier | decoded-pixel cache lookups: hit (tier disk/device) or miss (tier none) |
+| `orca_pixel_decodes_total` | counter | | images decoded into the pixel cache |
+| `orca_pixel_cache_evictions_total` | counter | tier | pixel cache entries evicted, least recently used first |
+| `orca_pixel_cache_bytes` | gauge | tier | bytes of decoded pixels held (disk at the last scan, device in this process) |
 | `orca_build_info` | gauge | version | always 1 |
 | `process_*` | | | CPU seconds, memory, open fds, start time (ProcessCollector; Linux only) |
 | `python_gc_*`, `python_info` | | | garbage collector counts, Python version (GCCollector, PlatformCollector) |
@@ -99,6 +103,16 @@ class Metrics:
         self.queue_length = Gauge("orca_queue_length", "Training jobs waiting for the device.",
                                   multiprocess_mode="livesum", **on)
         self.jobs_running = Gauge("orca_jobs_running", "Training jobs running.", multiprocess_mode="livesum", **on)
+        self.pixel_lookups = Counter("orca_pixel_cache_lookups_total",
+                                     "Decoded-pixel cache lookups, by result (hit, miss) and tier (disk, device; "
+                                     "none for a miss).", ("result", "tier"), **on)
+        self.pixel_decodes = Counter("orca_pixel_decodes_total",
+                                     "Images decoded from PNG (or JPEG) into the pixel cache.", **on)
+        self.pixel_evictions = Counter("orca_pixel_cache_evictions_total",
+                                       "Pixel cache entries evicted (least recently used), by tier.", ("tier",), **on)
+        self.pixel_bytes = Gauge("orca_pixel_cache_bytes", "Bytes of decoded pixels held, by tier (disk: the "
+                                 "folder at the last scan; device: this process's GPU tier).", ("tier",),
+                                 multiprocess_mode="max", **on)
         self.build_info = Gauge("orca_build_info", "Always 1; the service version as a label.", ("version",),
                                 multiprocess_mode="max", **on)
         self.build_info.labels(version=self.version).set(1)
@@ -112,6 +126,19 @@ class Metrics:
         """Count `n` spectrograms scored."""
         if n:
             self.images_scored.inc(n)
+
+    def record_pixels(self, event: str, tier: str | None, amount: float) -> None:
+        """The pixel cache's events (training.pixel_cache): hit / miss / decode / evict / bytes."""
+        if event == "hit":
+            self.pixel_lookups.labels(result="hit", tier=tier).inc(amount)
+        elif event == "miss":
+            self.pixel_lookups.labels(result="miss", tier="none").inc(amount)
+        elif event == "decode":
+            self.pixel_decodes.inc(amount)
+        elif event == "evict":
+            self.pixel_evictions.labels(tier=tier).inc(amount)
+        elif event == "bytes":
+            self.pixel_bytes.labels(tier=tier).set(amount)
 
     def render(self) -> tuple[bytes, str]:
         """(body, content type) of `GET /metrics`: `generate_latest`, text format 0.0.4; all workers'

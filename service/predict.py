@@ -19,6 +19,7 @@ import posixpath
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from training.pixel_cache import object_identity
 from training.stream import stream_batches
 
 from .cache import ScoreCache
@@ -50,6 +51,12 @@ def unlabeled_clips(unlabeled: Location) -> list[tuple[str, ObjectInfo]]:
         clips.append((relative, info))
     clips.sort(key=lambda clip: clip[0])  # sorted by file name, as the original returned them
     return clips
+
+
+def pixel_identity(clip: tuple[str, ObjectInfo]) -> tuple | None:
+    """The identity of a clip's bytes for the pixel cache: ETag and size on S3, the file's stat locally."""
+    info = clip[1]
+    return object_identity(info.key, info.size, info.etag)
 
 
 def _prefetch(clips, fetch_name, threads: int, until) -> None:
@@ -98,15 +105,20 @@ def run_predict(runtime, params: PredictParams, on_progress=None) -> PredictItem
                 # A model seen for the first time is exported to ONNX or loaded onto the device (seconds):
                 # meanwhile the S3 mirror is brought up to date.
                 getting = starter.submit(runtime.scorers.get, model_path)
-                if fetch_name is not None:
-                    _prefetch(pending, fetch_name, config["DOWNLOAD_THREADS"], until=getting)
+                if fetch_name is not None:  # clips whose pixels are cached need no download
+                    missing = [clip for clip in pending
+                               if not runtime.pixels.contains(pixel_identity(clip), params.rows, params.cols)]
+                    _prefetch(missing, fetch_name, config["DOWNLOAD_THREADS"], until=getting)
                 scorer = getting.result()
                 scorer.check_size(params.rows, params.cols)
             fetch = (lambda clip: clip[1].key) if fetch_name is None else (lambda clip: fetch_name(clip[0]))
-            batches = stream_batches(pending, fetch, params.rows, params.cols,
-                                     min(config["BATCH_SIZE"], scorer.batch_size),
+            # torch (CUDA) scores in its own larger batches; ONNX Runtime in at most its own
+            batch = (scorer.batch_size if pending and runtime.scorers.backend == "torch"
+                     else min(config["BATCH_SIZE"], scorer.batch_size) if pending else 1)
+            batches = stream_batches(pending, fetch, params.rows, params.cols, batch,
                                      workers=config["DOWNLOAD_THREADS"], skip_unreadable=True,
-                                     max_pixels=config["MAX_PIXELS"], decode=scorer.decode) if pending else ()
+                                     max_pixels=config["MAX_PIXELS"], decode=scorer.decode,
+                                     cache=runtime.pixels, identity=pixel_identity) if pending else ()
             for batch in batches:
                 for (name, info), reason in batch.skipped:
                     url = unlabeled.storage.url(info.key)

@@ -4,12 +4,13 @@ and never overwriting anything. `list_versions` reads them back for `GET /models
 
 Sidecar (schema "orca-model-provenance/1"):
 
-    {"schema", "model_url", "created" (ISO 8601 UTC), "service_version", "device", "duration_s",
+    {"schema", "model_url", "created" (ISO 8601 UTC), "service_version", "device",
+     "precision" ("fp32" or "bf16": the forward passes of the training; weights stay float32), "duration_s",
      "parent": {"model_url", "etag", "size"},
      "labeled": {"url", "classes", "counts": {"train": {class: n}, "validation": {class: n}},
                  "objects": n, "listing_sha256": sha256 of the sorted "key<TAB>etag-or-size" lines},
      "hyperparameters": {"epochs", "batch_size", "optimizer", "optimizer_params", "learning_rate",
-                         "seed", "img_width", "img_height", "augment", "loss"},
+                         "seed", "img_width", "img_height", "augment", "loss", "precision"},
      "metrics": {"epochs": [{"epoch", "loss", "acc", "val_loss", "val_acc"}, ...], "best_epoch",
                  "cm": [tn, fp, fn, tp], "model_acc", "model_loss", "roc_auc", "average_precision"},
      "skipped_files": [{"url", "split", "reason"}], "curves_url"}
@@ -57,6 +58,7 @@ def build_sidecar(*, written: Location, parent: Location, parent_info: ObjectInf
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "service_version": version,
         "device": result.device,
+        "precision": getattr(result, "precision", "fp32"),
         "duration_s": round(float(duration_s), 3),
         "training_duration_s": round(float(result.duration_s), 3),
         "parent": {"model_url": parent.url, "etag": parent_info.etag if parent_info else None,

@@ -23,6 +23,7 @@ from .metrics import Metrics
 from .storage import S3Connector, StorageLocator
 
 if TYPE_CHECKING:
+    from training.pixel_cache import PixelCache
     from training.scorers import Scorers
 
 
@@ -33,6 +34,7 @@ class Runtime:
     cache: CacheDir
     scores: ScoreCache
     scorers: "Scorers"
+    pixels: "PixelCache"  # decoded pixels by clip identity and size: /predict and /train decode a clip once
     jobs: JobManager
     metrics: Metrics
     allow: AllowList
@@ -47,8 +49,9 @@ class Runtime:
                     metrics: Metrics | None = None, **parts) -> "Runtime":
         """`config` overlays `service.config.from_env()`. `s3` and `metrics` replace the parts built
         from it, and `parts` any other field (e.g. `run_train`): tests inject fakes here."""
-        from training.device import resolve_precision
+        from training.device import check_training_precision, resolve_precision
         from training.errors import TrainingError
+        from training.pixel_cache import PixelCache, cuda_tier
         from training.scorers import Scorers
 
         from .predict import run_predict
@@ -57,7 +60,8 @@ class Runtime:
         merged = config_module.from_env()
         merged.update(config or {})
         try:
-            precision = resolve_precision(merged["PRECISION"])
+            precision = resolve_precision(merged["PREDICT_PRECISION"])
+            merged["PRECISION"] = check_training_precision(merged["PRECISION"])
         except TrainingError as error:
             raise SystemExit(str(error)) from None
         s3 = s3 or S3Connector(attempts=merged["S3_MAX_ATTEMPTS"],
@@ -70,6 +74,10 @@ class Runtime:
             scores=ScoreCache(max_entries=merged["SCORE_CACHE"]),
             scorers=Scorers(config_module.onnx_cache_dir(merged), device=merged["DEVICE"], precision=precision,
                             batch_size=merged["BATCH_SIZE"]),
+            pixels=PixelCache(config_module.pixel_cache_dir(merged), merged["PIXEL_CACHE_BYTES"],
+                              device_tier=functools.partial(cuda_tier, merged["DEVICE"], merged["GPU_PIXEL_CACHE"],
+                                                            metrics.record_pixels),
+                              record=metrics.record_pixels),
             jobs=JobManager(merged["MAX_QUEUED"], merged["JOB_HISTORY"], metrics,
                             store=JobStore(config_module.state_dir(merged))),  # opened on first use
             metrics=metrics,

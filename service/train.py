@@ -6,7 +6,9 @@ Runs on the job queue's worker (`service.jobqueue`: one training at a time on th
 runtime's `train_lock` also serializes direct callers such as the CLI, so each gets its own
 version. The model comes from the runtime's model cache (URL + ETag; read in place for local
 files); an S3 labeled prefix is mirrored (`service.cache.PrefixMirror`), so a training round
-downloads only the new labels, and labels deleted from the bucket are not trained on.
+downloads only the new labels, and labels deleted from the bucket are not trained on. Images decoded
+before (by an earlier round's /train or /predict: same bytes, same size) come from the runtime's
+pixel cache; the training precision is ORCA_PRECISION (`training.device.training_precision`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
+from training.pixel_cache import object_identity
+
 from .datasets import each_in_parallel, is_image, list_dataset, model_errors, name_urls, safe_parts, unprocessable
 from .errors import Unprocessable
 from .params import TrainParams
@@ -33,9 +37,11 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "validation")
 
 
-def fetch_labeled(runtime, labeled: Location, folder: str, listing: list[ObjectInfo] | None = None) -> dict[str, int]:
+def fetch_labeled(runtime, labeled: Location, folder: str, listing: list[ObjectInfo] | None = None,
+                  identities: dict | None = None) -> dict[str, int]:
     """Put the `train/<class>/…` and `validation/<class>/…` images of `labeled` into `folder`.
-    `listing`, if given, receives the objects used (for the provenance sidecar)."""
+    `listing`, if given, receives the objects used (for the provenance sidecar); `identities`, if
+    given, local path → the identity of the stored object's bytes (for the pixel cache)."""
     prefix = labeled.prefix
     jobs, counts = [], {split: 0 for split in SPLITS}
     for info in list_dataset(labeled, "labeled_url"):
@@ -51,6 +57,9 @@ def fetch_labeled(runtime, labeled: Location, folder: str, listing: list[ObjectI
                                 f"(expected {split}/<class>/*.png): {labeled.url}")
     if listing is not None:
         listing.extend(info for info, _ in jobs)
+    if identities is not None:
+        identities.update((os.path.normpath(path), object_identity(info.key, info.size, info.etag))
+                          for info, path in jobs)
     threads = runtime.config["DOWNLOAD_THREADS"]
     if isinstance(labeled.storage, LocalStorage):
         each_in_parallel(lambda job: labeled.storage.download(job[0].key, job[1], expected_size=job[0].size),
@@ -108,7 +117,8 @@ def run_train(runtime, params: TrainParams, on_epoch=None) -> dict:
         model_path = runtime.cache.model(model, parent_info)
         data = os.path.join(tmp, "labeled")
         listing: list[ObjectInfo] = []
-        counts = fetch_labeled(runtime, labeled, data, listing)
+        identities: dict = {}
+        counts = fetch_labeled(runtime, labeled, data, listing, identities)
         if preload is not None:
             preload.join()
         import training  # imports conversion, hence torch: after the preload
@@ -119,7 +129,9 @@ def run_train(runtime, params: TrainParams, on_epoch=None) -> dict:
         try:
             result = training.train(model_path, data, params.rows, params.cols, params.epochs, out_path,
                                     device=config["DEVICE"], seed=params.seed,
-                                    batch_size=config["BATCH_SIZE"], on_epoch=on_epoch)
+                                    batch_size=config["BATCH_SIZE"], on_epoch=on_epoch,
+                                    precision=config["PRECISION"], pixel_cache=runtime.pixels,
+                                    identity=lambda path: identities.get(os.path.normpath(path)))
         except model_errors() as error:
             raise unprocessable(error, replacements) from error
         skipped = [{"url": name_urls(item["path"], replacements), "split": item["split"],

@@ -46,6 +46,12 @@ def test_bench_quick_run_writes_results_and_chart(tmp_path):
     assert trained["model_url"].endswith("/models/srkw_cnn_1.h5") and len(trained["loss"]) == 1
     assert len(results["reference"]["train_result"]["loss"]) == 1
 
+    rounds = results["rounds"]  # --quick: one whole round on each side
+    assert rounds["rounds"] == 1 and len(rounds["ours"]) == len(rounds["reference"]) == 1
+    assert rounds["ours"][0]["moved"] == rounds["reference"][0]["moved"] == 1  # 5 % of 8, at least one
+    assert rounds["ours"][0]["train_images"] == rounds["reference"][0]["train_images"] == 6  # same dataset
+    assert rounds["speedup"] > 0 and "seconds per round" in completed.stdout
+
     png = out / "results.png"
     assert png.stat().st_size > 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -71,7 +77,7 @@ def test_dataset_is_real_spectrograms_all_different(tmp_path):
 def test_bench_without_reference_times_the_service_alone_and_says_so(tmp_path):
     """What a GPU machine without TensorFlow runs (bench/gpu_check.sh): ours only, no speed-up."""
     out = tmp_path / "results"
-    completed = run_bench(out, "--no-reference", "--unlabeled", "4", "--labeled", "4")
+    completed = run_bench(out, "--no-reference", "--unlabeled", "4", "--labeled", "4", "--rounds", "2")
     assert "reference not run (--no-reference)" in completed.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["reference"] is None and results["speedup"] is None and results["parity"] is None
@@ -80,6 +86,13 @@ def test_bench_without_reference_times_the_service_alone_and_says_so(tmp_path):
     assert all(set(results["images_per_second"][s]) == {"ours"} for s in STAGES)
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "reference.json").exists()
+    first, second = results["rounds"]["ours"]  # the moved clip is trained on and no longer scored
+    assert (first["train_images"], first["unlabeled"], first["moved"]) == (2, 4, 1)
+    assert (second["train_images"], second["unlabeled"]) == (3, 3)
+    assert results["rounds"]["reference"] is None and results["rounds"]["speedup"] is None
+    cache = results["pixel_cache"]  # every clip was decoded once; later rounds and models hit the cache
+    assert cache["orca_pixel_decodes_total"] == 8
+    assert cache['orca_pixel_cache_lookups_total{result="hit",tier="disk"}'] > 8
 
 
 def test_decode_threads_reports_every_thread_count_up_to_the_cores(capsys):

@@ -1,4 +1,4 @@
-"""The torch scoring path used on CUDA: bf16 autocast (ORCA_PRECISION) and the device choice, tested
+"""The torch scoring path used on CUDA: bf16 autocast (ORCA_PREDICT_PRECISION) and the device choice, tested
 on the CPU with the same function; the CUDA-only checks are marked `cuda` and skipped without one."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def test_bf16_autocast_on_cpu_stays_within_tolerance(model_h5):
 
 def test_precision_and_backend_choice():
     assert resolve_precision() == "fp32" and resolve_precision("BF16") == "bf16"
-    with pytest.raises(TrainingError, match="ORCA_PRECISION"):
+    with pytest.raises(TrainingError, match="ORCA_PREDICT_PRECISION"):
         resolve_precision("fp8")
     assert scoring_backend("cpu") == "onnxruntime" and scoring_backend("cuda:0") == "torch"
     assert scoring_backend(None) == ("torch" if torch.cuda.is_available() else "onnxruntime")

@@ -289,7 +289,8 @@ def test_torch_scoring_branch_decodes_with_torchvision_and_answers_like_onnx_run
     monkeypatch.setattr(training.torch_decode, "decode_png_torch",
                         lambda source, rows, cols: decoded.append(source) or real_decode(source, rows, cols))
     torch_runtime = Runtime.from_config(
-        {"LOCAL_ROOT": None, "DEVICE": "cpu", "CACHE_DIR": str(cache_dir), "MAX_PIXELS": 500_000},
+        {"LOCAL_ROOT": None, "DEVICE": "cpu", "CACHE_DIR": str(cache_dir), "MAX_PIXELS": 500_000,
+         "PIXEL_CACHE_BYTES": 0},  # decode every clip again (the ONNX run cached their pixels)
         scorers=Scorers(cache_dir / "onnx", device="cpu", backend="torch"))
     torch_path = torch_runtime.run_predict(torch_runtime, params)
     assert len(decoded) == 5  # three spectrograms and two unreadable ones (the oversized is refused before)

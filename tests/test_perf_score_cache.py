@@ -30,9 +30,9 @@ def setup(tmp_path):
     return params, spectrograms, pngs
 
 
-def runtime_with(tmp_path, score_cache: int) -> Runtime:
+def runtime_with(tmp_path, score_cache: int, pixel_cache: int = 10**9) -> Runtime:
     return Runtime.from_config({"LOCAL_ROOT": None, "DEVICE": "cpu", "CACHE_DIR": str(tmp_path / "cache"),
-                                "SCORE_CACHE": score_cache})
+                                "SCORE_CACHE": score_cache, "PIXEL_CACHE_BYTES": pixel_cache})
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_another_model_file_is_scored_afresh(setup, scores, tmp_path):
 
 def test_a_disabled_cache_reads_every_clip(setup, tmp_path):
     params, spectrograms, _ = setup
-    runtime = runtime_with(tmp_path, 0)
+    runtime = runtime_with(tmp_path, 0, pixel_cache=0)  # the pixel cache would serve the forged identity
     runtime.run_predict(runtime, params)
     target = spectrograms / "orcasoundlab_1594154118.png"
     stat = target.stat()

@@ -17,16 +17,18 @@ import numpy as np
 
 from .errors import ImageError, TrainingError
 from .images import decode_image, list_images
+from .pixel_cache import is_tensor
 
 
 @dataclass
 class Split:
-    """One split (train or validation): paths, labels and, once `decode`d, uint8 pixels (N, rows, cols, 3)."""
+    """One split (train or validation): paths, labels and, once `decode`d, uint8 pixels (N, rows, cols, 3):
+    numpy, or a tensor on the training device (`decode_split` with a device tier)."""
 
     name: str
     paths: list[Path]
     labels: np.ndarray  # int64, class index per path
-    pixels: np.ndarray | None = None
+    pixels: object = None  # np.ndarray | torch.Tensor | None
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason) dropped by decode_split
 
     def __len__(self) -> int:
@@ -87,34 +89,55 @@ def load_labeled(labeled_dir: str | os.PathLike) -> tuple[list[str], Split, Spli
 
 
 def decode_split(split: Split, rows: int, cols: int, workers: int | None = None,
-                 skip_corrupt: bool = False) -> Split:
+                 skip_corrupt: bool = False, cache=None, identity=None) -> Split:
     """Decode every file of the split once (threads: PIL releases the GIL) into `split.pixels`.
 
     A file that is not a readable image raises TrainingError naming it, or, with `skip_corrupt`,
     is dropped from the split (paths, labels) and recorded in `split.skipped` as (path, reason).
+    `cache` (a `training.pixel_cache.PixelCache`) with `identity(path)` (the identity of the file's
+    bytes, or None): files found there are not decoded, files decoded are stored. `split.pixels` is a
+    numpy array (N, rows, cols, 3), or, where the cache keeps a device tier, a uint8 tensor on that
+    device (the training set then never leaves the GPU).
     """
+    from .stream import decode_sized
+
     workers = workers or min(8, os.cpu_count() or 1)
-    pixels = np.empty((len(split), rows, cols, 3), dtype=np.uint8)
+    tier = cache.device_tier if cache is not None else None
+    pixels = [None] * len(split) if tier is not None else np.empty((len(split), rows, cols, 3), dtype=np.uint8)
     failures: dict[int, str] = {}
 
     def decode(i: int) -> None:
-        try:
-            pixels[i] = decode_image(split.paths[i], rows, cols)
-        except ImageError as e:
-            if not skip_corrupt:
-                raise TrainingError(f"{split.name} image {split.paths[i]}: {e}") from e
-            failures[i] = str(e)
+        key = identity(split.paths[i]) if cache is not None and identity is not None else None
+        found = cache.get(key, rows, cols) if key is not None else None
+        if found is None:
+            try:
+                if key is None:
+                    found = decode_image(split.paths[i], rows, cols)
+                else:
+                    array, source_pixels = decode_sized(split.paths[i], rows, cols)
+                    found = cache.put(key, rows, cols, array, source_pixels)
+            except ImageError as e:
+                if not skip_corrupt:
+                    raise TrainingError(f"{split.name} image {split.paths[i]}: {e}") from e
+                failures[i] = str(e)
+                return
+        pixels[i] = tier.to_device(found) if tier is not None and not is_tensor(found) else found
 
     with ThreadPoolExecutor(workers) as pool:
         for _ in pool.map(decode, range(len(split))):
             pass
+    keep = [i for i in range(len(split)) if i not in failures]
     if failures:
-        keep = [i for i in range(len(split)) if i not in failures]
         split.skipped = [(split.paths[i], failures[i]) for i in sorted(failures)]
         split.paths = [split.paths[i] for i in keep]
         split.labels = split.labels[keep]
-        pixels = pixels[keep]
-    split.pixels = pixels
+    if tier is not None:
+        import torch
+
+        split.pixels = (torch.stack([pixels[i] for i in keep]) if keep
+                        else torch.empty((0, rows, cols, 3), dtype=torch.uint8, device=tier.device))
+    else:
+        split.pixels = pixels[keep] if failures else pixels
     return split
 
 

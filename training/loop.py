@@ -29,7 +29,7 @@ from conversion.formats import load_trainable, save_trained
 
 from .augment import random_shear_zoom
 from .data import Split, check_decoded, decode_split, load_labeled
-from .device import pick_device
+from .device import pick_device, training_precision
 from .errors import TrainingError
 from .images import RESCALE
 from .optim import make_loss, make_optimizer, make_scheduler
@@ -52,6 +52,7 @@ class TrainResult:
     model_loss: float = 0.0
     best_epoch: int = 0  # 1-based epoch whose weights were saved
     device: str = "cpu"
+    precision: str = "fp32"  # what the forward passes ran in: "fp32" or "bf16" (autocast); weights stay float32
     # provenance only (not in the /train JSON): ranking quality of the saved model on validation
     # (None when validation holds a single class), the data actually used, what was skipped
     roc_auc: float | None = None
@@ -142,12 +143,29 @@ def check_input_size(model, rows: int, cols: int) -> None:
         raise TrainingError(f"model expects {channels} channels; the spectrograms are RGB (3)")
 
 
-def to_batch(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (N, rows, cols, 3) → float32 in [0, 1] on `device`, bit-identical to images.load_image."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels))
-    if device.type == "cuda":
-        x = x.pin_memory()
+def to_batch(pixels, device: torch.device) -> torch.Tensor:
+    """uint8 (N, rows, cols, 3), numpy or a tensor → float32 in [0, 1] on `device`, bit-identical to
+    images.load_image. numpy goes through pinned memory on CUDA; a tensor already there is not copied."""
+    if isinstance(pixels, torch.Tensor):
+        x = pixels
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(pixels))
+        if device.type == "cuda":
+            x = x.pin_memory()
     return x.to(device, non_blocking=True).float().mul_(float(RESCALE))
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on `device` when `precision` is "bf16" (weights, gradients and the optimizer stay
+    float32: autocast only runs the matmuls and convolutions in bf16), else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _rows(pixels, index: np.ndarray):
+    """pixels[index] for numpy pixels or a tensor (indexed on its own device)."""
+    if isinstance(pixels, torch.Tensor):
+        return pixels.index_select(0, torch.as_tensor(index, device=pixels.device))
+    return pixels[index]
 
 
 def _logits(model, x: torch.Tensor) -> torch.Tensor:
@@ -159,8 +177,10 @@ def _logits(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def train_one_epoch(model, loss_fn, optimizer, scheduler, split: Split, device: torch.device,
-                    batch_size: int, generator: torch.Generator, augment: bool = True) -> tuple[float, float]:
-    """One pass over the shuffled, augmented training images; returns (loss, acc) like Keras' fit."""
+                    batch_size: int, generator: torch.Generator, augment: bool = True,
+                    precision: str = "fp32") -> tuple[float, float]:
+    """One pass over the shuffled, augmented training images; returns (loss, acc) like Keras' fit.
+    `precision` "bf16": the forward in bf16 autocast; augmentation, the loss and the update in float32."""
     model.train()
     order = torch.randperm(len(split), generator=generator).numpy()
     labels = torch.from_numpy(split.labels)
@@ -168,11 +188,13 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, split: Split, device: 
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
-        x = to_batch(split.pixels[index], device)
+        x = to_batch(_rows(split.pixels, index), device)
         if augment:
             x = random_shear_zoom(x, generator)
         y = labels[index].to(device)
-        logits = _logits(model, x)
+        with autocast(device, precision):
+            logits = _logits(model, x)
+        logits = logits.float()
         loss = loss_fn(logits, y) + model.regularization_loss().to(device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -186,7 +208,8 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, split: Split, device: 
 
 
 @torch.no_grad()
-def evaluate(model, loss_fn, split: Split, device: torch.device, batch_size: int) -> EvalResult:
+def evaluate(model, loss_fn, split: Split, device: torch.device, batch_size: int,
+             precision: str = "fp32") -> EvalResult:
     """Eval-mode loss (BCE mean + regularization), accuracy and [tn, fp, fn, tp] at p > 0.5."""
     model.eval()
     labels = torch.from_numpy(split.labels)
@@ -196,7 +219,9 @@ def evaluate(model, loss_fn, split: Split, device: torch.device, batch_size: int
     for start in range(0, len(split), batch_size):
         x = to_batch(split.pixels[start:start + batch_size], device)
         y = labels[start:start + batch_size].to(device)
-        logits = _logits(model, x)
+        with autocast(device, precision):
+            logits = _logits(model, x)
+        logits = logits.float()
         loss_sum += loss_fn(logits, y, reduction="sum").double()
         probability = torch.sigmoid(logits[:, 0])
         scores.append(probability.double().cpu())
@@ -239,7 +264,8 @@ def _learning_rate(optimizer) -> float | None:
 def train(model_h5: str | os.PathLike, labeled_dir: str | os.PathLike, rows: int, cols: int, epochs: int,
           out_h5: str | os.PathLike, *, device: str | torch.device | None = None, seed: int | None = None,
           batch_size: int = 32, augment: bool = True, log: logging.Logger = LOG,
-          on_epoch=None, skip_corrupt: bool = True) -> TrainResult:
+          on_epoch=None, skip_corrupt: bool = True, precision: str = "fp32", pixel_cache=None,
+          identity=None) -> TrainResult:
     """Fine-tune `model_h5` on `labeled_dir` (train/<class>/, validation/<class>/) for `epochs`
     epochs and write the epoch with the lowest val_loss to `out_h5` (a copy of model_h5 with new
     weights). `rows`, `cols` are the original's img_width, img_height. `seed` makes a CPU run
@@ -249,6 +275,12 @@ def train(model_h5: str | os.PathLike, labeled_dir: str | os.PathLike, rows: int
     {"loss", "acc", "val_loss", "val_acc", "seconds", "best"}; an exception it raises aborts training.
     A training or validation image that is not readable is skipped (listed in
     `result.skipped_files`) unless `skip_corrupt=False`; a class left without images is still an error.
+
+    `precision`: "fp32", "bf16" or "auto" (`device.training_precision`: bf16 autocast where the device
+    computes bf16 natively); the weights, the optimizer and the written model stay float32, and the
+    validation passes run at the same precision as training. `pixel_cache` (a
+    `training.pixel_cache.PixelCache`) with `identity(path)`: images decoded in an earlier training or
+    /predict are taken from it (`data.decode_split`).
     """
     run_started = time.perf_counter()
     if int(epochs) < 1:
@@ -256,6 +288,7 @@ def train(model_h5: str | os.PathLike, labeled_dir: str | os.PathLike, rows: int
     if int(batch_size) < 1:
         raise TrainingError(f"batch_size must be at least 1, got {batch_size}")
     device = pick_device(device)
+    precision = training_precision(precision, device)
     model = load_model(model_h5, device)
     check_input_size(model, rows, cols)
     classes, train_split, val_split = load_labeled(labeled_dir)
@@ -267,26 +300,27 @@ def train(model_h5: str | os.PathLike, labeled_dir: str | os.PathLike, rows: int
     optimizer = make_optimizer(config, model.parameters(), log)
     scheduler = make_scheduler(config, optimizer)
     started = time.perf_counter()
-    decode_split(train_split, rows, cols, skip_corrupt=skip_corrupt)
-    decode_split(val_split, rows, cols, skip_corrupt=skip_corrupt)
+    decode_split(train_split, rows, cols, skip_corrupt=skip_corrupt, cache=pixel_cache, identity=identity)
+    decode_split(val_split, rows, cols, skip_corrupt=skip_corrupt, cache=pixel_cache, identity=identity)
     skipped = [{"path": os.fspath(path), "split": split.name, "reason": reason}
                for split in (train_split, val_split) for path, reason in split.skipped]
     for item in skipped:
         log.warning("skipped a corrupt %s image: %s", item["split"], item["reason"])
     check_decoded(classes, train_split, val_split, labeled_dir)
-    log.info("training %s on %s: %d training images %s, %d validation images, %dx%d, %d epochs, %s, "
+    log.info("training %s on %s: %d training images %s, %d validation images, %dx%d, %d epochs, %s, %s, "
              "decoded in %.1f s", os.fspath(model_h5), os.fspath(labeled_dir), len(train_split),
              dict(zip(classes, train_split.class_counts(2))), len(val_split), rows, cols, epochs,
-             device, time.perf_counter() - started)
+             device, precision, time.perf_counter() - started)
 
     devices = [device.index or 0] if device.type == "cuda" else []
-    result = TrainResult(labeled_files=len(train_split), device=str(device), classes=list(classes),
+    result = TrainResult(labeled_files=len(train_split), device=str(device), precision=precision,
+                         classes=list(classes),
                          skipped_files=skipped,
                          counts={s.name: dict(zip(classes, s.class_counts(len(classes))))
                                  for s in (train_split, val_split)})
     result.hyperparameters = {
         "epochs": int(epochs), "batch_size": int(batch_size), "seed": seed, "augment": bool(augment),
-        "img_width": int(rows), "img_height": int(cols),
+        "img_width": int(rows), "img_height": int(cols), "precision": precision,
         "optimizer": getattr(config, "optimizer", None),
         "optimizer_params": _jsonable(getattr(config, "optimizer_params", None)),
         "learning_rate": _learning_rate(optimizer),
@@ -300,8 +334,8 @@ def train(model_h5: str | os.PathLike, labeled_dir: str | os.PathLike, rows: int
         for epoch in range(1, int(epochs) + 1):
             started = time.perf_counter()
             loss, acc = train_one_epoch(model, loss_fn, optimizer, scheduler, train_split, device,
-                                        batch_size, generator, augment)
-            val = evaluate(model, loss_fn, val_split, device, batch_size)
+                                        batch_size, generator, augment, precision)
+            val = evaluate(model, loss_fn, val_split, device, batch_size, precision)
             for name, value in (("loss", loss), ("acc", acc), ("val_loss", val.loss), ("val_acc", val.acc)):
                 getattr(result, name).append(float(value))
             improved = val.loss < best_loss  # ModelCheckpoint(monitor="val_loss", save_best_only=True)
@@ -319,7 +353,7 @@ def train(model_h5: str | os.PathLike, labeled_dir: str | os.PathLike, rows: int
         result.best_epoch = int(epochs)
     else:
         model.load_state_dict(best_state)
-    final = evaluate(model, loss_fn, val_split, device, batch_size)
+    final = evaluate(model, loss_fn, val_split, device, batch_size, precision)
     result.cm, result.model_acc, result.model_loss = final.cm, float(final.acc), float(final.loss)
     result.roc_auc = roc_auc(val_split.labels, final.scores)
     result.average_precision = average_precision(val_split.labels, final.scores)

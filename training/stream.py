@@ -40,7 +40,15 @@ def decode_checked(source, rows: int, cols: int, max_pixels: int | None = None,
                    decode: Callable = decode_image) -> np.ndarray:
     """`decode(source, rows, cols)` (`images.decode_image` or a bit-identical faster one), refusing
     (ImageError) images of more than `max_pixels` pixels before decoding."""
-    if max_pixels and max_pixels > 0:
+    return decode_sized(source, rows, cols, max_pixels, decode, need_size=False)[0]
+
+
+def decode_sized(source, rows: int, cols: int, max_pixels: int | None = None, decode: Callable = decode_image,
+                 need_size: bool = True) -> tuple[np.ndarray, int]:
+    """(`decode_checked`'s pixels, the source image's width x height); the size is read from the
+    image's header (0 when not needed and no limit asks for it). The pixel cache keeps the size, so
+    an entry is never served to a request whose ORCA_MAX_PIXELS would refuse its source."""
+    if (max_pixels and max_pixels > 0) or need_size:
         data = source if isinstance(source, (bytes, bytearray, memoryview)) else read_source(source)
         name = "<bytes>" if data is source else os.fspath(source)
         try:
@@ -51,12 +59,12 @@ def decode_checked(source, rows: int, cols: int, max_pixels: int | None = None,
         except Image.DecompressionBombError as e:
             raise ImageError(f"{name} is too large to decode safely: {e}") from e
         except Exception:  # noqa: BLE001 - not an image: decode_image names the problem precisely
-            return _decode(data, name, rows, cols, decode)
-        if width * height > max_pixels:
+            return _decode(data, name, rows, cols, decode), 0
+        if max_pixels and max_pixels > 0 and width * height > max_pixels:
             raise ImageError(f"{name} has {width}x{height} = {width * height} pixels, more than the "
                              f"limit of {max_pixels} (ORCA_MAX_PIXELS)")
-        return _decode(data, name, rows, cols, decode)
-    return decode(source, rows, cols)
+        return _decode(data, name, rows, cols, decode), width * height
+    return decode(source, rows, cols), 0
 
 
 def _decode(data: bytes, name: str, rows: int, cols: int, decode: Callable = decode_image) -> np.ndarray:
@@ -73,7 +81,8 @@ def _decode(data: bytes, name: str, rows: int, cols: int, decode: Callable = dec
 @dataclass
 class Batch:
     items: list                       # the items decoded, in input order
-    pixels: np.ndarray | None         # uint8 (len(items), rows, cols, 3), None when every item was skipped
+    pixels: Any                       # uint8 (len(items), rows, cols, 3): numpy, or a device tensor from the
+                                      # pixel cache's device tier; None when every item was skipped
     skipped: list = field(default_factory=list)  # [(item, reason)] in input order
 
 
@@ -83,27 +92,41 @@ _SKIP = object()
 def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: int, cols: int,
                    batch_size: int, *, workers: int = 8, decode_workers: int | None = None,
                    prefetch: int = PREFETCH_BATCHES, skip_unreadable: bool = False,
-                   max_pixels: int | None = None, decode: Callable = decode_image) -> Iterator[Batch]:
+                   max_pixels: int | None = None, decode: Callable = decode_image,
+                   cache=None, identity: Callable[[Any], tuple | None] | None = None) -> Iterator[Batch]:
     """Batches of decoded images in `items` order; see the module docstring. `decode(source, rows,
-    cols)` must give `images.decode_image`'s pixels (e.g. torch_decode.decode_png_torch on CUDA)."""
+    cols)` must give `images.decode_image`'s pixels (e.g. torch_decode.decode_png_torch on CUDA).
+
+    `cache` (a `training.pixel_cache.PixelCache`) with `identity(item)` (the bytes' identity, or
+    None): an item found there is neither fetched nor decoded; one decoded is stored. A batch is
+    then a device tensor where the cache has a device tier (`Batch.pixels`)."""
     fetch = fetch or (lambda item: item)
     decode_workers = decode_workers or os.cpu_count() or 1
     workers = max(1, workers)
     fetching = threading.BoundedSemaphore(workers)  # downloads at once (≤ the S3 client's connections)
     decoding = threading.BoundedSemaphore(decode_workers)
     iterator = iter(items)
+    stack = cache.stack if cache is not None else np.stack
     ahead = max(1, prefetch) * batch_size + batch_size  # items in flight: this batch + `prefetch` more
 
     def work(item):
+        key = identity(item) if cache is not None and identity is not None else None
+        if key is not None:
+            hit = cache.get(key, rows, cols, max_pixels)
+            if hit is not None:
+                return hit
         with fetching:
             source = fetch(item)
         with decoding:
             try:
-                return decode_checked(source, rows, cols, max_pixels, decode)
+                if key is None:
+                    return decode_checked(source, rows, cols, max_pixels, decode)
+                pixels, source_pixels = decode_sized(source, rows, cols, max_pixels, decode)
             except ImageError as error:
                 if not skip_unreadable:
                     raise
                 return (_SKIP, str(error))
+        return cache.put(key, rows, cols, pixels, source_pixels)
 
     # threads waiting on downloads must not hold back decoding: room for both at once
     pool = ThreadPoolExecutor(workers + decode_workers, thread_name_prefix="orca-fetch")
@@ -129,6 +152,6 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
                     batch_items.append(item)
                     arrays.append(result)
                 fill()
-            yield Batch(batch_items, np.stack(arrays) if arrays else None, skipped)
+            yield Batch(batch_items, stack(arrays) if arrays else None, skipped)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
