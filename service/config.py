@@ -36,6 +36,9 @@ SETTINGS = (
             "hash (default: `<ORCA_CACHE_DIR>/onnx`)"),
     Setting("STATE_DIR", "ORCA_STATE_DIR", str, None, "where the service keeps state that must survive a restart "
             "(the job database, `jobs.sqlite3`); default: `<temp>/orca-state`, beside the cache"),
+    Setting("TENSORBOARD_DIR", "ORCA_TENSORBOARD_DIR", str, None, "TensorBoard event files of each training: "
+            "unset = uploaded beside the new version as `<NAME_N+1>.tensorboard/`; a local folder = written there "
+            "live (`<folder>/<model>-<UTC time>/`); `off` = none"),
     Setting("DEVICE", "ORCA_DEVICE", str, None, "torch device (`cuda`, `cuda:1`, `cpu`); default: CUDA if "
             "available, else the CPU"),
     Setting("PRECISION", "ORCA_PRECISION", str, "auto", "training precision: `auto` trains in bfloat16 "

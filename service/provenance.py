@@ -13,7 +13,9 @@ Sidecar (schema "orca-model-provenance/1"):
                          "seed", "img_width", "img_height", "augment", "loss", "precision"},
      "metrics": {"epochs": [{"epoch", "loss", "acc", "val_loss", "val_acc"}, ...], "best_epoch",
                  "cm": [tn, fp, fn, tp], "model_acc", "model_loss", "roc_auc", "average_precision"},
-     "skipped_files": [{"url", "split", "reason"}], "curves_url"}
+     "skipped_files": [{"url", "split", "reason"}], "curves_url",
+     "tensorboard" (where the training's TensorBoard event files are: `NAME_N.tensorboard/` beside the
+                    model, or a folder under ORCA_TENSORBOARD_DIR; absent with `off`)}
 """
 
 from __future__ import annotations
@@ -150,6 +152,26 @@ def write_beside(written: Location, sidecar: dict, png: bytes | None, tmp: str) 
         except AlreadyExists:
             log.warning("not overwriting %s (it exists already)", target.url)
     return out
+
+
+def tensorboard_folder(written: Location) -> Location:
+    """Where a version's TensorBoard event files go: `<NAME_N>.tensorboard/` beside it."""
+    return written.sibling(sidecar_name(written.name, ".tensorboard") + "/")
+
+
+def upload_tensorboard(written: Location, folder: str) -> str:
+    """Upload the event files of `folder` beside the written model; returns the folder's URL."""
+    target = tensorboard_folder(written)
+    for root, _, files in os.walk(folder):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, folder).replace(os.sep, "/")
+            key = target.key + relative
+            try:
+                target.storage.upload(path, key)
+            except AlreadyExists:
+                log.warning("not overwriting %s (it exists already)", target.storage.url(key))
+    return target.url
 
 
 # ------------------------------------------------------------------------------------- listing

@@ -271,6 +271,7 @@ class LocalStorage(Storage):
     def upload(self, local_path: str, key: str) -> None:
         self._check(key, writing=True)
         try:
+            os.makedirs(os.path.dirname(key), exist_ok=True)  # as on S3, a key's folders need not exist
             with atomic_output(key, overwrite=False, prefix=".upload-") as tmp:
                 with open(tmp, "wb") as dst, open(local_path, "rb") as src:
                     shutil.copyfileobj(src, dst, CHUNK)

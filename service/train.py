@@ -13,6 +13,7 @@ pixel cache; the training precision is ORCA_PRECISION (`training.device.training
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
 import os
@@ -97,6 +98,18 @@ def _mirror_labeled(runtime, labeled: Location, jobs: list[tuple[ObjectInfo, str
              mirror.downloaded, mirror.reused, mirror.removed)
 
 
+def tensorboard_dir(setting: str | None, model_name: str, tmp: str) -> str | None:
+    """Where a training writes its TensorBoard event files (ORCA_TENSORBOARD_DIR): unset → the
+    request's scratch folder (uploaded beside the new version afterwards), `off` → nowhere, else a
+    folder of its own under the setting, named after the parent model and the UTC time."""
+    if setting is None:
+        return os.path.join(tmp, "tensorboard")
+    if setting.strip().lower() == "off":
+        return None
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    return os.path.join(setting, f"{posixpath.splitext(model_name)[0]}-{stamp}")
+
+
 def run_train(runtime, params: TrainParams, on_epoch=None) -> dict:
     """Train, publish `NAME_{N+1}` (.h5, .onnx or .pt, as the model came), then its provenance
     sidecar `.json` and curves `.png`; return the /train JSON.
@@ -125,13 +138,15 @@ def run_train(runtime, params: TrainParams, on_epoch=None) -> dict:
 
         log.info("train: %s on %s (%s), %d epochs", model.url, labeled.url, counts, params.epochs)
         out_path = os.path.join(tmp, "trained" + posixpath.splitext(model_path)[1])  # same format
+        board = tensorboard_dir(config["TENSORBOARD_DIR"], model.name, tmp)
         replacements = {model_path: model.url, data + os.sep: labeled.prefix_url}
         try:
             result = training.train(model_path, data, params.rows, params.cols, params.epochs, out_path,
                                     device=config["DEVICE"], seed=params.seed,
                                     batch_size=config["BATCH_SIZE"], on_epoch=on_epoch,
                                     precision=config["PRECISION"], pixel_cache=runtime.pixels,
-                                    identity=lambda path: identities.get(os.path.normpath(path)))
+                                    identity=lambda path: identities.get(os.path.normpath(path)),
+                                    tensorboard_dir=board)
         except model_errors() as error:
             raise unprocessable(error, replacements) from error
         skipped = [{"url": name_urls(item["path"], replacements), "split": item["split"],
@@ -150,6 +165,9 @@ def run_train(runtime, params: TrainParams, on_epoch=None) -> dict:
                     version=runtime.version)
                 sidecar["parent"]["sha256"] = runtime.scorers.digest(model_path)
                 sidecar["model_sha256"] = runtime.scorers.digest(out_path)
+                if board is not None:
+                    sidecar["tensorboard"] = (provenance.upload_tensorboard(written, board)
+                                              if board.startswith(tmp) else board)
                 provenance.write_beside(written, sidecar, png.result(), tmp)
             except Exception:  # noqa: BLE001 - the model is written; a missing sidecar must not fail /train
                 log.exception("train: could not write the provenance sidecar of %s", written.url)

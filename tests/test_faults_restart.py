@@ -159,8 +159,10 @@ def test_concurrent_trains_and_predicts_against_moto(s3_env, srkw_h5, tmp_path):
     assert [j["status"] for j in jobs] == ["succeeded"] * 4
 
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="models/")["Contents"])
-    assert keys == ["models/srkw_cnn_0.h5"] + [f"models/srkw_cnn_{n}{ext}" for n in (1, 2, 3, 4)
-                                               for ext in (".h5", ".json", ".png")]
+    boards = [k.split("/")[1] for k in keys if ".tensorboard/" in k]  # one event file per version
+    assert boards == [f"srkw_cnn_{n}.tensorboard" for n in (1, 2, 3, 4)]
+    assert [k for k in keys if ".tensorboard/" not in k] == ["models/srkw_cnn_0.h5"] + [
+        f"models/srkw_cnn_{n}{ext}" for n in (1, 2, 3, 4) for ext in (".h5", ".json", ".png")]
     for n in (1, 2, 3, 4):  # every version whole: its bytes are those the sidecar hashed before the upload
         data = s3.get_object(Bucket=bucket, Key=f"models/srkw_cnn_{n}.h5")["Body"].read()
         sidecar = json.loads(s3.get_object(Bucket=bucket, Key=f"models/srkw_cnn_{n}.json")["Body"].read())
@@ -206,7 +208,8 @@ def test_kill_9_during_a_training_job_then_restart(s3_env, srkw_h5, tmp_path):
     # the next /train (here, to spare a third torch import: the store and the bucket are what count)
     status, result = _train_here(tmp_path, "", dict(train, epochs=1), job_id)
     assert status == 200 and result["model_url"] == f"s3://{bucket}/models/srkw_cnn_1.h5", result
-    assert models() == ["models/srkw_cnn_0.h5"] + [f"models/srkw_cnn_1{ext}" for ext in (".h5", ".json", ".png")]
+    assert [k for k in models() if ".tensorboard/" not in k] == ["models/srkw_cnn_0.h5"] + [
+        f"models/srkw_cnn_1{ext}" for ext in (".h5", ".json", ".png")]
 
 
 STALLED_UPLOAD = textwrap.dedent("""
@@ -260,7 +263,7 @@ def test_kill_9_while_a_job_publishes_its_version_then_restart(tmp_path):
     status, result = _train_here(tmp_path, str(tmp_path), dict(args, epochs=1), job_id)
     assert status == 200 and result["model_url"] == str(tmp_path / "models" / "srkw_cnn_1.h5"), result
     versions = sorted(n for n in os.listdir(tmp_path / "models") if not n.startswith("."))
-    assert versions == ["srkw_cnn_0.h5", "srkw_cnn_1.h5", "srkw_cnn_1.json", "srkw_cnn_1.png"]
+    assert versions == ["srkw_cnn_0.h5", "srkw_cnn_1.h5", "srkw_cnn_1.json", "srkw_cnn_1.png", "srkw_cnn_1.tensorboard"]
     sidecar = json.loads((tmp_path / "models" / "srkw_cnn_1.json").read_text())
     assert hashlib.sha256((tmp_path / "models" / "srkw_cnn_1.h5").read_bytes()).hexdigest() == sidecar["model_sha256"]
 

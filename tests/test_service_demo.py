@@ -44,7 +44,7 @@ def test_demo_serves_the_sample_data_and_its_curl_lines_work(tmp_path):
         assert result["model_url"] == "local/models/srkw_cnn_1.h5"
         assert result["labeled_files"] == 10 and sum(result["cm"]) == 4
         assert sorted(os.listdir(tmp_path / "local/models")) == ["srkw_cnn_0.h5", "srkw_cnn_1.h5", "srkw_cnn_1.json",
-                                                                     "srkw_cnn_1.png"]
+                                                                     "srkw_cnn_1.png", "srkw_cnn_1.tensorboard"]
     finally:
         timer.cancel()
         process.terminate()

@@ -15,6 +15,7 @@ as in Keras' evaluate).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -62,6 +63,7 @@ class TrainResult:
     skipped_files: list[dict] = field(default_factory=list)  # [{"path", "split", "reason"}]: corrupt images
     hyperparameters: dict = field(default_factory=dict)  # epochs, batch_size, optimizer, learning_rate, seed, ...
     duration_s: float = field(default=0.0, compare=False)
+    tensorboard_dir: str | None = None  # where this training's TensorBoard event files are
 
     def to_response(self) -> dict:
         """The original /train JSON, less `model_url` (the service adds it)."""
@@ -178,9 +180,10 @@ def _logits(model, x: torch.Tensor) -> torch.Tensor:
 
 def train_one_epoch(model, loss_fn, optimizer, scheduler, split: Split, device: torch.device,
                     batch_size: int, generator: torch.Generator, augment: bool = True,
-                    precision: str = "fp32") -> tuple[float, float]:
+                    precision: str = "fp32", show_batch=None) -> tuple[float, float]:
     """One pass over the shuffled, augmented training images; returns (loss, acc) like Keras' fit.
-    `precision` "bf16": the forward in bf16 autocast; augmentation, the loss and the update in float32."""
+    `precision` "bf16": the forward in bf16 autocast; augmentation, the loss and the update in float32.
+    `show_batch(x)` (optional) gets the first batch as the model sees it (NHWC in [0, 1])."""
     model.train()
     order = torch.randperm(len(split), generator=generator).numpy()
     labels = torch.from_numpy(split.labels)
@@ -191,6 +194,8 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, split: Split, device: 
         x = to_batch(_rows(split.pixels, index), device)
         if augment:
             x = random_shear_zoom(x, generator)
+        if show_batch is not None and start == 0:
+            show_batch(x)
         y = labels[index].to(device)
         with autocast(device, precision):
             logits = _logits(model, x)
@@ -252,6 +257,17 @@ def _jsonable(value):
         return str(value)
 
 
+def _open_board(folder, log):
+    """The training's TensorBoard log as a context manager, or a null context (no folder given)."""
+    if folder is None:
+        return contextlib.nullcontext(None)
+    from .tensorboard import TrainingLog
+
+    board = TrainingLog(folder)
+    log.info("TensorBoard event files: %s (tensorboard --logdir %s)", board.folder, board.folder)
+    return board
+
+
 def _learning_rate(optimizer) -> float | None:
     try:
         return float(optimizer.param_groups[0]["lr"])
@@ -265,7 +281,7 @@ def train(model_h5: str | os.PathLike, labeled_dir: str | os.PathLike, rows: int
           out_h5: str | os.PathLike, *, device: str | torch.device | None = None, seed: int | None = None,
           batch_size: int = 32, augment: bool = True, log: logging.Logger = LOG,
           on_epoch=None, skip_corrupt: bool = True, precision: str = "fp32", pixel_cache=None,
-          identity=None) -> TrainResult:
+          identity=None, tensorboard_dir: str | os.PathLike | None = None) -> TrainResult:
     """Fine-tune `model_h5` on `labeled_dir` (train/<class>/, validation/<class>/) for `epochs`
     epochs and write the epoch with the lowest val_loss to `out_h5` (a copy of model_h5 with new
     weights). `rows`, `cols` are the original's img_width, img_height. `seed` makes a CPU run
@@ -280,7 +296,9 @@ def train(model_h5: str | os.PathLike, labeled_dir: str | os.PathLike, rows: int
     computes bf16 natively); the weights, the optimizer and the written model stay float32, and the
     validation passes run at the same precision as training. `pixel_cache` (a
     `training.pixel_cache.PixelCache`) with `identity(path)`: images decoded in an earlier training or
-    /predict are taken from it (`data.decode_split`).
+    /predict are taken from it (`data.decode_split`). `tensorboard_dir`: TensorBoard event files there
+    (`training.tensorboard`: per-epoch metrics with validation ROC AUC and AP, learning rate, a few
+    augmented training images).
     """
     run_started = time.perf_counter()
     if int(epochs) < 1:
@@ -331,23 +349,32 @@ def train(model_h5: str | os.PathLike, labeled_dir: str | os.PathLike, rows: int
             torch.manual_seed(seed)  # Dropout draws from torch's global generator
         generator = _make_generator(seed)  # shuffling and augmentation
         best_loss, best_state = math.inf, None
-        for epoch in range(1, int(epochs) + 1):
-            started = time.perf_counter()
-            loss, acc = train_one_epoch(model, loss_fn, optimizer, scheduler, train_split, device,
-                                        batch_size, generator, augment, precision)
-            val = evaluate(model, loss_fn, val_split, device, batch_size, precision)
-            for name, value in (("loss", loss), ("acc", acc), ("val_loss", val.loss), ("val_acc", val.acc)):
-                getattr(result, name).append(float(value))
-            improved = val.loss < best_loss  # ModelCheckpoint(monitor="val_loss", save_best_only=True)
-            if improved:
-                best_loss, result.best_epoch = val.loss, epoch
-                best_state = copy.deepcopy(model.state_dict())
-            log.info("epoch %d/%d loss=%.4f acc=%.4f val_loss=%.4f val_acc=%.4f %.1fs%s", epoch, epochs,
-                     loss, acc, val.loss, val.acc, time.perf_counter() - started, " (best)" if improved else "")
-            if on_epoch is not None:
-                on_epoch(epoch, int(epochs), {"loss": float(loss), "acc": float(acc), "val_loss": float(val.loss),
-                                              "val_acc": float(val.acc), "best": bool(improved),
-                                              "seconds": time.perf_counter() - started})
+        with _open_board(tensorboard_dir, log) as board:
+            for epoch in range(1, int(epochs) + 1):
+                started = time.perf_counter()
+                loss, acc = train_one_epoch(model, loss_fn, optimizer, scheduler, train_split, device,
+                                            batch_size, generator, augment, precision,
+                                            show_batch=(lambda x, e=epoch: board.augmented_examples(x, e))
+                                            if board is not None and epoch == 1 else None)
+                val = evaluate(model, loss_fn, val_split, device, batch_size, precision)
+                if board is not None:
+                    board.epoch(epoch, {"loss": loss, "acc": acc, "val_loss": val.loss, "val_acc": val.acc,
+                                        "roc_auc": roc_auc(val_split.labels, val.scores),
+                                        "average_precision": average_precision(val_split.labels, val.scores),
+                                        "learning_rate": _learning_rate(optimizer)})
+                for name, value in (("loss", loss), ("acc", acc), ("val_loss", val.loss), ("val_acc", val.acc)):
+                    getattr(result, name).append(float(value))
+                improved = val.loss < best_loss  # ModelCheckpoint(monitor="val_loss", save_best_only=True)
+                if improved:
+                    best_loss, result.best_epoch = val.loss, epoch
+                    best_state = copy.deepcopy(model.state_dict())
+                log.info("epoch %d/%d loss=%.4f acc=%.4f val_loss=%.4f val_acc=%.4f %.1fs%s", epoch, epochs,
+                         loss, acc, val.loss, val.acc, time.perf_counter() - started, " (best)" if improved else "")
+                if on_epoch is not None:
+                    on_epoch(epoch, int(epochs), {"loss": float(loss), "acc": float(acc), "val_loss": float(val.loss),
+                                                  "val_acc": float(val.acc), "best": bool(improved),
+                                                  "seconds": time.perf_counter() - started})
+        result.tensorboard_dir = board.folder if board is not None else None
     if best_state is None:
         log.warning("val_loss was never finite: keeping the last epoch's weights")
         result.best_epoch = int(epochs)
