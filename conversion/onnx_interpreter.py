@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -212,6 +213,25 @@ class OnnxModule(nn.Module):
         # output → the input of the Sigmoid/Softmax that produces it, for losses on logits
         self.logit_sources = {n.outputs[0]: n.inputs[0] for n in self.nodes
                               if n.op_type in ("Sigmoid", "Softmax") and n.outputs[0] in self.output_names}
+        self._node_hooks: OrderedDict[int, tuple[str, object]] = OrderedDict()  # handle id → (node name, hook)
+
+    # ------------------------------------------------------------------ hooks
+
+    def weighted_nodes(self) -> list[str]:
+        """Names of the nodes that read a trainable weight, in the order they run."""
+        return [n.name for n in self.nodes if any(self._slots.get(i, ("",))[0] == "params" for i in n.inputs)]
+
+    def register_node_input_hook(self, node_name: str, hook):
+        """`hook(inputs)` with node `node_name`'s input tensors each time before it runs: torch's forward
+        pre-hooks for the nodes of a graph (an embedding is the input of the output layer). Returns a
+        handle whose `remove()` unregisters it."""
+        from torch.utils.hooks import RemovableHandle
+
+        if node_name not in {n.name for n in self.nodes}:
+            raise ConversionError(f"{self.source or 'ONNX model'}: no node named {node_name!r}")
+        handle = RemovableHandle(self._node_hooks)
+        self._node_hooks[handle.id] = (node_name, hook)
+        return handle
 
     # ------------------------------------------------------------------ running
 
@@ -241,6 +261,10 @@ class OnnxModule(nn.Module):
                     args.append(self._initializer(name))
                 else:
                     raise node.fail(f"input {name!r} is not computed before this node")
+            if self._node_hooks:
+                for hooked, hook in list(self._node_hooks.values()):
+                    if hooked == node.name:
+                        hook(args)
             results = _run_node(node, args)
             for name, value in zip(node.outputs, results):
                 if name:

@@ -166,3 +166,18 @@ def test_query_and_embed_over_s3(s3_env, srkw_h5, tmp_path):
         assert status == 200 and len({row["audio_url"] for row in chosen}) == 2
     finally:
         served.close()
+
+
+def test_an_onnx_model_embeds_like_the_torch_model_it_came_from_and_refuses_monte_carlo(served, pool):
+    from conversion.converting import convert
+
+    onnx_path = pool / "models" / "small_cnn_onnx_0.onnx"
+    if not onnx_path.exists():
+        convert(str(pool / "models" / "small_cnn_0.pt"), str(onnx_path))
+    _, from_torch = _get(served, "/embed", **_args(pool, "small_cnn_0.pt"))
+    status, from_onnx = _get(served, "/embed", **_args(pool, onnx_path.name))
+    assert status == 200
+    np.testing.assert_allclose([r["embedding"] for r in from_onnx], [r["embedding"] for r in from_torch],
+                               atol=1e-5)
+    status, body = _get(served, "/query", **_args(pool, onnx_path.name, strategy="bald", k=2))
+    assert status == 422 and "no dropout layers" in body["error"]

@@ -1,10 +1,11 @@
 """What a model sees in a clip: its embedding, and its Monte Carlo dropout passes.
 
 The embedding is the input of the model's output layer, i.e. the activations of the last hidden
-layer (srkw_cnn: the 256 units after its first Dense and Dropout; a registered torch model: whatever
+layer (srkw_cnn: the 256 units after its Dense 256 and ReLU; a registered torch model: whatever
 feeds its last `nn.Linear`). The output layer is found by running the model once and noting the last
-module with weights of its own that ran, so the same code works for bridged Keras models, ONNX
-models and researchers' torch modules without knowing their layout.
+module with weights of its own that ran, so the same code works for bridged Keras models and
+researchers' torch modules without knowing their layout; an ONNX model runs as one module, so there
+it is the last graph node that reads a weight (`OnnxModule.weighted_nodes`).
 
 Monte Carlo dropout (Gal & Ghahramani, 2016) keeps the model in eval mode (BatchNorm uses its
 moving statistics) and switches only its dropout layers to training, then scores each batch
@@ -51,7 +52,14 @@ class ModelProbe:
     def check_size(self, rows: int, cols: int) -> None:
         check_input_size(self.model, rows, cols)
 
-    def _find_head(self, x: torch.Tensor) -> nn.Module:
+    def _find_head(self, x: torch.Tensor):
+        """The output layer: a torch module, or (OnnxModule, node name) for an ONNX graph."""
+        graphs = [m for m in self.model.modules() if hasattr(m, "register_node_input_hook")]
+        if graphs:
+            nodes = graphs[-1].weighted_nodes()
+            if not nodes:
+                raise TrainingError("the model has no layer with weights: it has no embedding")
+            return graphs[-1], nodes[-1]
         ran: list[nn.Module] = []
         hooks = [m.register_forward_pre_hook(lambda module, args: ran.append(module))
                  for m in self.model.modules() if _has_own_tensors(m)]
@@ -71,7 +79,11 @@ class ModelProbe:
         if self._head is None:
             self._head = self._find_head(x)
         captured = []
-        hook = self._head.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        if isinstance(self._head, tuple):
+            graph, node = self._head
+            hook = graph.register_node_input_hook(node, lambda args: captured.append(args[0]))
+        else:
+            hook = self._head.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
         try:
             with torch.inference_mode():
                 p = _probability_of_class_1(self.model(x))
