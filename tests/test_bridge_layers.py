@@ -125,15 +125,23 @@ def _assert_bit_exact_round_trip(source, tmp_path):
             assert a["model_weights"][n][()].tobytes() == b["model_weights"][n][()].tobytes(), n
 
 
+def _converts_with_parity_and_round_trips(path, tmp_path, seed=0):
+    """The saved .h5 at `path` through the bridge: outputs equal Keras' (logits), the round trip is
+    bit-exact; returns the converted module."""
+    module = keras_to_torch(path)
+    arrays = _inputs(module, seed=seed)
+    for got, expected in zip(_torch_logits(module, arrays), _keras_logits(path, arrays)):
+        _close(got, expected)
+    _assert_bit_exact_round_trip(path, tmp_path)
+    return module
+
+
 def test_gelu_model_parity_round_trip_and_training(tmp_path):
     """GELU (exact, erf) through the bridge and both ONNX exports (tf2onnx 1.17 alone cannot export TF's Erfc)."""
     path = tmp_path / "gelu.h5"
     _gelu_model().save(path)
-    module = keras_to_torch(path)
+    module = _converts_with_parity_and_round_trips(path, tmp_path)
     arrays = _inputs(module)
-    for got, expected in zip(_torch_logits(module, arrays), _keras_logits(path, arrays)):
-        _close(got, expected)
-    _assert_bit_exact_round_trip(path, tmp_path)
     # `convert` .h5 → .onnx (tf2onnx, with conversion.onnx_export's handler for TF's Erfc) and the
     # torch.onnx export both give ONNX Runtime a graph with Keras' outputs
     import onnxruntime as ort
@@ -368,11 +376,7 @@ def test_keras_3_file_with_the_new_layers(tmp_path):
                   else rng.normal(0.0, 0.3, tuple(w.shape))).astype(np.float32))
     path = tmp_path / "keras3.h5"
     model.save(path)
-    module = keras_to_torch(path)
-    arrays = _inputs(module, seed=3)
-    for got, expected in zip(_torch_logits(module, arrays), _keras_logits(path, arrays)):
-        _close(got, expected)
-    _assert_bit_exact_round_trip(path, tmp_path)
+    module = _converts_with_parity_and_round_trips(path, tmp_path, seed=3)
     assert sum(p.numel() for p in module.parameters() if p.requires_grad) == model.count_params()
 
 
@@ -515,11 +519,7 @@ def test_normalization_from_config_and_adapted_rescaling_unit_norm_and_dot(tmp_p
     model = keras_zoo.randomize(tf_keras.Model(inp, [a, b, c, d, e, f], name="preprocessing"), 12)
     path = tmp_path / "preprocessing.h5"
     model.save(path)
-    module = keras_to_torch(path)
-    arrays = _inputs(module, seed=8)
-    for got, expected in zip(_torch_logits(module, arrays), _keras_logits(path, arrays)):
-        _close(got, expected)
-    _assert_bit_exact_round_trip(path, tmp_path)
+    module = _converts_with_parity_and_round_trips(path, tmp_path, seed=8)
     assert len(list(module.buffers())) == 0  # configured statistics are not weights, as in Keras
 
 

@@ -36,10 +36,13 @@ class Events:
 
     def __init__(self):
         self.counts: dict = {}
+        self.held: dict = {}  # tier → the last "bytes held" reported
         self.lock = threading.Lock()
 
     def __call__(self, event, tier, amount):
-        if event != "bytes":
+        if event == "bytes":
+            self.held[tier] = amount
+        else:
             with self.lock:
                 self.counts[(event, tier)] = self.counts.get((event, tier), 0) + amount
 
@@ -56,6 +59,16 @@ def test_a_hit_is_the_decoded_pixels_bit_for_bit_and_keyed_by_size(tmp_path):
     assert cache.get(identity, ROWS + 1, COLS) is None  # another size is another entry
     assert cache.get(object_identity("other", 1, "etag-1"), ROWS, COLS) is None
     assert events.counts == {("miss", None): 3, ("decode", None): 1, ("hit", "disk"): 1}
+
+
+def test_the_bytes_held_follow_every_write_not_only_the_scans(tmp_path):
+    events = Events()
+    cache = PixelCache(tmp_path / "pixels", 10**8, record=events)
+    pixels = decode_image(PNGS[0], ROWS, COLS)
+    for i in range(4):
+        cache.put(object_identity(f"clip{i}", 1, f"etag{i}"), ROWS, COLS, pixels, 1)
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "pixels").rglob("*.px"))
+    assert events.held["disk"] == on_disk == 4 * ENTRY
 
 
 def test_an_entry_is_not_served_where_max_pixels_refuses_its_source(tmp_path):

@@ -312,10 +312,13 @@ class PixelCache:
             if self._estimate is not None:
                 self._estimate += size
             self._written_since_scan += size
-            due = (self._estimate is None or self._estimate > self.max_bytes
+            estimate = self._estimate
+            due = (estimate is None or estimate > self.max_bytes
                    or self._written_since_scan > self.max_bytes * (1 - EVICT_TO))
         if due:
             self.evict()
+        else:
+            self.record("bytes", "disk", estimate)  # this process's estimate between scans
 
     def evict(self) -> int:
         """Scan the folder under its lock and delete the least recently used entries down to 90 % of
