@@ -206,11 +206,22 @@ def test_s3_mirror_downloads_only_new_or_changed_objects_and_follows_deletions(s
     assert warm == cold and downloads == []  # nothing changed: list only
 
     s3.delete_object(Bucket="orcaperf", Key=keys[1])  # the client labels a clip: it leaves unlabeled/
-    s3.upload_file(str(GOOD[1]), "orcaperf", keys[2])  # a changed object (new ETag)
+    changed = sorted(SAMPLE.glob("test/*/*.png"))[3]  # bytes never seen: a new ETag, not in the pixel cache
+    s3.upload_file(str(changed), "orcaperf", keys[2])  # a changed object
     after = work.run_predict(work, params)
     assert downloads == [keys[2]]
     assert _names(after) == ["orcasoundlab_1594154118", "orcasoundlab_1594154124"]
-    assert after[1]["predicted_value"] == pytest.approx(cold[1]["predicted_value"], abs=1e-6)
+    local = cache_dir / "local" / "unlabeled"
+    (local / "spectrograms").mkdir(parents=True)
+    (local / "spectrograms" / "orcasoundlab_1594154124.png").write_bytes(changed.read_bytes())
+    fresh = Runtime.from_config({"LOCAL_ROOT": None, "DEVICE": "cpu", "CACHE_DIR": str(cache_dir / "fresh")})
+    expected = fresh.run_predict(fresh, _params(str(model_h5), str(local)))  # the new bytes, scored afresh
+    assert after[1]["predicted_value"] == pytest.approx(expected[0]["predicted_value"], abs=1e-6)
+
+    downloads.clear()
+    s3.upload_file(str(GOOD[1]), "orcaperf", keys[2])  # back to bytes scored before: their pixels are cached
+    again = work.run_predict(work, params)
+    assert downloads == [] and again[1]["predicted_value"] == pytest.approx(cold[1]["predicted_value"], abs=1e-6)
     assert not (mirror / keys[1].rsplit("/", 1)[1]).exists()
     index = json.loads((mirror / "index.json").read_text())
     assert sorted(index) == ["orcasoundlab_1594154118.png", "orcasoundlab_1594154124.png",
