@@ -4,7 +4,8 @@ Both start from /predict's own work (`runtime.run_predict`: same clips, same ord
 `predicted_value`, score cache included), so `uncertainty` ranks clips exactly as the orcaal client
 does with those values. When a strategy needs more than P(class 1), the model is loaded as a torch
 module (`conversion.formats.load_trainable`: .h5 through the bridge, .onnx, registered .pt) and the
-same clips are decoded once more for `training.embedding.ModelProbe`: embeddings (the input of the
+same clips' pixels are read again (from the app's pixel cache: /predict has just decoded them) for
+`training.embedding.ModelProbe`: embeddings (the input of the
 output layer) and Monte Carlo dropout passes. The strategies themselves are `training.acquisition`.
 
 /embed streams its JSON array item by item: 10,000 clips × 256 floats is ~25 MB of JSON, built
@@ -31,7 +32,7 @@ from training.stream import stream_batches
 from .datasets import model_errors, name_urls, unprocessable
 from .errors import BadRequest, Conflict
 from .params import PredictParams, embed_params, query_params
-from .predict import unlabeled_clips
+from .predict import pixel_identity, unlabeled_clips
 from .runtime import current_runtime
 from .storage import LocalStorage, Location
 
@@ -142,7 +143,8 @@ def probe_pool(runtime, params: PredictParams, *, embeddings: bool, passes: int 
         with _clip_files(runtime, unlabeled, clips, replacements) as fetch:
             batches = stream_batches(clips, fetch, params.rows, params.cols, probe.batch_size,
                                      workers=runtime.config["DOWNLOAD_THREADS"], skip_unreadable=True,
-                                     max_pixels=runtime.config["MAX_PIXELS"], decode=decode_image)
+                                     max_pixels=runtime.config["MAX_PIXELS"], decode=decode_image,
+                                     cache=runtime.pixels, identity=pixel_identity)
             for number, batch in enumerate(batches):
                 if batch.skipped:
                     raise Conflict(f"{batch.skipped[0][0][0]} became unreadable during the request; try again")

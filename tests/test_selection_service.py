@@ -158,8 +158,13 @@ def test_query_and_embed_over_s3(s3_env, srkw_h5, tmp_path):
     try:
         base = {"model_url": f"s3://{s3_env.bucket}/models/srkw_cnn_0.h5",
                 "unlabeled_url": f"s3://{s3_env.bucket}/unlabeled/", "img_width": ROWS, "img_height": COLS}
+        registry = served.app.extensions["orca"].metrics.registry
+        decodes = lambda: registry.get_sample_value("orca_pixel_decodes_total")  # noqa: E731
+        status, _ = _get(served, "/predict", **base)
+        assert status == 200 and decodes() == 3
         status, embedded = _get(served, "/embed", **base)
         assert status == 200 and len(embedded) == 3 and len(embedded[0]["embedding"]) == 256
+        assert decodes() == 3  # the embedding pass took /predict's pixels from the cache
         assert embedded[0]["audio_url"].startswith(f"https://{s3_env.bucket}.s3.amazonaws.com/unlabeled/mp3/")
         status, chosen = _get(served, "/query", **base, strategy="coreset", k=2,
                               labeled_url=f"s3://{s3_env.bucket}/labeled/")
