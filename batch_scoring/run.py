@@ -188,8 +188,6 @@ def _run(ready: Prepared, pending: list[int], summary: Summary, *, device, worke
     import ray.data
     from tqdm import tqdm
 
-    from service.nodes import describe_clip
-
     from .workers import ClipReader, CpuScorer, GpuScorer
 
     plan, source, dest = ready.plan, ready.source, ready.dest
@@ -251,7 +249,7 @@ def _run(ready: Prepared, pending: list[int], summary: Summary, *, device, worke
                 if len(batch["started_at"]):
                     first_batch = min(first_batch or math.inf, float(np.min(batch["started_at"])))
                 for part in [p for p, got in waiting.items() if len(got) == plan.part_rows(p).num_rows]:
-                    columns = _part_columns(waiting.pop(part), names, keys, source, plan, describe_clip)
+                    columns = _part_columns(waiting.pop(part), names, keys, source, plan)
                     if parts_module.write_part(dest, part, columns):
                         summary.parts_written += 1
 
@@ -269,17 +267,16 @@ def _run(ready: Prepared, pending: list[int], summary: Summary, *, device, worke
         context.execution_options.preserve_order = kept_order
 
 
-def _part_columns(results: dict, names, keys, source, plan, describe_clip) -> dict:
+def _part_columns(results: dict, names, keys, source, plan) -> dict:
     """OUTPUT_SCHEMA's columns of one part, from {plan index: (value, error)}, in plan order."""
-    import posixpath
+    from service.predict import clip_item
 
     columns = {name: [] for name in parts_module.output_schema().names}
     for index in sorted(results):
         value, error = results[index]
-        stem = posixpath.splitext(names[index])[0]
-        clip = describe_clip(stem)
+        clip = clip_item(source, names[index])
         columns["spectrogram_url"].append(source.storage.url(keys[index]))
-        columns["audio_url"].append(source.storage.public_url(f"{source.prefix}mp3/{stem}.mp3"))
+        columns["audio_url"].append(clip["audio_url"])
         columns["timestamp"].append(clip["timestamp"])
         columns["location"].append(clip["location"])
         columns["duration"].append(clip["duration"])

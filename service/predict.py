@@ -33,11 +33,24 @@ log = logging.getLogger(__name__)
 
 class PredictItems(list):
     """The /predict answer: a plain list of items (JSON as is), plus `skipped`, the files not scored:
-    [{"url": storage URL, "reason": why}] (corrupt or not an image, or over ORCA_MAX_PIXELS)."""
+    [{"url": storage URL, "reason": why}] (corrupt or not an image, or over ORCA_MAX_PIXELS); and, for
+    work that follows on the same clips (/embed, /query), `clips`, the listing scored from ((file name,
+    ObjectInfo), sorted by name) and `names`, the file name of each item."""
 
-    def __init__(self, items=(), skipped=()):
+    def __init__(self, items=(), skipped=(), clips=(), names=()):
         super().__init__(items)
         self.skipped = list(skipped)
+        self.clips = list(clips)
+        self.names = list(names)
+
+
+def clip_item(unlabeled: Location, name: str) -> dict:
+    """/predict's fields of the clip `spectrograms/<name>`, but its score: where its audio is, its node and
+    time (`describe_clip`)."""
+    stem = posixpath.splitext(name)[0]
+    item = describe_clip(stem)
+    item["audio_url"] = unlabeled.storage.public_url(f"{unlabeled.prefix}mp3/{stem}.mp3")
+    return item
 
 
 def unlabeled_clips(unlabeled: Location) -> list[tuple[str, ObjectInfo]]:
@@ -133,18 +146,12 @@ def run_predict(runtime, params: PredictParams, on_progress=None) -> PredictItem
                     on_progress(len(values) + len(skipped), len(clips))
     except model_errors() as error:
         raise unprocessable(error, replacements) from error
-    items = []
-    for name, _ in clips:  # sorted by file name, as the original returned them
-        if name in values:
-            stem = posixpath.splitext(name)[0]
-            item = describe_clip(stem)
-            item["audio_url"] = unlabeled.storage.public_url(f"{unlabeled.prefix}mp3/{stem}.mp3")
-            item["predicted_value"] = values[name]
-            items.append(item)
+    names = [name for name, _ in clips if name in values]  # sorted by file name, as the original returned them
+    items = [dict(clip_item(unlabeled, name), predicted_value=values[name]) for name in names]
     if on_progress is not None and not pending:
         on_progress(len(clips), len(clips))
     log.info("predict: %d scored (%d from the score cache), %d skipped with %s in %.1f s%s", len(items),
              len(clips) - len(pending), len(skipped), runtime.scorers.backend, time.monotonic() - started,
              f" (mirror: {mirror.downloaded} downloaded, {mirror.reused} reused, {mirror.removed} removed)"
              if mirror is not None else "")
-    return PredictItems(items, skipped)
+    return PredictItems(items, skipped, clips, names)

@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import posixpath
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from training.stream import stream_batches
 from .datasets import model_errors, name_urls, unprocessable
 from .errors import BadRequest, Conflict
 from .params import PredictParams, embed_params, query_params
-from .predict import pixel_identity, unlabeled_clips
+from .predict import pixel_identity
 from .runtime import current_runtime
 from .storage import LocalStorage, Location
 
@@ -46,6 +45,7 @@ class ProbedPool:
     items: list[dict]  # /predict's items, in its order
     embeddings: np.ndarray | None = None  # float32 (n, d), row i ↔ items[i]
     passes: np.ndarray | None = None  # float64 (passes, n): P(class 1) per Monte Carlo dropout pass
+    labeled_embeddings: np.ndarray | None = None  # float32 (m, d): the labeled set's, when asked for
 
 
 def _limits():
@@ -87,16 +87,14 @@ def run_query(runtime, params) -> list[dict]:
 
     needs_passes = params.strategy in MC_STRATEGIES or (params.strategy == "entropy" and params.passes_given)
     pool = probe_pool(runtime, params.predict, embeddings=params.strategy in EMBEDDING_STRATEGIES,
-                      passes=params.passes if needs_passes else 0, seed=params.seed or 0)
+                      passes=params.passes if needs_passes else 0, seed=params.seed or 0,
+                      labeled_url=params.labeled_url if params.strategy == "coreset" else None)
     if not pool.items:
         return []
-    labeled = None
-    if params.strategy == "coreset" and params.labeled_url:
-        labeled = labeled_embeddings(runtime, params.predict, params.labeled_url)
     probabilities = np.array([item["predicted_value"] for item in pool.items], dtype=np.float64)
     try:
         chosen = select(params.strategy, params.k, probabilities=probabilities, passes=pool.passes,
-                        embeddings=pool.embeddings, labeled_embeddings=labeled, seed=params.seed)
+                        embeddings=pool.embeddings, labeled_embeddings=pool.labeled_embeddings, seed=params.seed)
     except StrategyError as error:
         raise BadRequest(str(error)) from None
     answer = []
@@ -120,27 +118,23 @@ def _batch_seed(seed: int, batch: int) -> int:
     return int(np.random.SeedSequence([seed, batch]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def probe_pool(runtime, params: PredictParams, *, embeddings: bool, passes: int = 0, seed: int = 0) -> ProbedPool:
-    """/predict's items, and the embeddings and/or MC dropout passes of the same clips."""
+def probe_pool(runtime, params: PredictParams, *, embeddings: bool, passes: int = 0, seed: int = 0,
+               labeled_url: str | None = None) -> ProbedPool:
+    """/predict's items, and the embeddings and/or MC dropout passes of the same clips; with
+    `labeled_url` (and `embeddings`), the embeddings of that labeled set too. The model is loaded once."""
     items = runtime.run_predict(runtime, params)
     if not items or not (embeddings or passes):
         return ProbedPool(items)
     unlabeled = runtime.locate(params.unlabeled_url, "unlabeled_url")
-    by_audio_url = {}
-    for name, info in unlabeled_clips(unlabeled):
-        stem = posixpath.splitext(name)[0]
-        by_audio_url[unlabeled.storage.public_url(f"{unlabeled.prefix}mp3/{stem}.mp3")] = (name, info)
-    try:
-        clips = [by_audio_url[item["audio_url"]] for item in items]
-    except KeyError as missing:
-        raise Conflict(f"the unlabeled set changed during the request ({missing} is gone); try again") from None
+    listed = dict(items.clips)
+    clips = [(name, listed[name]) for name in items.names]  # /predict's items, in its order
     model_path = runtime.cache.model(runtime.locate(params.model_url, "model_url"))
     replacements = {model_path: params.model_url}
-    embedded, scored = [], []
+    embedded, scored, labeled = [], [], None
     try:
         probe = _model_probe(runtime, model_path)
         probe.check_size(params.rows, params.cols)
-        with _clip_files(runtime, unlabeled, clips, replacements) as fetch:
+        with _clip_files(runtime, unlabeled, items.clips, replacements) as fetch:
             batches = stream_batches(clips, fetch, params.rows, params.cols, probe.batch_size,
                                      workers=runtime.config["DOWNLOAD_THREADS"], skip_unreadable=True,
                                      max_pixels=runtime.config["MAX_PIXELS"], decode=decode_image,
@@ -152,44 +146,44 @@ def probe_pool(runtime, params: PredictParams, *, embeddings: bool, passes: int 
                     embedded.append(probe.embed(batch.pixels)[0])
                 if passes:
                     scored.append(probe.mc_passes(batch.pixels, passes, _batch_seed(seed, number)))
+        if embeddings and labeled_url:
+            labeled = _labeled_embeddings(runtime, probe, params, labeled_url, replacements)
     except model_errors() as error:
         raise unprocessable(error, replacements) from error
     return ProbedPool(items, np.concatenate(embedded) if embedded else None,
-                      np.concatenate(scored, axis=1) if scored else None)
+                      np.concatenate(scored, axis=1) if scored else None, labeled)
 
 
 @contextlib.contextmanager
-def _clip_files(runtime, unlabeled: Location, clips, replacements: dict):
-    """`fetch(clip) → local path`: the file itself for local storage, else the prefix's S3 mirror."""
+def _clip_files(runtime, unlabeled: Location, listing, replacements: dict):
+    """`fetch(clip) → local path`: the file itself for local storage, else the prefix's S3 mirror,
+    kept in step with `listing` (every clip /predict listed, scored or skipped)."""
     if isinstance(unlabeled.storage, LocalStorage):
         yield lambda clip: clip[1].key
         return
     mirror = runtime.cache.mirror(unlabeled, unlabeled.prefix + "spectrograms/")
     replacements[str(mirror.folder) + os.sep] = unlabeled.prefix_url + "spectrograms/"
-    with mirror.synced({name: info for name, info in unlabeled_clips(unlabeled)}) as fetch_name:
+    with mirror.synced(dict(listing)) as fetch_name:
         yield lambda clip: fetch_name(clip[0])
 
 
-def labeled_embeddings(runtime, params: PredictParams, labeled_url: str) -> np.ndarray:
+def _labeled_embeddings(runtime, probe, params: PredictParams, labeled_url: str, replacements: dict) -> np.ndarray:
     """Embeddings of the `train/<class>/` and `validation/<class>/` images of `labeled_url` (coreset's
-    already-labeled centers), in the order of their keys."""
+    already-labeled centers), in the order of their keys; pixels a /train decoded come from the cache."""
     from .train import fetch_labeled
 
     labeled = runtime.locate(labeled_url, "labeled_url")
-    model_path = runtime.cache.model(runtime.locate(params.model_url, "model_url"))
     with tempfile.TemporaryDirectory(prefix="orca-query-", dir=runtime.config["WORK_DIR"]) as folder:
-        fetch_labeled(runtime, labeled, folder)
+        identities: dict = {}
+        fetch_labeled(runtime, labeled, folder, identities=identities)
+        replacements[folder + os.sep] = labeled.prefix_url
         paths = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file())
-        replacements = {folder + os.sep: labeled.prefix_url, model_path: params.model_url}
-        try:
-            probe = _model_probe(runtime, model_path)
-            out = []
-            for batch in stream_batches(paths, None, params.rows, params.cols, probe.batch_size,
-                                        skip_unreadable=True, max_pixels=runtime.config["MAX_PIXELS"]):
-                for path, reason in batch.skipped:
-                    log.warning("query: skipped a labeled image: %s", name_urls(reason, replacements))
-                if batch.items:
-                    out.append(probe.embed(batch.pixels)[0])
-        except model_errors() as error:
-            raise unprocessable(error, replacements) from error
+        out = []
+        for batch in stream_batches(paths, None, params.rows, params.cols, probe.batch_size,
+                                    skip_unreadable=True, max_pixels=runtime.config["MAX_PIXELS"],
+                                    cache=runtime.pixels, identity=lambda path: identities.get(os.path.normpath(path))):
+            for _, reason in batch.skipped:
+                log.warning("query: skipped a labeled image: %s", name_urls(reason, replacements))
+            if batch.items:
+                out.append(probe.embed(batch.pixels)[0])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
