@@ -21,6 +21,7 @@ from torch import nn
 from .device import pick_device
 from .errors import TrainingError
 from .loop import check_input_size, to_batch
+from .torch_scoring import probability_of_class_1
 
 
 def dropout_layers(model: nn.Module) -> list[nn.Module]:
@@ -31,13 +32,6 @@ def dropout_layers(model: nn.Module) -> list[nn.Module]:
 
 def _has_own_tensors(module: nn.Module) -> bool:
     return any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
-
-
-def _probability_of_class_1(outputs) -> torch.Tensor:
-    if isinstance(outputs, tuple) or outputs.dim() != 2 or outputs.shape[1] not in (1, 2):
-        shape = [tuple(t.shape) for t in outputs] if isinstance(outputs, tuple) else tuple(outputs.shape)
-        raise TrainingError(f"model output has shape {shape}; expected (N, 1) sigmoid or (N, 2) softmax")
-    return outputs[:, -1]
 
 
 class ModelProbe:
@@ -86,7 +80,7 @@ class ModelProbe:
             hook = self._head.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
         try:
             with torch.inference_mode():
-                p = _probability_of_class_1(self.model(x))
+                p = probability_of_class_1(self.model(x))
         finally:
             hook.remove()
         embedding = captured[-1].flatten(1).float().cpu().numpy()
@@ -109,7 +103,7 @@ class ModelProbe:
             with torch.random.fork_rng(devices=devices), torch.inference_mode():
                 torch.manual_seed(seed)
                 for t in range(passes):
-                    out[t] = _probability_of_class_1(self.model(x)).double().cpu().numpy()
+                    out[t] = probability_of_class_1(self.model(x)).double().cpu().numpy()
         finally:
             self.model.eval()
         return out

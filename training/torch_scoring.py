@@ -21,14 +21,15 @@ from conversion.formats import load_trainable
 
 from .device import pick_device, resolve_precision
 from .errors import TrainingError
-from .loop import check_input_size, to_batch
+from .loop import autocast, check_input_size, to_batch
 
 # Scoring batch on CUDA at least this large: score-only rate on an H200 at 607x617 was 5,049 images/s at
 # batch 32 and 7,767 at 64 (bench/README.md, `bench.pipeline`); training keeps ORCA_BATCH_SIZE.
 CUDA_SCORING_BATCH = 64
 
 
-def _probability_of_class_1(outputs) -> torch.Tensor:
+def probability_of_class_1(outputs) -> torch.Tensor:
+    """P(class 1) from a model's outputs: its one sigmoid unit, or the last of its two softmax units."""
     if isinstance(outputs, tuple) or outputs.dim() != 2 or outputs.shape[1] not in (1, 2):
         shape = [tuple(t.shape) for t in outputs] if isinstance(outputs, tuple) else tuple(outputs.shape)
         raise TrainingError(f"model output has shape {shape}; expected (N, 1) sigmoid or (N, 2) softmax")
@@ -40,8 +41,8 @@ def score_pixels(model, pixels: np.ndarray, device: torch.device, precision: str
     x = to_batch(pixels, device)  # numpy (pinned, copied asynchronously) or a tensor the pixel cache holds
     if device.type == "cuda":  # NHWC in memory = channels_last once the model permutes it to NCHW
         x = x.contiguous()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        probabilities = _probability_of_class_1(model(x))
+    with torch.inference_mode(), autocast(device, precision):
+        probabilities = probability_of_class_1(model(x))
     return probabilities.float().cpu().tolist()
 
 
