@@ -139,8 +139,8 @@ def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> Se
     while len(picks) < min(k, n):
         total = nearest.sum()
         if total <= 0:  # every remaining point coincides with a pick: take them in pool order
-            rest = [i for i in range(n) if i not in set(picks)]
-            pick = rest[0]
+            chosen = set(picks)
+            pick = next(i for i in range(n) if i not in chosen)
         else:
             pick = int(rng.choice(n, p=nearest / total))
         picks.append(pick)

@@ -125,7 +125,8 @@ def run_strategy(config: SimulationConfig, strategy: str, seed: int, pool_paths,
                "average_precision": result.average_precision}
         model = str(out)
         if round_number < config.rounds:
-            rest = [i for i in range(len(labels)) if i not in set(labeled)]
+            taken = set(labeled)
+            rest = [i for i in range(len(labels)) if i not in taken]
             p, embeddings, passes, probe = _probe_pool(model, pixels, rest, strategy, config, seed)
             labeled_embeddings = probe.embed(pixels[labeled])[0] if strategy in EMBEDDING_STRATEGIES else None
             chosen = select(strategy, config.k, probabilities=p, passes=passes, embeddings=embeddings,
