@@ -135,6 +135,16 @@ def curves_png(result, title: str = "") -> bytes:
 
 # ------------------------------------------------------------------------------------- writing
 
+def _upload_new(storage, path: str, key: str) -> bool:
+    """Upload `path` as `key` unless `key` exists: never overwrite (logged; False then)."""
+    try:
+        storage.upload(path, key)
+        return True
+    except AlreadyExists:
+        log.warning("not overwriting %s (it exists already)", storage.url(key))
+        return False
+
+
 def write_beside(written: Location, sidecar: dict, png: bytes | None, tmp: str) -> list[str]:
     """Upload the sidecar (and PNG) beside the written model; never overwrite. Returns their URLs."""
     out = []
@@ -146,11 +156,8 @@ def write_beside(written: Location, sidecar: dict, png: bytes | None, tmp: str) 
         path = os.path.join(tmp, "sidecar" + ext)
         with open(path, "wb") as f:
             f.write(data)
-        try:
-            target.storage.upload(path, target.key)
+        if _upload_new(target.storage, path, target.key):
             out.append(target.url)
-        except AlreadyExists:
-            log.warning("not overwriting %s (it exists already)", target.url)
     return out
 
 
@@ -165,12 +172,7 @@ def upload_tensorboard(written: Location, folder: str) -> str:
     for root, _, files in os.walk(folder):
         for name in sorted(files):
             path = os.path.join(root, name)
-            relative = os.path.relpath(path, folder).replace(os.sep, "/")
-            key = target.key + relative
-            try:
-                target.storage.upload(path, key)
-            except AlreadyExists:
-                log.warning("not overwriting %s (it exists already)", target.storage.url(key))
+            _upload_new(target.storage, path, target.key + os.path.relpath(path, folder).replace(os.sep, "/"))
     return target.url
 
 

@@ -166,8 +166,8 @@ def run_train(runtime, params: TrainParams, on_epoch=None) -> dict:
                 sidecar["parent"]["sha256"] = runtime.scorers.digest(model_path)
                 sidecar["model_sha256"] = runtime.scorers.digest(out_path)
                 if board is not None:
-                    sidecar["tensorboard"] = (provenance.upload_tensorboard(written, board)
-                                              if board.startswith(tmp) else board)
+                    sidecar["tensorboard"] = (board if config["TENSORBOARD_DIR"] is not None  # written in place
+                                              else provenance.upload_tensorboard(written, board))
                 provenance.write_beside(written, sidecar, png.result(), tmp)
             except Exception:  # noqa: BLE001 - the model is written; a missing sidecar must not fail /train
                 log.exception("train: could not write the provenance sidecar of %s", written.url)
