@@ -153,11 +153,16 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _predict_args(args) -> dict:
+    """The /predict query parameters of `predict`, `embed` and `query`, as the HTTP API receives them."""
+    return {"model_url": args.model_url, "unlabeled_url": args.unlabeled_url,
+            "img_width": str(args.img_width), "img_height": str(args.img_height)}
+
+
 def cmd_predict(args) -> int:
     from service.params import Limits, predict_params
 
-    params = predict_params({"model_url": args.model_url, "unlabeled_url": args.unlabeled_url,
-                             "img_width": str(args.img_width), "img_height": str(args.img_height)}, Limits())
+    params = predict_params(_predict_args(args), Limits())
     bar = None
 
     def on_progress(done, total):
@@ -177,15 +182,10 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def _selection_args(args) -> dict:
-    return {"model_url": args.model_url, "unlabeled_url": args.unlabeled_url,
-            "img_width": str(args.img_width), "img_height": str(args.img_height)}
-
-
 def cmd_embed(args) -> int:
     from service.params import Limits, predict_params
 
-    items, embeddings = _run_embed(predict_params(_selection_args(args), Limits()))
+    items, embeddings = _run_embed(predict_params(_predict_args(args), Limits()))
     rows = [dict(item, embedding=[float(v) for v in embeddings[i]]) for i, item in enumerate(items)]
     if args.npy:
         import numpy as np
@@ -200,7 +200,7 @@ def cmd_embed(args) -> int:
 def cmd_query(args) -> int:
     from service.params import Limits, query_params
 
-    raw = {**_selection_args(args), "k": str(args.k), "strategy": args.strategy}
+    raw = {**_predict_args(args), "k": str(args.k), "strategy": args.strategy}
     for name in ("passes", "seed", "labeled_url"):
         if getattr(args, name) is not None:
             raw[name] = str(getattr(args, name))
