@@ -31,12 +31,13 @@ def create_app(config: dict | None = None, **parts) -> Flask:
     app.register_blueprint(selection)  # /embed, /query
     ops.install(app)  # jobs, /models, /ready, /metrics; token, allow-list and metrics hooks
     app.register_error_handler(Exception, handle_error)
-    start_preload(runtime.config["PRELOAD_TORCH"])
+    runtime.preload = start_preload(runtime.config["PRELOAD_TORCH"])
     return app
 
 
 def start_preload(setting: str | None):
-    """Import torch on a background thread when ORCA_PRELOAD_TORCH says so (training.device)."""
+    """Import torch on a background thread when ORCA_PRELOAD_TORCH says so (training.device); the
+    thread, or None. Requests are served meanwhile; `/ready` says 503 until it has finished."""
     from training.device import preload_torch_in_background, should_preload
     from training.errors import TrainingError
 

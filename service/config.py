@@ -51,8 +51,9 @@ SETTINGS = (
             "kept on disk under `<ORCA_CACHE_DIR>/pixels` (least recently used out); 0 disables"),
     Setting("GPU_PIXEL_CACHE", "ORCA_GPU_PIXEL_CACHE", float, 0.3, "fraction of the GPU's memory that keeps "
             "decoded pixels on CUDA (least recently used out); 0 disables; no effect on the CPU"),
-    Setting("PRELOAD_TORCH", "ORCA_PRELOAD_TORCH", str, "auto", "import torch at start-up: `auto` where an "
-            "NVIDIA driver is, `1` always, `0` never"),
+    Setting("PRELOAD_TORCH", "ORCA_PRELOAD_TORCH", str, "1", "import torch at start-up, on a thread (`/ready` "
+            "answers 503 until it is loaded): `1` always, `auto` only where an NVIDIA driver is (a CPU "
+            "service then loads it at its first /train), `0` never"),
     Setting("BATCH_SIZE", "ORCA_BATCH_SIZE", int, 32, "batch size of training and scoring"),
     Setting("MAX_EPOCHS", "ORCA_MAX_EPOCHS", int, 1000, "upper bound of `epochs`"),
     Setting("MAX_IMAGE_SIZE", "ORCA_MAX_IMAGE_SIZE", int, 4096, "upper bound of `img_width` and `img_height`"),

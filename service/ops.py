@@ -5,7 +5,7 @@ Prometheus metrics; and the request hooks (bearer token, allow-list, metrics).
     GET  /jobs/<id>       one job (see service.jobqueue)
     GET  /jobs            recent jobs, newest first
     GET  /models?model_url=<folder>   model versions, newest first, with their sidecar summaries
-    GET  /ready           storage reachable → 200, else 503
+    GET  /ready           storage reachable and torch loaded (ORCA_PRELOAD_TORCH) → 200, else 503
     GET  /metrics         Prometheus metrics (prometheus_client)
 """
 
@@ -112,6 +112,10 @@ def ready():
         checks["s3"] = _probe(lambda: S3Storage(bucket, runtime.storage.s3).ping(), failures, "s3")
     elif c["LOCAL_ROOT"] == "":  # S3 only: the endpoint and credentials must work
         checks["s3"] = _probe(lambda: _list_buckets(runtime.storage.s3), failures, "s3")
+    if runtime.preload is not None:  # a probe keeps traffic away while torch loads (first /train waits)
+        checks["torch"] = "loading" if runtime.preload.is_alive() else "ok"
+        if checks["torch"] == "loading":
+            failures.append("torch is still loading (ORCA_PRELOAD_TORCH)")
     status = 503 if failures else 200
     body = {"status": "ready" if not failures else "unavailable", "checks": checks}
     if failures:

@@ -42,6 +42,7 @@ class Runtime:
     run_predict: Callable  # (runtime, PredictParams, on_progress) -> PredictItems: service.predict.run_predict
     train_lock: threading.Lock = field(default_factory=threading.Lock)  # one training at a time, jobs or CLI
     train_waiters: threading.BoundedSemaphore = None  # GET /train requests waiting for their job (see api.train)
+    preload: threading.Thread | None = None  # torch's import at start-up (ORCA_PRELOAD_TORCH), for /ready
     version: str = __version__
 
     @classmethod

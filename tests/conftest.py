@@ -31,6 +31,16 @@ def private_state_dir(tmp_path_factory):
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_torch_preload():
+    """The apps and services the tests start do not import torch on a start-up thread (the service's
+    default, ORCA_PRELOAD_TORCH=1): this process has torch already, and a service started by a test
+    would spend seconds of the two cores importing it. tests/test_preload.py checks the default."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ORCA_PRELOAD_TORCH", "0")
+        yield
+
+
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     """sample_data/orcasound: the real spectrograms, {train,validation,test}/{calls,nocalls}/*.png.

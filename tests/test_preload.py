@@ -1,5 +1,5 @@
-"""ORCA_PRELOAD_TORCH: torch is imported on a background thread at start-up where a GPU driver is
-(or when asked), never on a CPU-only machine by default; a bad value stops the service clearly."""
+"""ORCA_PRELOAD_TORCH: torch is imported on a background thread at start-up (by default; `auto` only
+where a GPU driver is), `/ready` says 503 until it has loaded; a bad value stops the service clearly."""
 
 from __future__ import annotations
 
@@ -50,14 +50,39 @@ def test_service_preloads_torch_in_the_background_when_asked():
     assert "loaded True True" in asked.stdout
 
 
-def test_cpu_service_does_not_import_torch_by_default_and_rejects_a_bad_setting():
+def test_default_imports_torch_at_start_up_and_auto_does_not_on_a_cpu_and_a_bad_setting_stops_it():
     code = ("import sys, time\n"
             "from service.app import create_app\n"
             "create_app()\n"
             "time.sleep(1)\n"
             "print('torch', 'torch' in sys.modules)\n")
-    default = run_python(code, CUDA_VISIBLE_DEVICES="")  # no GPU visible: auto means no preload
+    default = run_python(code, CUDA_VISIBLE_DEVICES="")
     assert default.returncode == 0, default.stderr[-2000:]
-    assert "torch False" in default.stdout
+    assert "torch True" in default.stdout
+    auto = run_python(code, CUDA_VISIBLE_DEVICES="", ORCA_PRELOAD_TORCH="auto")
+    assert auto.returncode == 0, auto.stderr[-2000:]
+    if not Path("/dev/nvidiactl").exists() and not Path("/proc/driver/nvidia").exists():
+        assert "torch False" in auto.stdout  # no NVIDIA driver: auto means no preload
     bad = run_python(code, ORCA_PRELOAD_TORCH="sometimes")
     assert bad.returncode != 0 and "ORCA_PRELOAD_TORCH must be auto, 1 or 0" in bad.stderr
+
+
+def test_ready_answers_503_naming_torch_while_it_loads_and_200_once_loaded(monkeypatch, tmp_path):
+    import threading
+
+    from service.app import create_app
+
+    release = threading.Event()
+    monkeypatch.setattr("training.device._preload", lambda: release.wait(30))
+    client = create_app({"LOCAL_ROOT": str(tmp_path), "PRELOAD_TORCH": "1"}).test_client()
+    loading = client.get("/ready")
+    assert loading.status_code == 503
+    assert loading.get_json()["checks"] == {"local_root": "ok", "torch": "loading"}
+    assert "torch is still loading" in loading.get_json()["error"]
+    assert client.get("/health").status_code == 200  # served meanwhile
+    release.set()
+    client.application.extensions["orca"].preload.join(30)
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and ready.get_json()["checks"] == {"local_root": "ok", "torch": "ok"}
+    without = create_app({"LOCAL_ROOT": str(tmp_path), "PRELOAD_TORCH": "0"}).test_client().get("/ready")
+    assert without.status_code == 200 and "torch" not in without.get_json()["checks"]

@@ -268,7 +268,9 @@ def test_under_the_images_command_health_stays_fast_while_more_trains_wait_than_
             except OSError:
                 assert process.poll() is None and time.monotonic() < deadline
                 time.sleep(0.3)
-        time.sleep(5)  # torch's background import (ORCA_PRELOAD_TORCH=1) settles first
+        while get("/ready", timeout=30)[0] != 200:  # 503 until torch's start-up import has finished
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.3)
         trains = threads + 4  # more than there are request threads
         health, stop = [], threading.Event()
 

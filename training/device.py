@@ -132,9 +132,10 @@ def device_label(requested: str | None = None) -> str:
 
 
 def should_preload(setting: str | None) -> bool:
-    """ORCA_PRELOAD_TORCH: "1"/"true" always, "0"/"false" never, "auto" (default) where an NVIDIA
-    driver is present: a CUDA service needs torch for every request, while a CPU-only service scores
-    with ONNX Runtime and keeps torch's ≈ 650 MiB out until its first /train."""
+    """ORCA_PRELOAD_TORCH: "1"/"true" (the service's default) always, "0"/"false" never, "auto" where
+    an NVIDIA driver is present. Preloading keeps the import (5–9 s on 2 cores) out of the first
+    /train; "auto" and "0" let a CPU service that only scores (ONNX Runtime) keep torch's ≈ 650 MiB
+    out until a /train needs it."""
     value = (setting or "auto").strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
