@@ -115,6 +115,23 @@ def test_saved_model_loads_in_tf_keras_and_its_validation_accuracy_is_model_acc(
     assert [tn, fp, fn, tp] == result.cm
 
 
+@pytest.mark.slow
+def test_reported_evaluation_is_exactly_the_written_models_own(seeded_runs, labeled):
+    """model_loss, model_acc and cm come from the best epoch's validation pass (not a second one):
+    evaluating the written file again gives the same numbers, bit for bit, whichever epoch won."""
+    from training.data import decode_split
+    from training.loop import evaluate, load_model, make_loss
+
+    for result, out_h5 in zip(seeded_runs[0], seeded_runs[1]):
+        model = load_model(out_h5, torch.device("cpu"))
+        _, _, validation = load_labeled(labeled)
+        decode_split(validation, ROWS, COLS)
+        again = evaluate(model, make_loss(model.training_config, logging.getLogger("test")), validation,
+                         torch.device("cpu"), 32)
+        assert (again.loss, again.acc, again.cm) == (result.model_loss, result.model_acc, result.cm)
+        assert result.model_loss == result.val_loss[result.best_epoch - 1]
+
+
 def test_training_changes_weights_and_keeps_the_file_format(seeded_runs, model_h5):
     _, (out_h5, _, _) = seeded_runs
     before, after = weights(model_h5), weights(out_h5)
