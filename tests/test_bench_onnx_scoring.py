@@ -40,3 +40,34 @@ def test_export_is_cached_by_content(model, tmp_path):
 def test_wrong_image_size_is_refused(model, tmp_path):
     with pytest.raises(TrainingError, match="67x83"):
         OnnxScorer(model, cache_dir=tmp_path).score([SAMPLE / "train/calls/extracted_calls1.wav.png"], 60, 83)
+
+
+def test_uint8_input_in_the_graph_gives_the_bits_of_rescaling_in_numpy(model, tmp_path):
+    """OnnxScorer feeds uint8 pixels to a graph that casts and rescales them (with_pixel_input);
+    every byte value comes out as the float-input graph fed with images.to_float gives it."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from training.images import to_float
+    from training.onnx_scoring import PIXEL_INPUT, with_pixel_input
+
+    scorer = OnnxScorer(model, cache_dir=tmp_path)
+    assert scorer.takes_pixels and scorer.input_name == PIXEL_INPUT
+    plain = ort.InferenceSession(str(scorer.onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, size=(5, ROWS, COLS, 3), dtype=np.uint8)
+    pixels[0].reshape(-1)[:256] = np.arange(256)  # every byte value at least once
+    (expected,) = plain.run(None, {plain.get_inputs()[0].name: to_float(pixels)})
+    assert scorer.score_pixels(pixels) == [float(v) for v in expected[:, -1]]
+    assert scorer.score_pixels(pixels[:, :, :, :][::2]) == [float(v) for v in expected[::2, -1]]  # strided
+
+    # a model whose input is not float32 is left as it is
+    import onnx
+    from onnx import TensorProto, helper
+
+    identity = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, 2])]))
+    onnx.save(identity, tmp_path / "double.onnx")
+    assert with_pixel_input(tmp_path / "double.onnx") is None

@@ -110,6 +110,46 @@ def _export_in_child(model_h5, target) -> None:
         raise TrainingError(f"cannot convert {os.fspath(model_h5)} to ONNX: {reason}")
 
 
+PIXEL_INPUT = "pixels"  # the uint8 input `with_pixel_input` puts in front of a model
+
+
+def with_pixel_input(onnx_path: str | os.PathLike):
+    """The model with a uint8 input in front of its float32 image input: Cast and Mul by RESCALE in the
+    graph, the same IEEE operations as `images.to_float` (so the same bits), run on ONNX Runtime's
+    threads instead of the caller's, on a quarter of the bytes. None where the model does not have
+    exactly one float32 input. Measured on the 2-core AMD EPYC, srkw_cnn at 607x617, batches of 16:
+    16.7 → 15.9 ms and 20.7 → 19.3 ms per image in two runs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .images import RESCALE
+
+    model = onnx.load(os.fspath(onnx_path))
+    graph = model.graph
+    constants = {init.name for init in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in constants]
+    if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type != TensorProto.FLOAT:
+        return None
+    image = inputs[0]
+    if model.ByteSize() > 1 << 30:  # protobuf's 2 GiB limit on the in-memory copy: ORT reads the file
+        return None
+    if PIXEL_INPUT in {n for node in graph.node for n in (*node.input, *node.output)} | constants:
+        return None  # the name is taken: leave the model as it is
+    pixels = helper.make_tensor_value_info(PIXEL_INPUT, TensorProto.UINT8, None)
+    pixels.type.tensor_type.shape.CopyFrom(image.type.tensor_type.shape)
+    scale = f"{PIXEL_INPUT}_rescale"
+    graph.initializer.append(numpy_helper.from_array(np.asarray(RESCALE, dtype=np.float32), scale))
+    prefix = [helper.make_node("Cast", [PIXEL_INPUT], [f"{PIXEL_INPUT}_float"], to=TensorProto.FLOAT),
+              helper.make_node("Mul", [f"{PIXEL_INPUT}_float", scale], [image.name])]
+    nodes = prefix + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    kept = [i for i in graph.input if i.name != image.name]
+    del graph.input[:]
+    graph.input.extend([pixels] + kept)
+    return model
+
+
 class OnnxScorer:
     """P(class 1) of images with ONNX Runtime on the CPU, for one model file (a `Scorer`)."""
 
@@ -128,7 +168,10 @@ class OnnxScorer:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # the CPU arena stays on: without it every batch maps and faults in fresh pages (2-3x slower
         # on the 2-core machines); its peak is bounded by MAX_ORT_BATCH instead
-        self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
+        graph = with_pixel_input(self.onnx_path)
+        self.takes_pixels = graph is not None  # uint8 in, rescaled inside the graph
+        self.session = ort.InferenceSession(graph.SerializeToString() if graph is not None else str(self.onnx_path),
+                                            options, providers=["CPUExecutionProvider"])
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise TrainingError(f"model has {len(inputs)} inputs; only single-input image models are supported")
@@ -148,7 +191,9 @@ class OnnxScorer:
         """P(class 1) of uint8 images (n, rows, cols, 3), run in chunks of at most MAX_ORT_BATCH."""
         scores: list[float] = []
         for i in range(0, len(pixels), MAX_ORT_BATCH):
-            (out,) = self.session.run(None, {self.input_name: to_float(pixels[i:i + MAX_ORT_BATCH])})
+            chunk = pixels[i:i + MAX_ORT_BATCH]
+            feed = np.ascontiguousarray(chunk, dtype=np.uint8) if self.takes_pixels else to_float(chunk)
+            (out,) = self.session.run(None, {self.input_name: feed})
             if out.ndim != 2 or out.shape[1] not in (1, 2):
                 raise TrainingError(f"model output has shape {out.shape}; expected (N, 1) sigmoid or (N, 2) softmax")
             scores.extend(float(v) for v in out[:, -1])
