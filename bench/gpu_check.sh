@@ -7,6 +7,8 @@
 # 5,000 labeled clips: $ROUND_ARGS) and bf16 against fp32 training (bench/precision_check.py).
 #   bash bench/gpu_check.sh [extra bench.run arguments, e.g. --quick or --unlabeled 1024]
 #   ROUND_ARGS="--unlabeled 2000 --labeled 1000 --rounds 2" bash bench/gpu_check.sh --quick
+#   STEPS="tests rounds" bash bench/gpu_check.sh     # only these steps (a lent machine's minutes are few)
+# Steps, in order: tests parity decode pipeline bench rounds precision ($STEPS, default all of them).
 # Python: $PY, else .venv/bin/python (`make setup`), else python3. Where TensorFlow is not installed
 # the benchmark times this service alone (no reference, no speed-up; it says so).
 # Results go to bench/results-cuda/ (results.json, results.png, logs).
@@ -16,6 +18,8 @@ if [ -z "${PY:-}" ]; then
     if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 status=0
+STEPS=" ${STEPS:-tests parity decode pipeline bench rounds precision} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
 
 echo "== GPU"
 if command -v nvidia-smi >/dev/null 2>&1; then
@@ -25,32 +29,46 @@ else
 fi
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" || exit 2
 
-echo "== pytest -m cuda"
-"$PY" -m pytest -q -m cuda -p no:cacheprovider
-rc=$?
-# exit code 5 = no tests collected (no cuda-marked tests): not a failure
-if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then status=$rc; fi
+if want tests; then
+    echo "== pytest -m cuda"
+    "$PY" -m pytest -q -m cuda -p no:cacheprovider
+    rc=$?
+    # exit code 5 = no tests collected (no cuda-marked tests): not a failure
+    if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then status=$rc; fi
+fi
 
-echo "== CUDA vs CPU outputs (TF32 on/off, bf16)"
-"$PY" -m bench.cuda_parity || status=$?
+if want parity; then
+    echo "== CUDA vs CPU outputs (TF32 on/off, bf16)"
+    "$PY" -m bench.cuda_parity || status=$?
+fi
 
-echo "== PNG decoding vs threads (what feeds /predict on the GPU)"
-"$PY" -m bench.decode_threads || status=$?
+if want decode; then
+    echo "== PNG decoding vs threads (what feeds /predict on the GPU)"
+    "$PY" -m bench.decode_threads || status=$?
+fi
 
-echo "== /predict's scoring stream taken apart (decode only, score only, both), batch 32 and 64"
-"$PY" -m bench.pipeline --images 1024 --batch 32 || status=$?
-"$PY" -m bench.pipeline --images 1024 --batch 64 || status=$?
+if want pipeline; then
+    echo "== /predict's scoring stream taken apart (decode only, score only, both), batch 32 and 64"
+    "$PY" -m bench.pipeline --images 1024 --batch 32 || status=$?
+    "$PY" -m bench.pipeline --images 1024 --batch 64 || status=$?
+fi
 
-echo "== benchmark with ORCA_DEVICE=cuda"
-ORCA_DEVICE=cuda "$PY" -m bench.run --out bench/results-cuda "$@" || status=$?
+if want bench; then
+    echo "== benchmark with ORCA_DEVICE=cuda"
+    ORCA_DEVICE=cuda "$PY" -m bench.run --out bench/results-cuda "$@" || status=$?
+fi
 
-echo "== whole rounds at scale with ORCA_DEVICE=cuda: ${ROUND_ARGS:=--unlabeled 10000 --labeled 5000 --epochs 2 --rounds 2}"
-# shellcheck disable=SC2086  (word splitting of ROUND_ARGS is intended)
-ORCA_DEVICE=cuda "$PY" -m bench.run --out bench/results-cuda-rounds $ROUND_ARGS || status=$?
+if want rounds; then
+    echo "== whole rounds at scale with ORCA_DEVICE=cuda: ${ROUND_ARGS:=--unlabeled 10000 --labeled 5000 --epochs 2 --rounds 2}"
+    # shellcheck disable=SC2086  (word splitting of ROUND_ARGS is intended)
+    ORCA_DEVICE=cuda "$PY" -m bench.run --out bench/results-cuda-rounds $ROUND_ARGS || status=$?
+fi
 
-echo "== bf16 against fp32 training, seeded, full size"
-"$PY" -m bench.precision_check --device cuda --rows 607 --cols 617 --epochs 10 --seeds 0,1,2,3,4 \
-    --out bench/results-cuda/precision_check.json || status=$?
+if want precision; then
+    echo "== bf16 against fp32 training, seeded, full size"
+    "$PY" -m bench.precision_check --device cuda --rows 607 --cols 617 --epochs 10 --seeds 0,1,2,3,4 \
+        --out bench/results-cuda/precision_check.json || status=$?
+fi
 
 echo "== GPU after the run"
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv

@@ -2,6 +2,8 @@
 process, the service over HTTP; checks the shape of results.json and the chart, never timings."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +116,29 @@ def test_pipeline_bench_times_decode_score_and_stream_with_the_services_scorer(c
     assert "onnxruntime" in out.splitlines()[0]
     rates = [float(line.split()[-2]) for line in out.splitlines()[1:]]
     assert len(rates) == 3 and all(rate > 0 for rate in rates)
+
+
+def test_gpu_check_runs_only_the_steps_named_in_STEPS_and_refuses_a_machine_without_a_gpu(tmp_path):
+    """bench/gpu_check.sh with a stand-in nvidia-smi and `echo` as Python: the commands it would run."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\necho stand-in GPU\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}", "PY": "echo", "STEPS": "tests rounds",
+           "ROUND_ARGS": "--unlabeled 20 --labeled 8"}
+    run = subprocess.run(["bash", "bench/gpu_check.sh", "--quick"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    commands = [line for line in run.stdout.splitlines() if line.startswith("-m ")]
+    assert commands == ["-m pytest -q -m cuda -p no:cacheprovider",
+                        "-m bench.run --out bench/results-cuda-rounds --unlabeled 20 --labeled 8"]
+    env.pop("STEPS")
+    every = subprocess.run(["bash", "bench/gpu_check.sh", "--quick"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=60)
+    ran = [line.split()[1] for line in every.stdout.splitlines() if line.startswith("-m ")]
+    assert ran == ["pytest", "bench.cuda_parity", "bench.decode_threads", "bench.pipeline", "bench.pipeline",
+                   "bench.run", "bench.run", "bench.precision_check"]
+    no_gpu = {**env, "PATH": "/usr/bin:/bin"}
+    if shutil.which("nvidia-smi", path=no_gpu["PATH"]) is None:  # a GPU machine has it there
+        assert subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, env=no_gpu, capture_output=True,
+                              timeout=60).returncode == 2
