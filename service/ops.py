@@ -113,9 +113,14 @@ def ready():
     elif c["LOCAL_ROOT"] == "":  # S3 only: the endpoint and credentials must work
         checks["s3"] = _probe(lambda: _list_buckets(runtime.storage.s3), failures, "s3")
     if runtime.preload is not None:  # a probe keeps traffic away while torch loads (first /train waits)
-        checks["torch"] = "loading" if runtime.preload.is_alive() else "ok"
-        if checks["torch"] == "loading":
+        if runtime.preload.is_alive():
+            checks["torch"] = "loading"
             failures.append("torch is still loading (ORCA_PRELOAD_TORCH)")
+        elif runtime.preload.error:
+            checks["torch"] = f"failed: {runtime.preload.error}"
+            failures.append(f"torch could not be imported ({runtime.preload.error}): /train cannot run")
+        else:
+            checks["torch"] = "ok"
     status = 503 if failures else 200
     body = {"status": "ready" if not failures else "unavailable", "checks": checks}
     if failures:

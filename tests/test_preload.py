@@ -86,3 +86,25 @@ def test_ready_answers_503_naming_torch_while_it_loads_and_200_once_loaded(monke
     assert ready.status_code == 200 and ready.get_json()["checks"] == {"local_root": "ok", "torch": "ok"}
     without = create_app({"LOCAL_ROOT": str(tmp_path), "PRELOAD_TORCH": "0"}).test_client().get("/ready")
     assert without.status_code == 200 and "torch" not in without.get_json()["checks"]
+
+
+def test_ready_answers_503_naming_the_import_error_when_torch_cannot_be_imported(monkeypatch, tmp_path):
+    import builtins
+
+    from service.app import create_app
+
+    real_import = builtins.__import__
+
+    def broken_import(name, *args, **kwargs):
+        if name == "torch._dynamo":
+            raise ImportError("libcudart.so.13: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", broken_import)
+    app = create_app({"LOCAL_ROOT": str(tmp_path), "PRELOAD_TORCH": "1"})
+    app.extensions["orca"].preload.join(60)
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    answer = app.test_client().get("/ready")
+    assert answer.status_code == 503
+    assert answer.get_json()["checks"]["torch"] == "failed: ImportError: libcudart.so.13: cannot open shared object file"
+    assert "/train cannot run" in answer.get_json()["error"]

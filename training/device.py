@@ -159,13 +159,16 @@ def _preload() -> None:
         import matplotlib.backends.backend_agg  # noqa: F401  (the learning curves drawn after a training)
     except Exception as error:  # noqa: BLE001 - the request that needs torch reports it properly
         LOG.warning("preloading torch failed: %s", error)
+        threading.current_thread().error = f"{type(error).__name__}: {error}"  # for /ready
         return
     LOG.info("torch %s loaded in the background in %.1f s", torch.__version__, time.perf_counter() - started)
 
 
 def preload_torch_in_background() -> threading.Thread:
-    """Start importing torch and the training modules on a daemon thread; `join()` it to wait.
-    Imports are safe across threads (a module imported twice at once waits for the first)."""
+    """Start importing torch and the training modules on a daemon thread; `join()` it to wait. Its
+    `error` is None, or what the import raised. Imports are safe across threads (a module imported
+    twice at once waits for the first)."""
     thread = threading.Thread(target=_preload, name="orca-preload-torch", daemon=True)
+    thread.error = None
     thread.start()
     return thread
