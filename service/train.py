@@ -118,7 +118,8 @@ def run_train(runtime, params: TrainParams, on_epoch=None) -> dict:
 
     from . import provenance
 
-    # torch (first /train of a CPU service) loads while the model and the images download
+    # torch, where it was not preloaded at start-up (ORCA_PRELOAD_TORCH=auto or 0 on a CPU), loads
+    # while the model and the images download
     preload = None if "torch._dynamo" in sys.modules else preload_torch_in_background()
     model = runtime.locate(params.model_url, "model_url")
     labeled = runtime.locate(params.labeled_url, "labeled_url")
