@@ -211,9 +211,13 @@ def cmd_query(args) -> int:
 def cmd_simulate(args) -> int:
     import torch  # noqa: F401  (before anything that may import TensorFlow)
 
+    from service.config import from_env
+    from training.allocator import keep_freed_blocks
     from training.errors import TrainingError
     from training.simulate import SimulationConfig, simulate, write
 
+    if from_env()["TUNE_MALLOC"]:  # as the service does (ORCA_TUNE_MALLOC): many trainings in a row
+        keep_freed_blocks()
     model = args.model
     if not os.path.splitext(model)[1]:  # a registry name: a fresh model of it, in the output folder
         from models.create import write_new_model

