@@ -151,8 +151,7 @@ class Service:
             raise RuntimeError(f"the service did not start within {timeout} s")
         self.get("/")  # not /health: see bench/README.md (it loads torch in the service as of this commit)
         self.startup_s = time.perf_counter() - started
-        self.ready_s = self.wait_ready(started + timeout)  # as a readiness probe would: torch loaded
-        self.ready_s -= started
+        self.ready_s = self.wait_ready(started + timeout) - started  # as a readiness probe would: torch loaded
 
     def wait_ready(self, deadline: float) -> float:
         """Poll /ready until it answers 200 (503 while torch loads, ORCA_PRELOAD_TORCH); the time then."""

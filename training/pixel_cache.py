@@ -113,19 +113,19 @@ class DevicePixels:
     def put(self, name: str, pixels, source_pixels: int):
         """The tensor on the device for `pixels` (numpy or tensor); kept unless it alone exceeds the bound."""
         tensor = self.to_device(pixels)
-        size = tensor.numel() * tensor.element_size()
+        size = tensor.nbytes
         if size > self.max_bytes:
             return tensor
         evicted = 0
         with self._lock:
             old = self._entries.pop(name, None)
             if old is not None:
-                self._bytes -= old[0].numel()
+                self._bytes -= old[0].nbytes
             self._entries[name] = (tensor, int(source_pixels))
             self._bytes += size
             while self._bytes > self.max_bytes and self._entries:
                 _, (dropped, _) = self._entries.popitem(last=False)
-                self._bytes -= dropped.numel()
+                self._bytes -= dropped.nbytes
                 evicted += 1
             held = self._bytes
         if evicted:
