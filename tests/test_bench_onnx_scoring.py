@@ -71,3 +71,41 @@ def test_uint8_input_in_the_graph_gives_the_bits_of_rescaling_in_numpy(model, tm
         [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, 2])]))
     onnx.save(identity, tmp_path / "double.onnx")
     assert with_pixel_input(tmp_path / "double.onnx") is None
+
+
+def _identity_model(path, opset: int, name: str = "x"):
+    """A float32 image-shaped Identity model: what with_pixel_input puts in front shows alone."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", [name], ["y"])], "g",
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3, 256, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 256, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7), path)
+    return path
+
+
+@pytest.mark.parametrize("opset, rescale_ops", [(17, ["DequantizeLinear"]), (9, ["Cast", "Mul"])])
+def test_pixel_input_rescales_every_byte_value_to_the_bits_of_to_float(tmp_path, opset, rescale_ops):
+    """DequantizeLinear (opset ≥ 10) and Cast + Mul (older models) both give float(x) * RESCALE with one
+    rounding: the bits of images.to_float for each of the 256 byte values, in every channel."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from training.images import to_float
+    from training.onnx_scoring import PIXEL_INPUT, with_pixel_input
+
+    graph = with_pixel_input(_identity_model(tmp_path / "identity.onnx", opset))
+    assert [node.op_type for node in graph.graph.node] == rescale_ops + ["Identity"]
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    pixels = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, None, :, None], (2, 3, 256, 3)).copy()
+    pixels[1] = pixels[1, :, ::-1]
+    (out,) = session.run(None, {PIXEL_INPUT: pixels})
+    assert out.dtype == np.float32 and out.view(np.uint32).tolist() == to_float(pixels).view(np.uint32).tolist()
+
+
+@pytest.mark.parametrize("taken", ["pixels", "pixels_rescale", "pixels_zero_point", "pixels_float"])
+def test_pixel_input_leaves_a_model_alone_whose_names_it_would_reuse(tmp_path, taken):
+    from training.onnx_scoring import with_pixel_input
+
+    assert with_pixel_input(_identity_model(tmp_path / "taken.onnx", 17, name=taken)) is None
