@@ -49,6 +49,8 @@ SETTINGS = (
             "autocast (CUDA); `fp32` keeps the 1e-4 parity with the original"),
     Setting("PIXEL_CACHE_BYTES", "ORCA_PIXEL_CACHE_BYTES", int, 20_000_000_000, "bytes of decoded pixels "
             "kept on disk under `<ORCA_CACHE_DIR>/pixels` (least recently used out); 0 disables"),
+    Setting("PIXEL_CACHE_MIN_FREE", "ORCA_PIXEL_CACHE_MIN_FREE", int, 2_000_000_000, "bytes the pixel cache "
+            "leaves free on its disk: it evicts its own oldest entries, or stops writing, rather than go below"),
     Setting("GPU_PIXEL_CACHE", "ORCA_GPU_PIXEL_CACHE", float, 0.3, "fraction of the GPU's memory that keeps "
             "decoded pixels on CUDA (least recently used out); 0 disables; no effect on the CPU"),
     Setting("PRELOAD_TORCH", "ORCA_PRELOAD_TORCH", str, "1", "import torch at start-up, on a thread (`/ready` "

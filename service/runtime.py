@@ -82,7 +82,7 @@ class Runtime:
             pixels=PixelCache(config_module.pixel_cache_dir(merged), merged["PIXEL_CACHE_BYTES"],
                               device_tier=functools.partial(cuda_tier, merged["DEVICE"], merged["GPU_PIXEL_CACHE"],
                                                             metrics.record_pixels),
-                              record=metrics.record_pixels),
+                              record=metrics.record_pixels, min_free=merged["PIXEL_CACHE_MIN_FREE"]),
             jobs=JobManager(merged["MAX_QUEUED"], merged["JOB_HISTORY"], metrics,
                             store=JobStore(config_module.state_dir(merged))),  # opened on first use
             metrics=metrics,

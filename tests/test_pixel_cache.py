@@ -94,6 +94,70 @@ def test_the_disk_tier_evicts_the_least_recently_used_down_under_its_bound(tmp_p
     assert cache.get(ids[-1], ROWS, COLS) is not None
 
 
+class Disk:
+    """A stand-in file system of `capacity` bytes for the cache's free-space probe: what the cache's
+    folder holds plus `other` bytes written by everything else."""
+
+    def __init__(self, folder: Path, capacity: int, other: int = 0):
+        self.folder, self.capacity, self.other = folder, capacity, other
+
+    def used(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
+
+    def __call__(self, root: Path) -> int:
+        assert Path(root) == self.folder
+        return self.capacity - self.other - self.used()
+
+
+def test_the_disk_tier_evicts_its_own_oldest_entries_to_leave_min_free_on_the_disk(tmp_path):
+    disk = Disk(tmp_path / "pixels", capacity=12 * ENTRY)
+    cache = PixelCache(disk.folder, 10**12, min_free=4 * ENTRY, free_bytes=disk)  # the byte bound never binds
+    pixels = decode_image(PNGS[0], ROWS, COLS)
+    ids = [object_identity(f"clip{i}", 1, f"etag{i}") for i in range(15)]
+    for identity in ids:
+        cache.put(identity, ROWS, COLS, pixels, 1)
+        assert disk(disk.folder) >= 4 * ENTRY
+    assert len(list(disk.folder.rglob("*.px"))) == 8  # 12 - 4 free
+    assert all(cache.get(identity, ROWS, COLS) is not None for identity in ids[-8:])
+    assert all(cache.get(identity, ROWS, COLS) is None for identity in ids[:-8])  # the oldest went
+
+
+def test_a_disk_filled_by_others_stops_the_writes_not_the_answers_until_there_is_room(tmp_path, caplog):
+    disk = Disk(tmp_path / "pixels", capacity=10 * ENTRY, other=7 * ENTRY)
+    cache = PixelCache(disk.folder, 10**12, min_free=3 * ENTRY, free_bytes=disk)
+    pixels = decode_image(PNGS[0], ROWS, COLS)
+    with caplog.at_level("WARNING", logger="training"):
+        for i in range(3):
+            kept = cache.put(object_identity(f"clip{i}", 1, f"etag{i}"), ROWS, COLS, pixels, 1)
+            assert np.array_equal(kept, pixels)  # the caller still gets its pixels
+    assert list(disk.folder.rglob("*.px")) == [] and disk(disk.folder) == 3 * ENTRY
+    assert cache.get(object_identity("clip0", 1, "etag0"), ROWS, COLS) is None
+    assert sum("ORCA_PIXEL_CACHE_MIN_FREE" in r.getMessage() for r in caplog.records) == 1  # once, not per clip
+    disk.other = 5 * ENTRY  # the others freed two entries' worth
+    cache.put(object_identity("clip9", 1, "etag9"), ROWS, COLS, pixels, 1)
+    assert cache.get(object_identity("clip9", 1, "etag9"), ROWS, COLS) is not None
+    assert disk(disk.folder) == 4 * ENTRY
+
+
+def test_the_real_disk_is_asked_for_its_free_space(tmp_path):
+    pixels = decode_image(PNGS[0], ROWS, COLS)
+    identity = object_identity("k", 10, "e")
+    larger_than_the_disk = shutil.disk_usage(tmp_path).total + 1
+    refused = PixelCache(tmp_path / "refused", 10**8, min_free=larger_than_the_disk)
+    refused.put(identity, ROWS, COLS, pixels, 1)
+    assert refused.get(identity, ROWS, COLS) is None and not list((tmp_path / "refused").rglob("*.px"))
+    room = PixelCache(tmp_path / "room", 10**8, min_free=1)
+    room.put(identity, ROWS, COLS, pixels, 1)
+    assert room.get(identity, ROWS, COLS) is not None
+
+
+def test_the_service_leaves_two_gigabytes_free_by_default_and_takes_the_setting(tmp_path):
+    assert _runtime(tmp_path, 10**9).pixels.min_free == 2_000_000_000
+    configured = Runtime.from_config({"LOCAL_ROOT": None, "DEVICE": "cpu", "CACHE_DIR": str(tmp_path / "c2"),
+                                      "PIXEL_CACHE_MIN_FREE": 12345})
+    assert configured.pixels.min_free == 12345
+
+
 @pytest.mark.parametrize("damage", ["truncate", "foreign"])
 def test_a_broken_entry_is_a_miss_and_removed(tmp_path, damage):
     cache = PixelCache(tmp_path, 10**8)

@@ -18,8 +18,11 @@ local file. Two tiers:
   `max_bytes` (ORCA_PIXEL_CACHE_BYTES): when this process's estimate passes it, the folder is
   scanned under a `flock` and the least recently used files (a hit refreshes the file's mtime) are
   deleted down to 90 %; other processes' writes are counted at the next scan, so the folder may
-  exceed the bound by what the other workers wrote since. A file that is short or whose header is
-  wrong counts as a miss and is removed.
+  exceed the bound by what the other workers wrote since. It also leaves `min_free` bytes free on its
+  file system (ORCA_PIXEL_CACHE_MIN_FREE): a write that would take the free space below that first
+  evicts the cache's own oldest entries, and is skipped when they are not enough, so a default bound
+  larger than the disk cannot starve the models, jobs and scratch folders beside it. A file that is
+  short or whose header is wrong counts as a miss and is removed.
 - **device** (`DevicePixels`, ORCA_GPU_PIXEL_CACHE on CUDA): uint8 tensors on the GPU, least recently
   used out past its byte bound, so a round's batches are gathered on the GPU without touching the
   CPU. The class works on any torch device (the tests run it on the CPU); the service turns it on
@@ -182,9 +185,13 @@ class PixelCache:
     app can be built without importing torch.
     """
 
-    def __init__(self, root: str | os.PathLike, max_bytes: int, *, device_tier=None, record: Record | None = None):
+    def __init__(self, root: str | os.PathLike, max_bytes: int, *, device_tier=None, record: Record | None = None,
+                 min_free: int = 0, free_bytes: Callable[[Path], int] | None = None):
         self.root = Path(root)
         self.max_bytes = int(max_bytes)
+        self.min_free = max(0, int(min_free))
+        self.free_bytes = free_bytes or _free_bytes  # of the root's file system (a test may stand in a disk)
+        self._starved = False  # a write was skipped for want of free space; logged once until there is room
         self.record = record or _no_record
         self._tier_source = device_tier
         self._tier: DevicePixels | None = device_tier if isinstance(device_tier, DevicePixels) else None
@@ -293,6 +300,8 @@ class PixelCache:
             raise ValueError(f"pixels of shape {data.shape} stored as {(rows, cols, 3)}")
         path = self.path(name)
         size = HEADER.size + data.nbytes
+        if not self._room_for(size):
+            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, temporary = tempfile.mkstemp(prefix=".px-", dir=path.parent)
@@ -320,9 +329,32 @@ class PixelCache:
         else:
             self.record("bytes", "disk", estimate)  # this process's estimate between scans
 
-    def evict(self) -> int:
+    def _room_for(self, size: int) -> bool:
+        """Whether writing `size` bytes leaves `min_free` free on the disk, after evicting this cache's
+        own oldest entries if needed."""
+        if self.min_free <= 0:
+            return True
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if self.free_bytes(self.root) - size >= self.min_free:
+                self._starved = False
+                return True
+            if not (self._starved and self._estimate == 0):  # an empty cache has nothing to give back
+                self.evict(make_room=size)
+            room = self.free_bytes(self.root) - size >= self.min_free
+        except OSError as error:
+            LOG.warning("pixel cache: cannot tell the free space under %s: %s", self.root, error)
+            return False
+        if not room and not self._starved:
+            LOG.warning("pixel cache: not writing decoded pixels: the disk under %s would have less than "
+                        "ORCA_PIXEL_CACHE_MIN_FREE = %d bytes free", self.root, self.min_free)
+        self._starved = not room
+        return room
+
+    def evict(self, make_room: int = 0) -> int:
         """Scan the folder under its lock and delete the least recently used entries down to 90 % of
-        the bound (only when over it); returns the bytes on disk afterwards."""
+        the bound (only when over it) or, with `make_room`, until that many bytes more can be written
+        leaving `min_free` free on the disk; returns the bytes on disk afterwards."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "a+") as lock:
             with contextlib.suppress(ImportError, OSError):
@@ -346,9 +378,11 @@ class PixelCache:
                     entries.append((stat.st_mtime_ns, stat.st_size, entry.path))
                     total += stat.st_size
             evicted = 0
-            if total > self.max_bytes:
+            target = self.max_bytes * EVICT_TO if total > self.max_bytes else total
+            if make_room and self.min_free > 0:  # what the cache may hold and still leave room for the write
+                target = min(target, total + self.free_bytes(self.root) - self.min_free - make_room)
+            if total > target:
                 entries.sort()
-                target = self.max_bytes * EVICT_TO
                 for _, size, path in entries:
                     if total <= target:
                         break
@@ -372,6 +406,12 @@ class PixelCache:
 
         tier = self.device_tier
         return torch.stack([a if is_tensor(a) else tier.to_device(a) for a in arrays])
+
+
+def _free_bytes(folder: Path) -> int:
+    """Bytes an unprivileged writer may still use on the file system of `folder`."""
+    stat = os.statvfs(folder)
+    return stat.f_bavail * stat.f_frsize
 
 
 def _too_large(source_pixels: int, max_pixels: int | None) -> bool:
