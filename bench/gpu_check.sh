@@ -43,8 +43,9 @@ if want parity; then
 fi
 
 if want decode; then
-    echo "== PNG decoding vs threads (what feeds /predict on the GPU)"
-    "$PY" -m bench.decode_threads || status=$?
+    echo "== PNG decoding vs threads (what feeds /predict on the GPU), glibc's defaults, then as the service sets it"
+    "$PY" -m bench.decode_threads --malloc default || status=$?
+    "$PY" -m bench.decode_threads --malloc kept || status=$?
 fi
 
 if want pipeline; then

@@ -108,6 +108,16 @@ def test_decode_threads_reports_every_thread_count_up_to_the_cores(capsys):
     assert all(float(r[1]) > 0 for r in rows)
 
 
+def test_decode_threads_can_first_set_glibc_as_the_service_does(capsys):
+    from bench.decode_threads import main
+    from training.allocator import keep_freed_blocks
+
+    assert main(["--images", "4", "--rows", "67", "--cols", "83", "--malloc", "kept"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.endswith("glibc keeping freed blocks, one arena" if keep_freed_blocks() else
+                           "glibc's defaults (keep_freed_blocks() is a no-op here)")
+
+
 def test_pipeline_bench_times_decode_score_and_stream_with_the_services_scorer(capsys):
     from bench.pipeline import main
 
@@ -136,7 +146,8 @@ def test_gpu_check_runs_only_the_steps_named_in_STEPS_and_refuses_a_machine_with
     every = subprocess.run(["bash", "bench/gpu_check.sh", "--quick"], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=60)
     ran = [line.split()[1] for line in every.stdout.splitlines() if line.startswith("-m ")]
-    assert ran == ["pytest", "bench.cuda_parity", "bench.decode_threads", "bench.pipeline", "bench.pipeline",
+    assert ran == ["pytest", "bench.cuda_parity", "bench.decode_threads", "bench.decode_threads", "bench.pipeline",
+                   "bench.pipeline",
                    "bench.run", "bench.run", "bench.precision_check"]
     no_gpu = {**env, "PATH": "/usr/bin:/bin"}
     if shutil.which("nvidia-smi", path=no_gpu["PATH"]) is None:  # a GPU machine has it there
