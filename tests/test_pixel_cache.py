@@ -305,6 +305,48 @@ def test_a_second_training_round_decodes_only_new_labels_and_trains_alike(tmp_pa
     assert first["labeled_files"] + 1 == second["labeled_files"]
 
 
+def _torch_runtime(tmp_path, device_tier=None) -> Runtime:
+    """A runtime that scores with torch, as on CUDA, and keeps a device tier (on the CPU) when given."""
+    from service import __version__
+    from service.metrics import Metrics
+    from training.scorers import Scorers
+
+    cache, metrics = tmp_path / "cache", Metrics(__version__)
+    parts = {"scorers": Scorers(cache / "onnx", device="cpu", backend="torch"), "metrics": metrics}
+    if device_tier is not None:
+        device_tier.record = metrics.record_pixels
+        parts["pixels"] = PixelCache(cache / "pixels", 10**9, device_tier=device_tier, record=metrics.record_pixels)
+    return Runtime.from_config({"LOCAL_ROOT": None, "DEVICE": "cpu", "CACHE_DIR": str(cache), "PRECISION": "fp32",
+                                "PIXEL_CACHE_BYTES": 10**9 if device_tier is not None else 0}, **parts)
+
+
+@pytest.mark.slow
+def test_the_cuda_data_path_run_on_the_cpu_answers_as_decoding_every_time(tmp_path, unlabeled):
+    """What the service does on CUDA, with the device tier on the CPU: /predict batches and /train
+    splits come as tensors from the tier (no decoding after the first time) and every answer is the
+    one a service without any pixel cache gives."""
+    labeled = tmp_path / "labeled"
+    shutil.copytree(SAMPLE_DIR, labeled, ignore=shutil.ignore_patterns("test", "*.md", "LICENSE"))
+    models = [write_fresh_h5(tmp_path / "models" / f"srkw_cnn_{i}.h5", ROWS, COLS, seed=i) for i in range(2)]
+    tier = DevicePixels("cpu", 10**9)
+    tiered, plain = _torch_runtime(tmp_path / "tiered", tier), _torch_runtime(tmp_path / "plain")
+    images = len(list(labeled.rglob("*.png"))) + 5  # the labeled set and the 5 readable unlabeled clips
+    answers = {"tiered": [], "plain": []}
+    for name, runtime in (("tiered", tiered), ("plain", plain)):
+        for model in models:
+            train = TrainParams(model_url=str(model), labeled_url=str(labeled), rows=ROWS, cols=COLS, epochs=1,
+                                seed=0)
+            trained = runtime.run_train(runtime, train)
+            trained.pop("model_url")
+            predicted = runtime.run_predict(runtime, PredictParams(str(model), str(unlabeled), ROWS, COLS))
+            answers[name].append((json.dumps(trained, sort_keys=True), json.dumps(predicted),
+                                  _without_addresses(predicted.skipped)))
+    assert answers["tiered"] == answers["plain"]
+    assert _counted(tiered, "orca_pixel_decodes_total") == images  # each image once, over 2 trainings + 2 predicts
+    assert _counted(tiered, "orca_pixel_cache_lookups_total", result="hit", tier="device") >= images
+    assert len(tier) == images
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
 def test_the_cuda_tier_returns_the_decoded_pixels_on_the_gpu(tmp_path):
