@@ -19,6 +19,7 @@ Downloads use 8 threads, like the service's default ORCA_DOWNLOAD_THREADS, and a
 
 `--round`: one active-learning round instead (what `bench.run --rounds` times): /train from
 `model_key` writing `output_key`, then /predict with the model it wrote.
+`--cold`: only the cold /predict (what `bench.run --cold-pairs` repeats).
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def main(argv=None) -> None:
                         "labeled_prefix, output_key, rows, cols, epochs")
     parser.add_argument("--out", required=True, help="where to write the JSON results")
     parser.add_argument("--round", action="store_true", help="one round: train, then predict with the new model")
+    parser.add_argument("--cold", action="store_true", help="only a cold /predict (bench.cold's pairs)")
     args = parser.parse_args(argv)
     cfg = json.loads(args.config)
 
@@ -158,6 +160,10 @@ def main(argv=None) -> None:
         return
     out["predict_cold"] = predict_request(s3, keras, cfg)
     log(f"predict cold: {out['predict_cold']['timings']['total_s']:.1f} s")
+    if args.cold:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+        return
     out["predict_warm"] = predict_request(s3, keras, cfg)
     log(f"predict warm: {out['predict_warm']['timings']['total_s']:.1f} s")
     out["train"] = train_request(s3, keras, cfg)

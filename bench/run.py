@@ -10,7 +10,9 @@
    and /train with the same epochs;
 5. with `--rounds N` (default 2), times N whole active-learning rounds on each side
    (`bench.rounds`: train, predict with the new model, 5 % of the clips labeled);
-6. prints a table and writes `results.json` and `results.png` into --out.
+6. with `--cold-pairs K` (default 2), times K more cold /predict calls on each side, in pairs of new
+   processes (`bench.cold`), and reports the median ratio;
+7. prints a table and writes `results.json` and `results.png` into --out.
 
 Images per second: /predict = unlabeled images / request seconds; /train = training images × epochs
 / request seconds; every request figure includes the S3 downloads and model loading, as a client
@@ -36,14 +38,15 @@ from pathlib import Path
 import torch  # noqa: F401  (torch before anything that might import TensorFlow; see docs/design.md)
 
 from .chart import bar_chart
+from .cold import cold_pairs, print_cold_pairs
 from .dataset import make_dataset
 from .memory import GpuMemoryPeak, proc_status_mib
 from .rounds import print_rounds, reference_rounds, service_rounds, summary, undo
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "orcabench"
-QUICK = {"unlabeled": 32, "labeled": 16, "epochs": 1, "rounds": 1}
-DEFAULTS = {"unlabeled": 256, "labeled": 128, "epochs": 2, "rounds": 2}
+QUICK = {"unlabeled": 32, "labeled": 16, "epochs": 1, "rounds": 1, "cold_pairs": 1}
+DEFAULTS = {"unlabeled": 256, "labeled": 128, "epochs": 2, "rounds": 2, "cold_pairs": 2}
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
            "AWS_DEFAULT_REGION": "us-east-1"}
 STAGES = ("predict_cold", "predict_warm", "train", "predict_new_model")
@@ -97,6 +100,8 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, help=f"training epochs (default {DEFAULTS['epochs']})")
     parser.add_argument("--rounds", type=int, help=f"whole active-learning rounds timed after the stages "
                         f"(default {DEFAULTS['rounds']}; 0: none)")
+    parser.add_argument("--cold-pairs", type=int, help="cold /predict pairs (reference, then ours, new processes) "
+                        f"timed after the rounds (default {DEFAULTS['cold_pairs']}; 0: none)")
     parser.add_argument("--out", default="bench/results", help="folder for results.json/results.png")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK} unless given explicitly")
@@ -111,8 +116,9 @@ def parse_args(argv=None):
     for key in ("unlabeled", "labeled", "rows", "cols", "epochs"):
         if getattr(args, key) < 1:
             parser.error(f"--{key} must be positive")
-    if args.rounds < 0:
-        parser.error("--rounds must be 0 or more")
+    for key in ("rounds", "cold_pairs"):
+        if getattr(args, key) < 0:
+            parser.error(f"--{key.replace('_', '-')} must be 0 or more")
     return args
 
 
@@ -294,7 +300,7 @@ def main(argv=None) -> dict:
             progress(f"moto S3 on {endpoint}: uploaded the model and {n} spectrograms")
             env = dict(os.environ)
 
-            ref, ref_rounds = None, None
+            ref, ref_rounds, cfg = None, None, None
             if skipped:
                 progress(f"reference not run: {skipped}")
             else:
@@ -318,6 +324,7 @@ def main(argv=None) -> dict:
                                ORCA_WORK_DIR=str(tmp), ORCA_CACHE_DIR=str(tmp / "cache"),  # cold = empty cache
                                PYTHONUNBUFFERED="1")
             service = Service(service_env, out_dir / "service.log")
+            config["cold_pairs"] = args.cold_pairs
             idle = service.memory()
             gpu = GpuMemoryPeak()
             gpu_before = gpu.read_mib() if config["cuda_available"] else None
@@ -352,6 +359,16 @@ def main(argv=None) -> dict:
             metrics_text = service.text("/metrics")
             memory_end = service.memory()
             peak_gpu = gpu.stop()
+            service.stop()
+            cold = None
+            if args.cold_pairs:
+                def start_service(pair: int) -> Service:  # a new process and an empty cache: cold
+                    return Service(dict(service_env, ORCA_CACHE_DIR=str(tmp / f"cache-cold-{pair}")),
+                                   out_dir / f"service_cold_{pair}.log")
+
+                cold = cold_pairs(args.cold_pairs, cfg, env, out_dir, start_service, predict_params, args.timeout,
+                                  ROOT, progress)
+                note_load("cold_pairs")
         finally:
             if service is not None:
                 service.stop()
@@ -381,6 +398,7 @@ def main(argv=None) -> dict:
         "parity": None,
         "rounds": summary(ref_rounds, ours_rounds) if args.rounds else None,
         "pixel_cache": pixel_cache_counts(metrics_text),
+        "cold_pairs": cold,
     }
     if ref is not None:
         add_reference(results, ref, work, answers)
@@ -389,6 +407,8 @@ def main(argv=None) -> dict:
     print_table(results)
     if results["rounds"]:
         print_rounds(results["rounds"])
+    if results["cold_pairs"]:
+        print_cold_pairs(results["cold_pairs"])
     print(f"service pixel cache over the whole run: {results['pixel_cache']}")
     progress(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.png'}")
     return results

@@ -54,6 +54,14 @@ def test_bench_quick_run_writes_results_and_chart(tmp_path):
     assert rounds["ours"][0]["train_images"] == rounds["reference"][0]["train_images"] == 6  # same dataset
     assert rounds["speedup"] > 0 and "seconds per round" in completed.stdout
 
+    cold = results["cold_pairs"]  # --quick: one more cold /predict on each side, in new processes
+    (pair,) = cold["pairs"]
+    assert pair["images"] == 8 - 1 and pair["reference_s"] > 0 and pair["ours_s"] > 0  # after the round's move
+    assert cold["median_speedup"] == pair["speedup"] == pair["reference_s"] / pair["ours_s"]
+    assert (out / "reference_cold_1.json").exists() and "predict: 7 scored (0 from the score cache)" in (
+        out / "service_cold_1.log").read_text()  # an empty cache: every clip scored
+    assert "cold /predict in pairs" in completed.stdout and "median" in completed.stdout
+
     png = out / "results.png"
     assert png.stat().st_size > 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -79,7 +87,8 @@ def test_dataset_is_real_spectrograms_all_different(tmp_path):
 def test_bench_without_reference_times_the_service_alone_and_says_so(tmp_path):
     """What a GPU machine without TensorFlow runs (bench/gpu_check.sh): ours only, no speed-up."""
     out = tmp_path / "results"
-    completed = run_bench(out, "--no-reference", "--unlabeled", "4", "--labeled", "4", "--rounds", "2")
+    completed = run_bench(out, "--no-reference", "--unlabeled", "4", "--labeled", "4", "--rounds", "2",
+                          "--cold-pairs", "1")
     assert "reference not run (--no-reference)" in completed.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["reference"] is None and results["speedup"] is None and results["parity"] is None
@@ -92,6 +101,9 @@ def test_bench_without_reference_times_the_service_alone_and_says_so(tmp_path):
     assert (first["train_images"], first["unlabeled"], first["moved"]) == (2, 4, 1)
     assert (second["train_images"], second["unlabeled"]) == (3, 3)
     assert results["rounds"]["reference"] is None and results["rounds"]["speedup"] is None
+    (pair,) = results["cold_pairs"]["pairs"]  # the service's cold /predict alone
+    assert pair["reference_s"] is None and pair["speedup"] is None and pair["ours_s"] > 0 and pair["images"] == 2
+    assert results["cold_pairs"]["median_speedup"] is None
     cache = results["pixel_cache"]  # every clip was decoded once; later rounds and models hit the cache
     assert cache["orca_pixel_decodes_total"] == 8
     assert cache['orca_pixel_cache_lookups_total{result="hit",tier="disk"}'] > 8
