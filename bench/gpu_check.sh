@@ -56,13 +56,14 @@ fi
 
 if want bench; then
     echo "== benchmark with ORCA_DEVICE=cuda"
-    ORCA_DEVICE=cuda "$PY" -m bench.run --out bench/results-cuda "$@" || status=$?
+    # one cold run is enough there (no TensorFlow: no reference to pair with); the device's minutes are few
+    ORCA_DEVICE=cuda "$PY" -m bench.run --out bench/results-cuda --cold-pairs 0 "$@" || status=$?
 fi
 
 if want rounds; then
     echo "== whole rounds at scale with ORCA_DEVICE=cuda: ${ROUND_ARGS:=--unlabeled 10000 --labeled 5000 --epochs 2 --rounds 2}"
     # shellcheck disable=SC2086  (word splitting of ROUND_ARGS is intended)
-    ORCA_DEVICE=cuda "$PY" -m bench.run --out bench/results-cuda-rounds $ROUND_ARGS || status=$?
+    ORCA_DEVICE=cuda "$PY" -m bench.run --out bench/results-cuda-rounds --cold-pairs 0 $ROUND_ARGS || status=$?
 fi
 
 if want precision; then

@@ -153,7 +153,7 @@ def test_gpu_check_runs_only_the_steps_named_in_STEPS_and_refuses_a_machine_with
     assert run.returncode == 0, run.stderr
     commands = [line for line in run.stdout.splitlines() if line.startswith("-m ")]
     assert commands == ["-m pytest -q -m cuda -p no:cacheprovider",
-                        "-m bench.run --out bench/results-cuda-rounds --unlabeled 20 --labeled 8"]
+                        "-m bench.run --out bench/results-cuda-rounds --cold-pairs 0 --unlabeled 20 --labeled 8"]
     env.pop("STEPS")
     every = subprocess.run(["bash", "bench/gpu_check.sh", "--quick"], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=60)
