@@ -268,7 +268,8 @@ def main(argv=None) -> dict:
     from models.srkw_cnn import write_fresh_h5
 
     config = {"unlabeled": args.unlabeled, "labeled": args.labeled, "rows": args.rows, "cols": args.cols,
-              "epochs": args.epochs, "rounds": args.rounds, "quick": args.quick, "cpu_count": os.cpu_count(),
+              "epochs": args.epochs, "rounds": args.rounds, "cold_pairs": args.cold_pairs, "quick": args.quick,
+              "cpu_count": os.cpu_count(),
               "cpu_model": cpu_model(),
               "machine": platform.machine(), "python": platform.python_version(),
               "torch": torch.__version__, "orca_device": os.environ.get("ORCA_DEVICE") or "auto",
@@ -324,7 +325,6 @@ def main(argv=None) -> dict:
                                ORCA_WORK_DIR=str(tmp), ORCA_CACHE_DIR=str(tmp / "cache"),  # cold = empty cache
                                PYTHONUNBUFFERED="1")
             service = Service(service_env, out_dir / "service.log")
-            config["cold_pairs"] = args.cold_pairs
             idle = service.memory()
             gpu = GpuMemoryPeak()
             gpu_before = gpu.read_mib() if config["cuda_available"] else None

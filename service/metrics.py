@@ -21,6 +21,7 @@ there is no module-level metric state, so two apps in one process (tests) never 
 | `orca_pixel_decodes_total` | counter | | images decoded into the pixel cache |
 | `orca_pixel_cache_evictions_total` | counter | tier | pixel cache entries evicted, least recently used first |
 | `orca_pixel_cache_bytes` | gauge | tier | bytes of decoded pixels held (disk at the last scan, device in this process) |
+| `orca_pixel_cache_unwritten_total` | counter | | decoded images not written to the disk tier: ORCA_PIXEL_CACHE_MIN_FREE, or the write failed |
 | `orca_build_info` | gauge | version | always 1 |
 | `process_*` | | | CPU seconds, memory, open fds, start time (ProcessCollector; Linux only) |
 | `python_gc_*`, `python_info` | | | garbage collector counts, Python version (GCCollector, PlatformCollector) |
@@ -110,6 +111,9 @@ class Metrics:
                                      "Images decoded from PNG (or JPEG) into the pixel cache.", **on)
         self.pixel_evictions = Counter("orca_pixel_cache_evictions_total",
                                        "Pixel cache entries evicted (least recently used), by tier.", ("tier",), **on)
+        self.pixel_unwritten = Counter("orca_pixel_cache_unwritten_total",
+                                       "Decoded images not written to the disk tier: the disk would have had less "
+                                       "than ORCA_PIXEL_CACHE_MIN_FREE free, or the write failed.", **on)
         self.pixel_bytes = Gauge("orca_pixel_cache_bytes", "Bytes of decoded pixels held, by tier (disk: the "
                                  "folder at the last scan; device: this process's GPU tier).", ("tier",),
                                  multiprocess_mode="max", **on)
@@ -128,7 +132,7 @@ class Metrics:
             self.images_scored.inc(n)
 
     def record_pixels(self, event: str, tier: str | None, amount: float) -> None:
-        """The pixel cache's events (training.pixel_cache): hit / miss / decode / evict / bytes."""
+        """The pixel cache's events (training.pixel_cache): hit / miss / decode / evict / unwritten / bytes."""
         if event == "hit":
             self.pixel_lookups.labels(result="hit", tier=tier).inc(amount)
         elif event == "miss":
@@ -137,6 +141,8 @@ class Metrics:
             self.pixel_decodes.inc(amount)
         elif event == "evict":
             self.pixel_evictions.labels(tier=tier).inc(amount)
+        elif event == "unwritten":
+            self.pixel_unwritten.inc(amount)
         elif event == "bytes":
             self.pixel_bytes.labels(tier=tier).set(amount)
 

@@ -25,7 +25,8 @@ METRIC_TYPES = {"orca_http_requests_total": "counter", "orca_http_request_durati
                 "orca_images_scored_total": "counter", "orca_skipped_files_total": "counter",
                 "orca_training_duration_seconds": "histogram", "orca_trainings_total": "counter",
                 "orca_models_written_total": "counter", "orca_queue_length": "gauge",
-                "orca_jobs_running": "gauge", "orca_build_info": "gauge"}
+                "orca_jobs_running": "gauge", "orca_build_info": "gauge",
+                "orca_pixel_cache_unwritten_total": "counter"}
 
 
 def parse(text: str) -> dict:

@@ -123,8 +123,8 @@ def test_the_disk_tier_evicts_its_own_oldest_entries_to_leave_min_free_on_the_di
 
 
 def test_a_disk_filled_by_others_stops_the_writes_not_the_answers_until_there_is_room(tmp_path, caplog):
-    disk = Disk(tmp_path / "pixels", capacity=10 * ENTRY, other=7 * ENTRY)
-    cache = PixelCache(disk.folder, 10**12, min_free=3 * ENTRY, free_bytes=disk)
+    disk, events = Disk(tmp_path / "pixels", capacity=10 * ENTRY, other=7 * ENTRY), Events()
+    cache = PixelCache(disk.folder, 10**12, min_free=3 * ENTRY, free_bytes=disk, record=events)
     pixels = decode_image(PNGS[0], ROWS, COLS)
     with caplog.at_level("WARNING", logger="training"):
         for i in range(3):
@@ -133,6 +133,7 @@ def test_a_disk_filled_by_others_stops_the_writes_not_the_answers_until_there_is
     assert list(disk.folder.rglob("*.px")) == [] and disk(disk.folder) == 3 * ENTRY
     assert cache.get(object_identity("clip0", 1, "etag0"), ROWS, COLS) is None
     assert sum("ORCA_PIXEL_CACHE_MIN_FREE" in r.getMessage() for r in caplog.records) == 1  # once, not per clip
+    assert events.counts[("unwritten", "disk")] == 3  # but counted, each time
     disk.other = 5 * ENTRY  # the others freed two entries' worth
     cache.put(object_identity("clip9", 1, "etag9"), ROWS, COLS, pixels, 1)
     assert cache.get(object_identity("clip9", 1, "etag9"), ROWS, COLS) is not None

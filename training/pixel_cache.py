@@ -33,7 +33,8 @@ ORCA_MAX_PIXELS refuses that source (it then takes the normal path and is skippe
 Corrupt files are never stored: they are decoded (and skipped, with the same reason) every time.
 
 Events go to `record(event, tier, amount)` (the app's `Metrics.record_pixels`): "hit" (tier),
-"miss", "decode" (an image decoded and stored), "bytes" (tier: bytes held now), "evict" (tier).
+"miss", "decode" (an image decoded and stored), "bytes" (tier: bytes held now), "evict" (tier),
+"unwritten" (an image not written to disk: no room above `min_free`, or the write failed).
 """
 
 from __future__ import annotations
@@ -301,6 +302,7 @@ class PixelCache:
         path = self.path(name)
         size = HEADER.size + data.nbytes
         if not self._room_for(size):
+            self.record("unwritten", "disk", 1)
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -316,6 +318,7 @@ class PixelCache:
                 raise
         except OSError as error:  # a full or read-only disk costs speed, never an answer
             LOG.warning("pixel cache: could not write %s: %s", path, error)
+            self.record("unwritten", "disk", 1)
             return
         with self._lock:
             if self._estimate is not None:
