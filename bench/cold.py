@@ -9,23 +9,17 @@ dataset; each pair gives a ratio, and the median of the ratios is the figure to 
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
+from .reference_process import run_reference
 
-def reference_cold(cfg: dict, env: dict, out_dir: Path, pair: int, timeout: float, root: Path) -> dict:
+
+def reference_cold(cfg: dict, env: dict, out_dir: Path, pair: int, timeout: float) -> dict:
     """One cold /predict of the reference in its own process: its timings (TensorFlow's import apart)."""
-    out_json = out_dir / f"reference_cold_{pair}.json"
-    with open(out_dir / "reference.log", "ab") as log:
-        completed = subprocess.run([sys.executable, "-m", "bench.reference", "--cold", "--config", json.dumps(cfg),
-                                    "--out", str(out_json)], cwd=root, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, timeout=timeout)
-    if completed.returncode != 0:
-        raise RuntimeError(f"the reference's cold pair {pair} failed ({completed.returncode}); see reference.log")
-    return json.loads(out_json.read_text())["predict_cold"]["timings"]
+    data = run_reference(cfg, env, out_dir / f"reference_cold_{pair}.json", out_dir / "reference.log", timeout,
+                         "--cold", what=f"the reference's cold pair {pair}")
+    return data["predict_cold"]["timings"]
 
 
 def service_cold(start_service, predict_params: dict, timeout: float) -> tuple[float, int]:
@@ -39,14 +33,14 @@ def service_cold(start_service, predict_params: dict, timeout: float) -> tuple[f
 
 
 def cold_pairs(pairs: int, reference_cfg: dict | None, env: dict, out_dir: Path, start_service, predict_params: dict,
-               timeout: float, root: Path, progress) -> dict:
+               timeout: float, progress) -> dict:
     """`pairs` × (the reference's cold /predict, then the service's); without a reference, the service's
     alone. Returns {"pairs": [{reference_s, ours_s, images, speedup}], "median_speedup", "ours_median_s"}."""
     rows = []
     for pair in range(1, pairs + 1):
         row = {"reference_s": None, "speedup": None}
         if reference_cfg is not None:
-            row["reference_s"] = reference_cold(reference_cfg, env, out_dir, pair, timeout, root)["total_s"]
+            row["reference_s"] = reference_cold(reference_cfg, env, out_dir, pair, timeout)["total_s"]
         row["ours_s"], row["images"] = service_cold(lambda: start_service(pair), predict_params, timeout)
         if row["reference_s"] is not None:
             row["speedup"] = row["reference_s"] / row["ours_s"]

@@ -11,12 +11,11 @@ the reference's rounds are undone before the service's rounds make them again.
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from .reference_process import run_reference
 
 MOVE_FRACTION = 0.05
 CLASSES = ("calls", "nocalls")
@@ -51,21 +50,15 @@ def undo(s3, bucket: str, moves: list[tuple[str, str]]) -> None:
 
 
 def reference_rounds(rounds: int, cfg: dict, env: dict, out_dir: Path, s3, bucket: str, timeout: float,
-                     root: Path, progress) -> tuple[list[dict], list]:
+                     progress) -> tuple[list[dict], list]:
     """The reference's rounds; returns (per-round timings, all moves made)."""
     results, moves = [], []
     model_key = cfg["model_key"]
     for r in range(rounds):
         output_key = f"reference/rounds/srkw_cnn_{r + 1}.h5"
-        out_json = out_dir / f"reference_round_{r + 1}.json"
-        with open(out_dir / "reference.log", "ab") as log:
-            completed = subprocess.run(
-                [sys.executable, "-m", "bench.reference", "--round", "--config",
-                 json.dumps(dict(cfg, model_key=model_key, output_key=output_key)), "--out", str(out_json)],
-                cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
-        if completed.returncode != 0:
-            raise RuntimeError(f"the reference's round {r + 1} failed ({completed.returncode}); see reference.log")
-        data = json.loads(out_json.read_text())
+        data = run_reference(dict(cfg, model_key=model_key, output_key=output_key), env,
+                             out_dir / f"reference_round_{r + 1}.json", out_dir / "reference.log", timeout,
+                             "--round", what=f"the reference's round {r + 1}")
         train_s, predict_s = data["train"]["timings"]["total_s"], data["predict"]["timings"]["total_s"]
         t0 = time.perf_counter()
         moved = label_some(s3, bucket, r)

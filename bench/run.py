@@ -41,6 +41,7 @@ from .chart import bar_chart
 from .cold import cold_pairs, print_cold_pairs
 from .dataset import make_dataset
 from .memory import GpuMemoryPeak, proc_status_mib
+from .reference_process import run_reference
 from .rounds import print_rounds, reference_rounds, service_rounds, summary, undo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,19 +202,6 @@ class Service:
         self.log.close()
 
 
-def run_reference(cfg: dict, env: dict, out_dir: Path, timeout: float) -> dict:
-    out_json = out_dir / "reference.json"
-    log_path = out_dir / "reference.log"
-    with open(log_path, "wb") as log:
-        completed = subprocess.run([sys.executable, "-m", "bench.reference", "--config", json.dumps(cfg),
-                                    "--out", str(out_json)], cwd=ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, timeout=timeout)
-    if completed.returncode != 0:
-        raise RuntimeError(f"the reference failed ({completed.returncode}); see {log_path}:\n"
-                           f"{log_path.read_text(errors='replace')[-3000:]}")
-    return json.loads(out_json.read_text())
-
-
 def reference_missing() -> str | None:
     """Why the reference cannot run here (TensorFlow or tf_keras not installed), or None."""
     import importlib.util
@@ -309,14 +297,15 @@ def main(argv=None) -> dict:
                 cfg = {"bucket": BUCKET, "model_key": "models/srkw_cnn_0.h5", "unlabeled_prefix": "unlabeled/",
                        "labeled_prefix": "labeled/", "output_key": "reference/models/srkw_cnn_1.h5",
                        "rows": args.rows, "cols": args.cols, "epochs": args.epochs}
-                ref = run_reference(cfg, env, out_dir, args.timeout)
+                ref = run_reference(cfg, env, out_dir / "reference.json", out_dir / "reference.log", args.timeout,
+                                    append=False)
                 note_load("reference")
                 progress(f"reference done: predict cold {ref['predict_cold']['timings']['total_s']:.1f} s, "
                          f"warm {ref['predict_warm']['timings']['total_s']:.1f} s, "
                          f"train {ref['train']['timings']['total_s']:.1f} s")
                 if args.rounds:
                     ref_rounds, moves = reference_rounds(args.rounds, cfg, env, out_dir, s3, BUCKET, args.timeout,
-                                                         ROOT, progress)
+                                                         progress)
                     undo(s3, BUCKET, moves)  # the service's rounds start from the same dataset
                     note_load("reference_rounds")
 
@@ -367,7 +356,7 @@ def main(argv=None) -> dict:
                                    out_dir / f"service_cold_{pair}.log")
 
                 cold = cold_pairs(args.cold_pairs, cfg, env, out_dir, start_service, predict_params, args.timeout,
-                                  ROOT, progress)
+                                  progress)
                 note_load("cold_pairs")
         finally:
             if service is not None:
