@@ -62,25 +62,21 @@ def test_uint8_input_in_the_graph_gives_the_bits_of_rescaling_in_numpy(model, tm
     assert scorer.score_pixels(pixels[:, :, :, :][::2]) == [float(v) for v in expected[::2, -1]]  # strided
 
     # a model whose input is not float32 is left as it is
+    from onnx import TensorProto
+
+    assert with_pixel_input(_identity_model(tmp_path / "double.onnx", 17, elem_type=TensorProto.DOUBLE)) is None
+
+
+def _identity_model(path, opset: int, name: str = "x", elem_type: int | None = None):
+    """An image-shaped Identity model (float32 unless `elem_type` says otherwise): what
+    with_pixel_input puts in front shows alone."""
     import onnx
     from onnx import TensorProto, helper
 
-    identity = helper.make_model(helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, 2])]))
-    onnx.save(identity, tmp_path / "double.onnx")
-    assert with_pixel_input(tmp_path / "double.onnx") is None
-
-
-def _identity_model(path, opset: int, name: str = "x"):
-    """A float32 image-shaped Identity model: what with_pixel_input puts in front shows alone."""
-    import onnx
-    from onnx import TensorProto, helper
-
+    elem_type = TensorProto.FLOAT if elem_type is None else elem_type
     graph = helper.make_graph([helper.make_node("Identity", [name], ["y"])], "g",
-                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3, 256, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 256, 3])])
+                              [helper.make_tensor_value_info(name, elem_type, ["batch", 3, 256, 3])],
+                              [helper.make_tensor_value_info("y", elem_type, ["batch", 3, 256, 3])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7), path)
     return path
 
