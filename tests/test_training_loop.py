@@ -122,10 +122,10 @@ def test_reported_evaluation_is_exactly_the_written_models_own(seeded_runs, labe
     from training.data import decode_split
     from training.loop import evaluate, load_model, make_loss
 
+    _, _, validation = load_labeled(labeled)
+    decode_split(validation, ROWS, COLS)  # the same images for every run's model
     for result, out_h5 in zip(seeded_runs[0], seeded_runs[1]):
         model = load_model(out_h5, torch.device("cpu"))
-        _, _, validation = load_labeled(labeled)
-        decode_split(validation, ROWS, COLS)
         again = evaluate(model, make_loss(model.training_config, logging.getLogger("test")), validation,
                          torch.device("cpu"), 32)
         assert (again.loss, again.acc, again.cm) == (result.model_loss, result.model_acc, result.cm)
