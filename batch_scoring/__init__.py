@@ -1,8 +1,8 @@
 """Batch scoring of an archive of spectrograms on Ray Data: `orca score MODEL SOURCE --out DEST`.
 
 /predict scores one active-learning pool on one machine; this scores months of clips on as many
-machines as a Ray cluster has, with the same scorers (`training.scorers`: ONNX Runtime on CPUs,
-torch on GPUs), the same decoding (`training.images` / `training.torch_decode`), the same order
+machines as a Ray cluster has, with the same scorers (`scoring.scorers`: ONNX Runtime on CPUs,
+torch on GPUs), the same decoding (`scoring.images` / `scoring.torch_decode`), the same order
 and the same clip fields (`service.predict`, `service.nodes`) as /predict, so the values agree.
 
 - `batch_scoring.parts`: what lies under DEST (the plan, the Parquet parts, their schema) and how a

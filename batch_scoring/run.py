@@ -26,7 +26,7 @@ from . import parts as parts_module
 
 log = logging.getLogger("batch_scoring")
 LISTING_LIMIT = 10_000_000  # clips one plan may hold (≈ 6 weeks of all Orcasound nodes); the driver keeps them
-CPU_BATCH = 16  # training.onnx_scoring.MAX_ORT_BATCH: ONNX Runtime's peak memory is one such batch
+CPU_BATCH = 16  # scoring.onnx_scoring.MAX_ORT_BATCH: ONNX Runtime's peak memory is one such batch
 
 
 @dataclass
@@ -85,15 +85,15 @@ def _fetch_model(model, folder: str) -> str:
 def _check_model(model_path: str, sha256: str, folder: str, rows: int | None, cols: int | None):
     """(rows, cols, ONNX bytes): the model loads in ONNX Runtime (exported as /predict's CPU path
     exports it) and takes rows x cols images; rows/cols default to its fixed input size."""
-    from training.errors import TrainingError
-    from training.onnx_scoring import OnnxScorer
+    from scoring.errors import ScoringError
+    from scoring.onnx_scoring import OnnxScorer
 
     scorer = OnnxScorer(model_path, folder, threads=1, digest=sha256)
     shape = scorer.input_shape
     fixed = len(shape) == 4 and all(isinstance(d, int) for d in shape[1:3])
     if rows is None or cols is None:
         if not fixed:
-            raise TrainingError(f"the model's input size is not fixed ({shape}): give --img_width and --img_height")
+            raise ScoringError(f"the model's input size is not fixed ({shape}): give --img_width and --img_height")
         rows, cols = rows or shape[1], cols or shape[2]
     scorer.check_size(rows, cols)
     with open(scorer.onnx_path, "rb") as f:
@@ -118,7 +118,7 @@ def prepare(model_url: str, source_url: str, dest_url: str, *, rows: int | None 
     and write one. A plan of another model, source or size under DEST is refused (BadRequest)."""
     from service.predict import unlabeled_clips
     from service.storage import S3Connector, locate
-    from training.onnx_scoring import file_sha256
+    from scoring.onnx_scoring import file_sha256
 
     s3 = S3Connector(attempts=s3_attempts)
     model = locate(model_url, "MODEL", local_root=None, s3=s3)

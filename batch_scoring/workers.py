@@ -3,12 +3,12 @@
 A batch of the plan (columns index, part, key, size) goes through:
 
 - `ClipReader`: fetches each clip's bytes from the source (S3 GetObject or a local read, on a few
-  threads) and decodes them as /predict's scorer does (`decode="pil"`: `training.images`, what
-  ONNX Runtime's path uses; `"torch"`: `training.torch_decode`, bit-identical, what the CUDA path
+  threads) and decodes them as /predict's scorer does (`decode="pil"`: `scoring.images`, what
+  ONNX Runtime's path uses; `"torch"`: `scoring.torch_decode`, bit-identical, what the CUDA path
   uses), adding `pixels` (uint8, rows x cols x 3) and `error` ("" when decoded);
-- `GpuScorer` (an actor with one GPU): `training.torch_scoring.TorchScorer` on CUDA;
+- `GpuScorer` (an actor with one GPU): `scoring.torch_scoring.TorchScorer` on CUDA;
 - `CpuScorer` (an actor on CPUs only): reads and decodes with a `ClipReader`, then scores with
-  `training.onnx_scoring.OnnxScorer`, in one process: on a CPU node the pixels need not cross the
+  `scoring.onnx_scoring.OnnxScorer`, in one process: on a CPU node the pixels need not cross the
   object store between two processes of the same cores.
 
 Both scorers return index, part, predicted_value (NaN where `error` is set) and error; the pixels
@@ -40,9 +40,9 @@ class ClipReader:
                               s3=S3Connector(attempts=s3_attempts, max_connections=self.threads)).storage
         self.rows, self.cols, self.max_pixels = rows, cols, max_pixels
         if decode == "torch":
-            from training.torch_decode import decode_png_torch as decoder
+            from scoring.torch_decode import decode_png_torch as decoder
         else:
-            from training.images import decode_image as decoder
+            from scoring.images import decode_image as decoder
         self.decoder = decoder
         self.scratch = tempfile.mkdtemp(prefix="orca-score-read-")
 
@@ -53,8 +53,8 @@ class ClipReader:
         """(pixels, "") or (None, why this clip cannot be scored, naming its storage URL)."""
         from service.errors import ServiceError
         from service.storage import LocalStorage
-        from training.errors import ImageError
-        from training.stream import decode_checked
+        from scoring.errors import ImageError
+        from scoring.stream import decode_checked
 
         url = self.storage.url(key)
         local = isinstance(self.storage, LocalStorage)
@@ -105,7 +105,7 @@ def _scored(batch: dict, pixels: np.ndarray, errors, score_pixels, started_at: f
 
 def _model_files(folder: str, model_name: str, model_bytes: bytes, sha256: str, onnx_bytes: bytes | None) -> str:
     """Write the model (and its ONNX export, cached under its SHA-256 as `OnnxScorer` looks for it)."""
-    from training.onnx_scoring import file_sha256
+    from scoring.onnx_scoring import file_sha256
 
     path = os.path.join(folder, os.path.basename(model_name))
     with open(path, "wb") as f:
@@ -123,7 +123,7 @@ class CpuScorer:
 
     def __init__(self, model_name: str, model_bytes: bytes, sha256: str, onnx_bytes: bytes, threads: int,
                  reader: dict):
-        from training.onnx_scoring import OnnxScorer
+        from scoring.onnx_scoring import OnnxScorer
 
         self.folder = tempfile.mkdtemp(prefix="orca-score-model-")
         path = _model_files(self.folder, model_name, model_bytes, sha256, onnx_bytes)
@@ -145,7 +145,7 @@ class GpuScorer:
     def __init__(self, model_name: str, model_bytes: bytes, sha256: str, precision: str, batch_size: int):
         import torch  # noqa: F401  (first: see docs/design.md)
 
-        from training.torch_scoring import TorchScorer
+        from scoring.torch_scoring import TorchScorer
 
         self.folder = tempfile.mkdtemp(prefix="orca-score-model-")
         path = _model_files(self.folder, model_name, model_bytes, sha256, None)

@@ -1,7 +1,7 @@
 """CUDA vs CPU outputs of srkw_cnn on the sample spectrograms: fp32 with TF32 on and off, and bf16.
 
 `python -m bench.cuda_parity [--rows 607 --cols 617]` prints a table of max |CUDA − CPU| of the
-predicted values and the images/s of each CUDA setting through `training.predict` (PNG decode
+predicted values and the images/s of each CUDA setting through `scoring.torch_scoring.predict` (PNG decode
 included), then the model alone on the GPU: forward and training step (forward, backward, Adam)
 images/s on a batch already in GPU memory, with the peak memory torch allocated; exits 2 without CUDA.
 """
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
         print("no CUDA device: nothing to compare")
         return 2
     from models.srkw_cnn import write_fresh_h5
-    from training.torch_scoring import predict
+    from scoring.torch_scoring import predict
 
     paths = sorted(str(p) for p in (ROOT / "sample_data" / "orcasound").rglob("*.png"))
     with tempfile.TemporaryDirectory() as tmp:

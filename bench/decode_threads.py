@@ -1,10 +1,10 @@
-"""How PNG decoding (`training.images.decode_image`, the /predict and /train preprocessing) scales
+"""How PNG decoding (`scoring.images.decode_image`, the /predict and /train preprocessing) scales
 with threads on this machine: images per second for 1, 2, 4, … threads up to the core count.
 
 `python -m bench.decode_threads [--images 512 --rows 607 --cols 617 --malloc default|kept]` prints a
 table. On a many-core GPU machine this tells whether /predict is bound by decoding and whether threads
 still help there (PIL releases the GIL while it inflates, converts and resizes; the rest holds it).
-`--malloc kept` first sets glibc as the service does (`training.allocator.keep_freed_blocks`: one
+`--malloc kept` first sets glibc as the service does (`service.allocator.keep_freed_blocks`: one
 arena for every thread), so two runs show what that costs the decoding threads; mallopt settings last
 for the process, hence one run per setting.
 """
@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from training.images import decode_image
+from scoring.images import decode_image
 
 from .dataset import make_dataset
 
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     cores = os.cpu_count() or 1
     malloc = "glibc's defaults"
     if args.malloc == "kept":
-        from training.allocator import keep_freed_blocks
+        from service.allocator import keep_freed_blocks
 
         malloc = ("glibc keeping freed blocks, one arena" if keep_freed_blocks()
                   else "glibc's defaults (keep_freed_blocks() is a no-op here)")

@@ -1,5 +1,5 @@
-"""`python -m bench.onnx_vs_torch`: ONNX Runtime scoring (training.onnx_scoring) against the current
-torch CPU path (training.torch_scoring.predict) on N real-size spectrograms; timings and parity.
+"""`python -m bench.onnx_vs_torch`: ONNX Runtime scoring (scoring.onnx_scoring) against the current
+torch CPU path (scoring.torch_scoring.predict) on N real-size spectrograms; timings and parity.
 
 Both score the same files with the same batch size on the CPU, each timed twice (the first run
 pays one-off costs: torch's first-call allocations, ORT's session creation); the ONNX export
@@ -30,8 +30,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from models.srkw_cnn import write_fresh_h5
-    from training.onnx_scoring import OnnxScorer
-    from training.torch_scoring import predict
+    from scoring.onnx_scoring import OnnxScorer
+    from scoring.torch_scoring import predict
 
     with tempfile.TemporaryDirectory(prefix="orca-onnx-bench-") as tmp:
         tmp = Path(tmp)

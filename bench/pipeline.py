@@ -2,7 +2,7 @@
 
 `python -m bench.pipeline [--images 512 --rows 607 --cols 617 --batch 32]` times, on local files
 (no S3, no HTTP), each with the service's own functions:
-- decode only: `training.stream.stream_batches` (what feeds the scorer; PIL on the CPU, torchvision on
+- decode only: `scoring.stream.stream_batches` (what feeds the scorer; PIL on the CPU, torchvision on
   CUDA, as the service decodes), nothing scored;
 - score only: the scorer (ONNX Runtime on the CPU, torch on CUDA) on batches decoded beforehand;
 - stream: both together, as `/predict` runs them.
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from training.stream import stream_batches
+from scoring.stream import stream_batches
 
 from .dataset import make_dataset
 
@@ -26,16 +26,16 @@ from .dataset import make_dataset
 def make_scorer(model_path: Path, device: str, cache_dir: str):
     """(score(pixels) -> list, decode, name): the scorer and the PNG decoder /predict uses for `device`."""
     if device == "cpu":
-        from training.images import decode_image
-        from training.onnx_scoring import OnnxScorer
+        from scoring.images import decode_image
+        from scoring.onnx_scoring import OnnxScorer
 
         scorer = OnnxScorer(model_path, cache_dir=cache_dir)
         return scorer.score_pixels, decode_image, "onnxruntime"
     import torch
 
     from conversion.formats import load_trainable
-    from training.torch_decode import decode_png_torch
-    from training.torch_scoring import score_pixels
+    from scoring.torch_decode import decode_png_torch
+    from scoring.torch_scoring import score_pixels
 
     module = load_trainable(model_path).to(device).eval()
     return (lambda pixels: score_pixels(module, pixels, torch.device(device))), decode_png_torch, f"torch on {device}"
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--pil", action="store_true", help="decode with PIL on CUDA too (for comparison)")
     args = parser.parse_args(argv)
-    from training.device import cuda_available
+    from scoring.device import cuda_available
 
     device = args.device or ("cuda" if cuda_available() else "cpu")
     from models.srkw_cnn import write_fresh_h5
@@ -70,8 +70,8 @@ def main(argv=None) -> int:
         model = write_fresh_h5(Path(tmp) / "srkw_cnn_0.h5", args.rows, args.cols, seed=0)
         score, decode, name = make_scorer(model, device, os.path.join(tmp, "onnx"))
         if args.pil:
-            from training.images import decode_image as decode
-        decoder = "PIL" if decode.__module__ == "training.images" else "torchvision"
+            from scoring.images import decode_image as decode
+        decoder = "PIL" if decode.__module__ == "scoring.images" else "torchvision"
         batch = min(args.batch, 16) if device == "cpu" else args.batch  # the service's ORT batch bound
         print(f"{args.images} images {args.rows}x{args.cols}, batch {batch}, {os.cpu_count()} cores, {name}, "
               f"{decoder} decoding")

@@ -3,7 +3,7 @@
 Seeded trainings of a fresh srkw_cnn on the bundled sample spectrograms (`sample_data/orcasound`:
 `train/` to train on; `validation/` and `test/` together as the validation set, 13 images, so that
 accuracy moves in steps finer than a quarter), the same seeds in fp32 and in bf16 autocast
-(`training.train(precision=...)`, what ORCA_PRECISION selects). Per precision it reports the mean
+(`training.loop.train(precision=...)`, what ORCA_PRECISION selects). Per precision it reports the mean
 and standard deviation over the seeds of the best epoch's val_loss and val_acc (the model /train
 writes) and of the last epoch's, and the seconds per training. bf16 matches fp32 when the difference
 of the means is within the run-to-run noise: the larger of the two standard deviations over seeds
@@ -61,8 +61,8 @@ def main(argv=None) -> dict:
 
     from bench.run import cpu_model
     from models.srkw_cnn import write_fresh_h5
-    from training import train
-    from training.device import native_bf16
+    from training.loop import train
+    from training.precision import native_bf16
 
     runs = {"fp32": [], "bf16": []}
     with tempfile.TemporaryDirectory(prefix="orca-precision-") as tmp:

@@ -11,7 +11,7 @@ scores the whole archive into a fresh output folder. `images_per_second` is the 
 `warm_images_per_second` counts from the moment the first actor began its first batch (after the
 start-up of Ray's worker processes and the model's load);
 `end_to_end` adds the model check, the plan and the listing. The reference row is
-`training.scorers.score_files` with ONNX Runtime (/predict's CPU path, no HTTP, all cores).
+`scoring.scorer.score_files` with ONNX Runtime (/predict's CPU path, no HTTP, all cores).
 Writes bench/results/score_throughput.json (or --out).
 """
 
@@ -54,8 +54,8 @@ def main(argv=None) -> int:
 
     from batch_scoring.run import connect, score_archive
     from models.srkw_cnn import write_fresh_h5
-    from training.onnx_scoring import OnnxScorer
-    from training.scorers import score_files
+    from scoring.onnx_scoring import OnnxScorer
+    from scoring.scorer import score_files
 
     cores = os.cpu_count() or 1
     result = {"machine": {"cpu": cpu_model(), "cores": cores, "load_average_at_start": os.getloadavg(),
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         reference = score_files(scorer, paths, args.rows, args.cols)
         seconds = time.perf_counter() - started
-        result["reference"] = {"what": "training.scorers.score_files, ONNX Runtime, one process, all cores",
+        result["reference"] = {"what": "scoring.scorer.score_files, ONNX Runtime, one process, all cores",
                                "seconds": round(seconds, 3), "images_per_second": round(len(paths) / seconds, 2)}
         print(f"reference (one process): {len(paths) / seconds:.1f} img/s", file=sys.stderr)
         del scorer

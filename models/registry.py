@@ -16,53 +16,13 @@ sigmoid → P(class 1); several: softmax), registered with a small spec:
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
+from . import small_cnn, srkw_cnn  # noqa: F401  (the built-in models register themselves)
+from .spec import _REGISTRY, Entry, ModelSpec, RegistryError, register
 
-class RegistryError(LookupError):
-    """An unknown model name, or a `package.module:Class` that cannot be imported."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the service needs to feed a model: input rows, cols, channels; number of classes."""
-
-    rows: int
-    cols: int
-    channels: int = 3
-    classes: int = 2
-    learning_rate: float = 1e-4  # Adam's, when the model file carries no training config
-    kwargs: dict = field(default_factory=dict)  # constructor arguments beyond rows/cols
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelSpec":
-        known = {k: data[k] for k in ("rows", "cols", "channels", "classes", "learning_rate", "kwargs") if k in data}
-        return cls(**known)
-
-
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    factory: type
-    spec: ModelSpec
-
-
-_REGISTRY: dict[str, Entry] = {}
-
-
-def register(name: str, spec: ModelSpec):
-    """Class decorator: make `name` build this module (called as `cls(rows=, cols=, **kwargs)`)."""
-
-    def decorate(cls):
-        _REGISTRY[name] = Entry(name, cls, spec)
-        return cls
-
-    return decorate
+__all__ = ["Entry", "ModelSpec", "RegistryError", "build", "lookup", "register", "registered"]
 
 
 def _import_class(path: str) -> type:
@@ -80,7 +40,6 @@ def _import_class(path: str) -> type:
 
 def lookup(name: str) -> Entry:
     """The registered entry, or an ad-hoc one for a `package.module:Class` path."""
-    _load_builtin_models()
     if name in _REGISTRY:
         return _REGISTRY[name]
     cls = _import_class(name)
@@ -97,10 +56,4 @@ def build(name: str, spec: ModelSpec | None = None) -> nn.Module:
 
 
 def registered() -> dict[str, ModelSpec]:
-    _load_builtin_models()
     return {name: entry.spec for name, entry in sorted(_REGISTRY.items())}
-
-
-def _load_builtin_models():
-    importlib.import_module("models.srkw_cnn")
-    importlib.import_module("models.small_cnn")

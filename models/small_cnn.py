@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .registry import ModelSpec, register
+from .spec import ModelSpec, register
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

@@ -24,7 +24,7 @@ from torch import nn
 from conversion.atomic import atomic_output
 from conversion.layers import fast_dropout, same_padding
 
-from .registry import ModelSpec, register
+from .spec import ModelSpec, register
 
 KERAS_FORMAT_VERSION = "2.21.0"  # the tf_keras release whose .h5 layout this writer follows
 CONV_FILTERS = (64, 64, 128, 128)

@@ -212,9 +212,9 @@ def cmd_simulate(args) -> int:
     import torch  # noqa: F401  (before anything that may import TensorFlow)
 
     from service.config import from_env
-    from training.allocator import keep_freed_blocks
-    from training.errors import TrainingError
-    from training.simulate import SimulationConfig, simulate, write
+    from service.allocator import keep_freed_blocks
+    from scoring.errors import ScoringError
+    from active_learning.simulate import SimulationConfig, simulate, write
 
     if from_env()["TUNE_MALLOC"]:  # as the service does (ORCA_TUNE_MALLOC): many trainings in a row
         keep_freed_blocks()
@@ -237,7 +237,7 @@ def cmd_simulate(args) -> int:
 
     try:
         results = simulate(config, on_round=on_round)
-    except TrainingError as exc:
+    except ScoringError as exc:
         raise SystemExit(f"error: {exc}") from None
     finally:
         bar.close()
@@ -247,13 +247,13 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from training.errors import TrainingError
+    from scoring.errors import ScoringError
     from training.evaluate import evaluate_folder
 
     model = _local_model(args.model_url)
     try:
         scores = evaluate_folder(model, args.data_url, args.img_width, args.img_height)
-    except TrainingError as exc:
+    except ScoringError as exc:
         raise SystemExit(str(exc)) from None
     _emit(scores, args.output)
     return 0
@@ -307,7 +307,7 @@ def cmd_verify(args) -> int:
 def cmd_score(args) -> int:
     from conversion.errors import ConversionError
     from service.config import from_env
-    from training.errors import TrainingError
+    from scoring.errors import ScoringError
 
     try:
         from batch_scoring.run import score_archive
@@ -323,7 +323,7 @@ def cmd_score(args) -> int:
                                 batch_size=args.batch_size, precision=config.get("PREDICT_PRECISION") or "fp32",
                                 max_pixels=config["MAX_PIXELS"], s3_attempts=config["S3_MAX_ATTEMPTS"],
                                 address=args.address, num_cpus=args.num_cpus)
-    except (TrainingError, ConversionError) as exc:
+    except (ScoringError, ConversionError) as exc:
         raise SystemExit(f"error: {exc}") from None
     _emit(summary.to_dict(), None)
     return 0

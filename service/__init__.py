@@ -5,8 +5,7 @@
 bundled sample data.
 """
 
-__version__ = "0.1.0"
-
-from .app import create_app  # noqa: E402
+from ._version import __version__
+from .app import create_app
 
 __all__ = ["create_app", "__version__"]

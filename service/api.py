@@ -7,9 +7,9 @@ from types import MappingProxyType
 
 from flask import Blueprint, jsonify, request
 
-from . import __version__
+from ._version import __version__
 from .errors import Busy
-from .params import Limits, predict_params, train_params
+from .params import limits, predict_params, train_params
 from .runtime import current_runtime
 
 api = Blueprint("api", __name__)
@@ -28,11 +28,6 @@ ENDPOINTS = MappingProxyType({
     "/jobs": "GET: recent jobs, newest first",
     "/models": "GET ?model_url=<folder>: model versions in a folder with their provenance, newest first",
 })
-
-
-def limits() -> Limits:
-    c = current_runtime().config
-    return Limits(max_image_size=c["MAX_IMAGE_SIZE"], max_epochs=c["MAX_EPOCHS"])
 
 
 @api.get("/")
@@ -55,7 +50,7 @@ def train():
     from .ops import submit_train
 
     runtime = current_runtime()
-    params = train_params(request.args, limits())
+    params = train_params(request.args, limits(current_runtime().config))
     if not runtime.train_waiters.acquire(blocking=False):
         raise Busy(f"{runtime.config['MAX_TRAIN_WAITERS']} GET /train requests are already waiting for their "
                    "training (ORCA_MAX_TRAIN_WAITERS); try again later, or submit with POST /jobs/train and "
@@ -72,7 +67,7 @@ def train():
 
 @api.get("/predict")
 def predict():
-    params = predict_params(request.args, limits())
+    params = predict_params(request.args, limits(current_runtime().config))
     runtime = current_runtime()
     items = runtime.run_predict(runtime, params)
     response = jsonify(items)

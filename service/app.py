@@ -36,14 +36,13 @@ def create_app(config: dict | None = None, **parts) -> Flask:
 
 
 def start_preload(setting: str | None):
-    """Import torch on a background thread when ORCA_PRELOAD_TORCH says so (training.device); the
+    """Import torch on a background thread when ORCA_PRELOAD_TORCH says so (service.preload); the
     thread, or None. Requests are served meanwhile; `/ready` says 503 until it has finished."""
-    from training.device import preload_torch_in_background, should_preload
-    from training.errors import TrainingError
+    from .preload import PreloadSettingError, preload_torch_in_background, should_preload
 
     try:
         wanted = should_preload(setting)
-    except TrainingError as error:
+    except PreloadSettingError as error:
         raise SystemExit(str(error)) from None
     return preload_torch_in_background() if wanted else None
 

@@ -6,7 +6,7 @@ Everything lives under the app's `CacheDir` (ORCA_CACHE_DIR, default `<system te
 
 - `models/<sha256(url)[:32]>/<etag><ext>`: one file per model version seen, the newest
   KEEP_MODEL_VERSIONS kept per URL. An unchanged model (same URL, same ETag) is not downloaded
-  again; its ONNX export is cached by content hash (training.scorers, `onnx/` below the root).
+  again; its ONNX export is cached by content hash (scoring.scorers, `onnx/` below the root).
 - `mirrors/<sha256(prefix url)[:32]>/`: the spectrograms of one unlabeled prefix (/predict), or the
   `train/` and `validation/` images of one labeled prefix (/train, file names flattened by
   `service.train.mirror_name`), plus `index.json` (name → [etag, size]). Its size is that of the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from training.images import IMAGE_EXTENSIONS  # what `training` reads
+from scoring.images import IMAGE_EXTENSIONS  # what `training` reads
 
 from .errors import NotFound, Unprocessable
 from .storage import Location, ObjectInfo
@@ -58,6 +58,6 @@ def unprocessable(error: Exception, replacements: dict[str, str]) -> Unprocessab
 def model_errors() -> tuple[type[Exception], ...]:
     """The errors of `training` and `conversion` that mean "this model or data cannot be used" (422)."""
     from conversion.errors import ConversionError
-    from training.errors import ImageError, TrainingError
+    from scoring.errors import ImageError, ScoringError
 
-    return (TrainingError, ImageError, ConversionError)
+    return (ScoringError, ImageError, ConversionError)

@@ -79,7 +79,7 @@ class Job:
     manager: "JobManager | None" = field(default=None, repr=False, compare=False)
 
     def on_epoch(self, epoch: int, epochs: int, values: dict) -> None:
-        """The `training.train` callback: record the epoch's metrics; then, if the service is
+        """The `training.loop.train` callback: record the epoch's metrics; then, if the service is
         shutting down, stop the training (`JobInterrupted`) before it publishes anything."""
         self.epoch, self.epochs = int(epoch), int(epochs)
         entry = {"epoch": int(epoch), **{k: v for k, v in values.items()}}

@@ -132,7 +132,7 @@ class Metrics:
             self.images_scored.inc(n)
 
     def record_pixels(self, event: str, tier: str | None, amount: float) -> None:
-        """The pixel cache's events (training.pixel_cache): hit / miss / decode / evict / unwritten / bytes."""
+        """The pixel cache's events (scoring.pixel_cache): hit / miss / decode / evict / unwritten / bytes."""
         if event == "hit":
             self.pixel_lookups.labels(result="hit", tier=tier).inc(amount)
         elif event == "miss":

@@ -58,12 +58,12 @@ def _job_args() -> dict:
 
 @ops.post("/jobs/train")
 def create_train_job():
-    from .api import limits
+    from .params import limits
     from .params import train_params
 
     args = _job_args()
     _check_allowed(args, writes=True)
-    params = train_params(args, limits())
+    params = train_params(args, limits(current_runtime().config))
     job = submit_train(params)
     response = jsonify(job_id=job.id, status=job.status, url=f"/jobs/{job.id}")
     response.status_code = 202

@@ -14,6 +14,11 @@ class Limits:
     max_epochs: int = 1000
 
 
+def limits(config: dict) -> Limits:
+    """The bounds an app's config puts on request parameters (ORCA_MAX_IMAGE_SIZE, ORCA_MAX_EPOCHS)."""
+    return Limits(max_image_size=config["MAX_IMAGE_SIZE"], max_epochs=config["MAX_EPOCHS"])
+
+
 class _Reader:
     def __init__(self, args):
         self.args = args
@@ -113,7 +118,7 @@ def embed_params(args, limits: Limits) -> EmbedParams:
 
 
 def query_params(args, limits: Limits, max_k: int) -> QueryParams:
-    from training.acquisition import STRATEGIES
+    from active_learning.acquisition import STRATEGIES
 
     r = _Reader(args)
     model_url, unlabeled_url = r.text("model_url"), r.text("unlabeled_url")

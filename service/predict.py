@@ -1,10 +1,10 @@
 """The work behind /predict: score every unlabeled spectrogram with the runtime's scorer for the model
-(ONNX Runtime on the CPU, torch on CUDA: `training.scorers`), and describe each clip as the
+(ONNX Runtime on the CPU, torch on CUDA: `scoring.scorers`), and describe each clip as the
 original did.
 
 The model comes from the model cache (URL + ETag), S3 spectrograms from the prefix's local mirror
 (`service.cache`), streamed: downloads and decoding run on threads a few batches ahead of the
-scorer (`training.stream`). Unreadable images and images over ORCA_MAX_PIXELS are skipped, logged
+scorer (`scoring.stream`). Unreadable images and images over ORCA_MAX_PIXELS are skipped, logged
 and listed in the answer's `skipped`. Clips scored before by the same model file are answered from
 the score cache without being read again. The mirror follows deletions, so a clip deleted from the
 unlabeled set is never scored again.
@@ -19,8 +19,8 @@ import posixpath
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from training.pixel_cache import object_identity
-from training.stream import stream_batches
+from scoring.pixel_cache import object_identity
+from scoring.stream import stream_batches
 
 from .cache import ScoreCache
 from .datasets import is_image, list_dataset, model_errors, name_urls, unprocessable

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from . import __version__
+from ._version import __version__
 from . import config as config_module
 from .access import AllowList
 from .cache import CacheDir, ScoreCache
@@ -23,8 +23,8 @@ from .metrics import Metrics
 from .storage import S3Connector, StorageLocator
 
 if TYPE_CHECKING:
-    from training.pixel_cache import PixelCache
-    from training.scorers import Scorers
+    from scoring.pixel_cache import PixelCache
+    from scoring.scorers import Scorers
 
 
 @dataclass
@@ -50,10 +50,11 @@ class Runtime:
                     metrics: Metrics | None = None, **parts) -> "Runtime":
         """`config` overlays `service.config.from_env()`. `s3` and `metrics` replace the parts built
         from it, and `parts` any other field (e.g. `run_train`): tests inject fakes here."""
-        from training.device import check_training_precision, resolve_precision
-        from training.errors import TrainingError
-        from training.pixel_cache import PixelCache, cuda_tier
-        from training.scorers import Scorers
+        from scoring.device import resolve_precision
+        from scoring.errors import ScoringError
+        from training.precision import check_training_precision
+        from scoring.pixel_cache import PixelCache, cuda_tier
+        from scoring.scorers import Scorers
 
         from .predict import run_predict
         from .train import run_train
@@ -63,10 +64,10 @@ class Runtime:
         try:
             precision = resolve_precision(merged["PREDICT_PRECISION"])
             merged["PRECISION"] = check_training_precision(merged["PRECISION"])
-        except TrainingError as error:
+        except ScoringError as error:
             raise SystemExit(str(error)) from None
         if merged["TUNE_MALLOC"]:  # process-wide, idempotent: glibc's setting, not this app's state
-            from training.allocator import keep_freed_blocks
+            from service.allocator import keep_freed_blocks
 
             keep_freed_blocks()
         s3 = s3 or S3Connector(attempts=merged["S3_MAX_ATTEMPTS"],
@@ -104,7 +105,7 @@ class Runtime:
     def device_label(self) -> str:
         """What /health reports ("cpu", "cuda:0", …); never raises (a misconfigured device is reported)."""
         try:
-            from training.device import device_label
+            from scoring.device import device_label
 
             return device_label(self.config["DEVICE"])  # does not import torch on a CPU-only machine
         except Exception as error:  # noqa: BLE001 - /health must answer

@@ -5,8 +5,8 @@ Both start from /predict's own work (`runtime.run_predict`: same clips, same ord
 does with those values. When a strategy needs more than P(class 1), the model is loaded as a torch
 module (`conversion.formats.load_trainable`: .h5 through the bridge, .onnx, registered .pt) and the
 same clips' pixels are read again (from the app's pixel cache: /predict has just decoded them) for
-`training.embedding.ModelProbe`: embeddings (the input of the
-output layer) and Monte Carlo dropout passes. The strategies themselves are `training.acquisition`.
+`active_learning.embedding.ModelProbe`: embeddings (the input of the
+output layer) and Monte Carlo dropout passes. The strategies themselves are `active_learning.acquisition`.
 
 /embed streams its JSON array item by item: 10,000 clips × 256 floats is ~25 MB of JSON, built
 while it is sent rather than held twice (docs/api.md).
@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 from flask import Blueprint, Response, jsonify, request
 
-from training.images import decode_image
-from training.stream import stream_batches
+from scoring.images import decode_image
+from scoring.stream import stream_batches
 
 from .datasets import model_errors, name_urls, unprocessable
 from .errors import BadRequest, Conflict
-from .params import PredictParams, embed_params, query_params
+from .params import PredictParams, embed_params, limits, query_params
 from .predict import pixel_identity
 from .runtime import current_runtime
 from .storage import LocalStorage, Location
@@ -48,16 +48,10 @@ class ProbedPool:
     labeled_embeddings: np.ndarray | None = None  # float32 (m, d): the labeled set's, when asked for
 
 
-def _limits():
-    from .api import limits
-
-    return limits()
-
-
 @selection.get("/embed")
 def embed():
     runtime = current_runtime()
-    params = embed_params(request.args, _limits())
+    params = embed_params(request.args, limits(runtime.config))
     pool = probe_pool(runtime, params.predict, embeddings=True)
 
     def rows():
@@ -77,13 +71,13 @@ def embed():
 @selection.get("/query")
 def query():
     runtime = current_runtime()
-    params = query_params(request.args, _limits(), runtime.config["MAX_LISTING"])
+    params = query_params(request.args, limits(runtime.config), runtime.config["MAX_LISTING"])
     return jsonify(run_query(runtime, params))
 
 
 def run_query(runtime, params) -> list[dict]:
     """The k clips to label next: /predict's fields plus `score` and `rank` (1 = label first)."""
-    from training.acquisition import EMBEDDING_STRATEGIES, MC_STRATEGIES, StrategyError, select
+    from active_learning.acquisition import EMBEDDING_STRATEGIES, MC_STRATEGIES, StrategyError, select
 
     needs_passes = params.strategy in MC_STRATEGIES or (params.strategy == "entropy" and params.passes_given)
     pool = probe_pool(runtime, params.predict, embeddings=params.strategy in EMBEDDING_STRATEGIES,
@@ -107,7 +101,7 @@ def run_query(runtime, params) -> list[dict]:
 
 def _model_probe(runtime, model_path: str):
     from conversion.formats import load_trainable
-    from training.embedding import ModelProbe
+    from active_learning.embedding import ModelProbe
 
     return ModelProbe(load_trainable(model_path), device=runtime.config["DEVICE"],
                       batch_size=runtime.config["BATCH_SIZE"])

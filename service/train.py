@@ -1,5 +1,5 @@
 """The work behind /train: fetch the model and the labeled set into a private temporary folder, call
-`training.train`, publish the new version, then its provenance. Knows storage and jobs, not layer
+`training.loop.train`, publish the new version, then its provenance. Knows storage and jobs, not layer
 layouts.
 
 Runs on the job queue's worker (`service.jobqueue`: one training at a time on the device); the
@@ -8,7 +8,7 @@ version. The model comes from the runtime's model cache (URL + ETag; read in pla
 files); an S3 labeled prefix is mirrored (`service.cache.PrefixMirror`), so a training round
 downloads only the new labels, and labels deleted from the bucket are not trained on. Images decoded
 before (by an earlier round's /train or /predict: same bytes, same size) come from the runtime's
-pixel cache; the training precision is ORCA_PRECISION (`training.device.training_precision`).
+pixel cache; the training precision is ORCA_PRECISION (`training.precision.training_precision`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
-from training.pixel_cache import object_identity
+from scoring.pixel_cache import object_identity
 
 from .datasets import each_in_parallel, is_image, list_dataset, model_errors, name_urls, safe_parts, unprocessable
 from .errors import Unprocessable
@@ -113,9 +113,9 @@ def tensorboard_dir(setting: str | None, model_name: str, tmp: str) -> str | Non
 def run_train(runtime, params: TrainParams, on_epoch=None) -> dict:
     """Train, publish `NAME_{N+1}` (.h5, .onnx or .pt, as the model came), then its provenance
     sidecar `.json` and curves `.png`; return the /train JSON.
-    `on_epoch(epoch, epochs, metrics)` is passed to `training.train` (job progress)."""
-    from training.allocator import release_freed_blocks
-    from training.device import preload_torch_in_background
+    `on_epoch(epoch, epochs, metrics)` is passed to `training.loop.train` (job progress)."""
+    from service.allocator import release_freed_blocks
+    from .preload import preload_torch_in_background
 
     from . import provenance
 
@@ -136,14 +136,14 @@ def run_train(runtime, params: TrainParams, on_epoch=None) -> dict:
         counts = fetch_labeled(runtime, labeled, data, listing, identities)
         if preload is not None:
             preload.join()
-        import training  # imports conversion, hence torch: after the preload
+        from training.loop import train  # imports conversion, hence torch: after the preload
 
         log.info("train: %s on %s (%s), %d epochs", model.url, labeled.url, counts, params.epochs)
         out_path = os.path.join(tmp, "trained" + posixpath.splitext(model_path)[1])  # same format
         board = tensorboard_dir(config["TENSORBOARD_DIR"], model.name, tmp)
         replacements = {model_path: model.url, data + os.sep: labeled.prefix_url}
         try:
-            result = training.train(model_path, data, params.rows, params.cols, params.epochs, out_path,
+            result = train(model_path, data, params.rows, params.cols, params.epochs, out_path,
                                     device=config["DEVICE"], seed=params.seed,
                                     batch_size=config["BATCH_SIZE"], on_epoch=on_epoch,
                                     precision=config["PRECISION"], pixel_cache=runtime.pixels,
@@ -152,7 +152,7 @@ def run_train(runtime, params: TrainParams, on_epoch=None) -> dict:
         except model_errors() as error:
             raise unprocessable(error, replacements) from error
         finally:
-            release_freed_blocks()  # the training's tensors are freed: their pages go back (training.allocator)
+            release_freed_blocks()  # the training's tensors are freed: their pages go back (service.allocator)
         skipped = [{"url": name_urls(item["path"], replacements), "split": item["split"],
                     "reason": name_urls(item["reason"], replacements)} for item in result.skipped_files]
         runtime.metrics.count_skipped(len(skipped), stage="train")

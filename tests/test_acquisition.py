@@ -1,4 +1,4 @@
-"""Query strategies (training.acquisition) on constructed pools whose right answer is known."""
+"""Query strategies (active_learning.acquisition) on constructed pools whose right answer is known."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from training.acquisition import (
+from active_learning.acquisition import (
     STRATEGIES,
     StrategyError,
     bald_scores,

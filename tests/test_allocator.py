@@ -1,4 +1,4 @@
-"""training.allocator: with glibc's thresholds raised and one arena, a tensor-sized block freed by a
+"""service.allocator: with glibc's thresholds raised and one arena, a tensor-sized block freed by a
 worker thread serves the next allocation instead of being mapped and faulted in afresh; the service
 sets it up (ORCA_TUNE_MALLOC) and gives the memory back after a training."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from training.allocator import _glibc, keep_freed_blocks, release_freed_blocks
+from service.allocator import _glibc, keep_freed_blocks, release_freed_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_glibc = pytest.mark.skipif(_glibc() is None, reason="the C library is not glibc")
@@ -23,7 +23,7 @@ import resource, sys, threading
 import torch
 import torch.nn.functional as F
 if sys.argv[1] == "tuned":
-    from training.allocator import keep_freed_blocks
+    from service.allocator import keep_freed_blocks
     assert keep_freed_blocks()
 def work():
     torch.manual_seed(0)
@@ -65,7 +65,7 @@ def test_service_runtime_tunes_the_allocator_unless_told_not_to(monkeypatch, tmp
     from service.runtime import Runtime
 
     calls = []
-    monkeypatch.setattr("training.allocator.keep_freed_blocks", lambda: calls.append(1) or True)
+    monkeypatch.setattr("service.allocator.keep_freed_blocks", lambda: calls.append(1) or True)
     Runtime.from_config({"LOCAL_ROOT": str(tmp_path), "TUNE_MALLOC": 0})
     assert calls == []
     Runtime.from_config({"LOCAL_ROOT": str(tmp_path)})  # the default: ORCA_TUNE_MALLOC=1

@@ -1,4 +1,4 @@
-"""training.onnx_scoring: ONNX Runtime scores match the torch path (training.predict) within 1e-4,
+"""scoring.onnx_scoring: ONNX Runtime scores match the torch path (scoring.torch_scoring.predict) within 1e-4,
 and the export is cached per model file content."""
 
 from pathlib import Path
@@ -7,9 +7,9 @@ import pytest
 
 from models.srkw_cnn import write_fresh_h5
 from repo_data import SAMPLE_DIR as SAMPLE, SRKW_COLS as COLS, SRKW_ROWS as ROWS
-from training.errors import TrainingError
-from training.onnx_scoring import OnnxScorer, export_cached
-from training.torch_scoring import predict
+from scoring.errors import ScoringError
+from scoring.onnx_scoring import OnnxScorer, export_cached
+from scoring.torch_scoring import predict
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_export_is_cached_by_content(model, tmp_path):
 
 
 def test_wrong_image_size_is_refused(model, tmp_path):
-    with pytest.raises(TrainingError, match="67x83"):
+    with pytest.raises(ScoringError, match="67x83"):
         OnnxScorer(model, cache_dir=tmp_path).score([SAMPLE / "train/calls/extracted_calls1.wav.png"], 60, 83)
 
 
@@ -48,8 +48,8 @@ def test_uint8_input_in_the_graph_gives_the_bits_of_rescaling_in_numpy(model, tm
     import numpy as np
     import onnxruntime as ort
 
-    from training.images import to_float
-    from training.onnx_scoring import PIXEL_INPUT, with_pixel_input
+    from scoring.images import to_float
+    from scoring.onnx_scoring import PIXEL_INPUT, with_pixel_input
 
     scorer = OnnxScorer(model, cache_dir=tmp_path)
     assert scorer.takes_pixels and scorer.input_name == PIXEL_INPUT
@@ -88,8 +88,8 @@ def test_pixel_input_rescales_every_byte_value_to_the_bits_of_to_float(tmp_path,
     import numpy as np
     import onnxruntime as ort
 
-    from training.images import to_float
-    from training.onnx_scoring import PIXEL_INPUT, with_pixel_input
+    from scoring.images import to_float
+    from scoring.onnx_scoring import PIXEL_INPUT, with_pixel_input
 
     graph = with_pixel_input(_identity_model(tmp_path / "identity.onnx", opset))
     assert [node.op_type for node in graph.graph.node] == rescale_ops + ["Identity"]
@@ -102,6 +102,6 @@ def test_pixel_input_rescales_every_byte_value_to_the_bits_of_to_float(tmp_path,
 
 @pytest.mark.parametrize("taken", ["pixels", "pixels_rescale", "pixels_zero_point", "pixels_float"])
 def test_pixel_input_leaves_a_model_alone_whose_names_it_would_reuse(tmp_path, taken):
-    from training.onnx_scoring import with_pixel_input
+    from scoring.onnx_scoring import with_pixel_input
 
     assert with_pixel_input(_identity_model(tmp_path / "taken.onnx", 17, name=taken)) is None

@@ -122,7 +122,7 @@ def test_decode_threads_reports_every_thread_count_up_to_the_cores(capsys):
 
 def test_decode_threads_can_first_set_glibc_as_the_service_does(capsys):
     from bench.decode_threads import main
-    from training.allocator import keep_freed_blocks
+    from service.allocator import keep_freed_blocks
 
     assert main(["--images", "4", "--rows", "67", "--cols", "83", "--malloc", "kept"]) == 0
     header = capsys.readouterr().out.splitlines()[0]

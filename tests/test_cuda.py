@@ -11,11 +11,12 @@ import pytest
 
 from conversion.formats import load_trainable
 from repo_data import SAMPLE_DIR as SAMPLE, SRKW_COLS as COLS, SRKW_ROWS as ROWS
-from training import train
+from training.loop import train
 from training.data import decode_split, load_labeled
-from training.loop import _logits, to_batch
+from scoring.tensors import to_batch
+from training.loop import _logits
 from training.optim import make_loss
-from training.torch_scoring import predict
+from scoring.torch_scoring import predict
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")]

@@ -97,7 +97,7 @@ def test_what_it_does_not_write_is_refused(tmp_path):
 
 
 def test_scorer_falls_back_to_the_bridge_for_what_it_does_not_write(tmp_path):
-    from training.onnx_scoring import export_cached
+    from scoring.onnx_scoring import export_cached
 
     model = sequential(L.Conv2D(4, 3), L.BatchNormalization(), L.Flatten(), L.Dense(1, activation="sigmoid"))
     model.save(tmp_path / "bn.h5")

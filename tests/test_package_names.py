@@ -11,7 +11,7 @@ import torch  # noqa: F401  (before anything that may import TensorFlow)
 import pytest
 
 
-@pytest.mark.parametrize("package_name", ["conversion", "training"])
+@pytest.mark.parametrize("package_name", ["conversion"])
 def test_public_names_are_not_shadowed_by_submodules(package_name):
     package = importlib.import_module(package_name)
     submodules = {info.name for info in pkgutil.iter_modules(package.__path__)}

@@ -140,7 +140,7 @@ def test_the_test_suite_and_the_benchmark_import_only_declared_packages():
 @pytest.mark.slow  # ~4.5 s: a fresh Python process
 def test_serving_imports_no_tensorflow():
     """The app, the WSGI entry point and the CLI load without TensorFlow (run in a fresh process)."""
-    code = ("import sys, orca.cli, service.wsgi, training.onnx_scoring, training.torch_scoring; "
+    code = ("import sys, orca.cli, service.wsgi, scoring.onnx_scoring, scoring.torch_scoring; "
             "orca.cli.parser(); "
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(BRIDGE_IMPORTS)!r}))")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ORCA_LOCAL_ROOT": "", "ORCA_DEVICE": "cpu"}
@@ -185,7 +185,7 @@ def test_requirements_spell_out_moto_server():
 
 def test_the_wheel_holds_the_code_and_the_sample_data_but_no_tests():
     packages = set(SETUPTOOLS["packages"])
-    assert {"service", "training", "conversion", "models", "orca", "sample_data"} <= packages
+    assert {"service", "training", "scoring", "active_learning", "conversion", "models", "orca", "sample_data"} <= packages
     assert not packages & {"tests", "bench"} and not any(p.startswith(("tests.", "bench.")) for p in packages)
     on_disk = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
     assert on_disk <= packages, f"packages not shipped: {sorted(on_disk - packages)}"
@@ -212,7 +212,7 @@ def test_the_version_comes_from_the_service():
     import service
 
     assert "version" in PROJECT["dynamic"]
-    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "service.__version__"}
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "service._version.__version__"}
     assert re.fullmatch(r"\d+\.\d+\.\d+", service.__version__)
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from repo_data import SAMPLE_DIR as SAMPLE, SRKW_COLS as COLS, SRKW_ROWS as ROWS
-from training.device import device_label, resolve_precision, scoring_backend
-from training.errors import TrainingError
-from training.torch_scoring import predict
+from scoring.device import device_label, resolve_precision, scoring_backend
+from scoring.errors import ScoringError
+from scoring.torch_scoring import predict
 
 PATHS = sorted(SAMPLE.glob("*/*/*.png"))
 BF16_TOLERANCE = 2e-2  # |bf16 − fp32| of predicted values; fp32 is held to 1e-4 against Keras
@@ -31,7 +31,7 @@ def test_bf16_autocast_on_cpu_stays_within_tolerance(model_h5):
 
 def test_precision_and_backend_choice():
     assert resolve_precision() == "fp32" and resolve_precision("BF16") == "bf16"
-    with pytest.raises(TrainingError, match="ORCA_PREDICT_PRECISION"):
+    with pytest.raises(ScoringError, match="ORCA_PREDICT_PRECISION"):
         resolve_precision("fp8")
     assert scoring_backend("cpu") == "onnxruntime" and scoring_backend("cuda:0") == "torch"
     assert scoring_backend(None) == ("torch" if torch.cuda.is_available() else "onnxruntime")

@@ -19,9 +19,9 @@ from service import create_app
 from service.params import PredictParams
 from service.runtime import Runtime
 from service.storage import S3Connector
-from training.errors import ImageError
-from training.images import decode_image
-from training.stream import decode_checked, stream_batches
+from scoring.errors import ImageError
+from scoring.images import decode_image
+from scoring.stream import decode_checked, stream_batches
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data" / "orcasound"
@@ -122,7 +122,7 @@ def test_predict_skips_corrupt_nonimage_and_oversized_files(tmp_path, model_h5, 
     assert _names(items) == [f"orcasoundlab_{1594154118 + 3 * i}" for i in range(3)]
     for name in ("1594154200", "1594154300", "1594154400"):
         assert any(name in record.getMessage() for record in caplog.records), name
-    from training.torch_scoring import predict
+    from scoring.torch_scoring import predict
 
     expected = predict(str(model), GOOD, ROWS, COLS, device="cpu")
     assert max(abs(i["predicted_value"] - e) for i, e in zip(items, expected)) <= 1e-4
@@ -287,8 +287,8 @@ def test_torch_scoring_branch_decodes_with_torchvision_and_answers_like_onnx_run
     """The branch /predict takes on CUDA, run on the CPU: torch scoring, torchvision decoding, same skips."""
     import re
 
-    import training.torch_decode
-    from training.scorers import Scorers
+    import scoring.torch_decode
+    from scoring.scorers import Scorers
 
     unlabeled = _local_unlabeled(tmp_path / "data")
     params = _params(str(model_h5), str(unlabeled))
@@ -296,8 +296,8 @@ def test_torch_scoring_branch_decodes_with_torchvision_and_answers_like_onnx_run
     onnx = onnx_runtime.run_predict(onnx_runtime, params)
 
     decoded = []
-    real_decode = training.torch_decode.decode_png_torch
-    monkeypatch.setattr(training.torch_decode, "decode_png_torch",
+    real_decode = scoring.torch_decode.decode_png_torch
+    monkeypatch.setattr(scoring.torch_decode, "decode_png_torch",
                         lambda source, rows, cols: decoded.append(source) or real_decode(source, rows, cols))
     torch_runtime = Runtime.from_config(
         {"LOCAL_ROOT": None, "DEVICE": "cpu", "CACHE_DIR": str(cache_dir), "MAX_PIXELS": 500_000,

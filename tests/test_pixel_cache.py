@@ -1,4 +1,4 @@
-"""The decoded-pixel cache (training.pixel_cache): hits are the decoder's pixels bit for bit, the disk
+"""The decoded-pixel cache (scoring.pixel_cache): hits are the decoder's pixels bit for bit, the disk
 tier stays under its byte bound (least recently used out), broken entries are misses, concurrent
 threads and processes never see half an entry, and the service's /predict and /train decode a clip
 once across models and rounds while answering exactly as without the cache."""
@@ -22,8 +22,8 @@ from models.srkw_cnn import write_fresh_h5
 from repo_data import SAMPLE_DIR
 from service.params import PredictParams, TrainParams
 from service.runtime import Runtime
-from training.images import decode_image
-from training.pixel_cache import HEADER, DevicePixels, PixelCache, file_identity, object_identity
+from scoring.images import decode_image
+from scoring.pixel_cache import HEADER, DevicePixels, PixelCache, file_identity, object_identity
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS, COLS = 67, 83
@@ -195,7 +195,7 @@ def test_concurrent_threads_read_whole_entries_while_others_write_them(tmp_path)
 
 PROCESS_SCRIPT = """
 import sys, numpy as np
-from training.pixel_cache import PixelCache, object_identity
+from scoring.pixel_cache import PixelCache, object_identity
 root, seed = sys.argv[1], int(sys.argv[2])
 cache = PixelCache(root, 12 * (32 + 67 * 83 * 3))
 bad = 0
@@ -310,7 +310,7 @@ def _torch_runtime(tmp_path, device_tier=None) -> Runtime:
     """A runtime that scores with torch, as on CUDA, and keeps a device tier (on the CPU) when given."""
     from service import __version__
     from service.metrics import Metrics
-    from training.scorers import Scorers
+    from scoring.scorers import Scorers
 
     cache, metrics = tmp_path / "cache", Metrics(__version__)
     parts = {"scorers": Scorers(cache / "onnx", device="cpu", backend="torch"), "metrics": metrics}

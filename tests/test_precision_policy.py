@@ -18,7 +18,7 @@ from repo_data import SAMPLE_DIR, SRKW_COLS, SRKW_ROWS
 from service.params import TrainParams
 from service.runtime import Runtime
 from training.data import decode_split, load_labeled
-from training.device import check_training_precision, cpu_flags, native_bf16, training_precision
+from training.precision import check_training_precision, cpu_flags, native_bf16, training_precision
 from training.errors import TrainingError
 from training.loop import evaluate, load_model
 from training.optim import make_loss

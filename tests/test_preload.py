@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from training.device import should_preload
-from training.errors import TrainingError
+from service.preload import PreloadSettingError, should_preload
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,11 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_preload_setting_values(monkeypatch):
     assert should_preload("1") is True and should_preload("true") is True
     assert should_preload("0") is False and should_preload("off") is False
-    monkeypatch.setattr("training.device._no_nvidia_driver", lambda: True)
+    monkeypatch.setattr("service.preload.no_nvidia_driver", lambda: True)
     assert should_preload("auto") is False and should_preload(None) is False
-    monkeypatch.setattr("training.device._no_nvidia_driver", lambda: False)
+    monkeypatch.setattr("service.preload.no_nvidia_driver", lambda: False)
     assert should_preload("auto") is True
-    with pytest.raises(TrainingError, match="ORCA_PRELOAD_TORCH"):
+    with pytest.raises(PreloadSettingError, match="ORCA_PRELOAD_TORCH"):
         should_preload("sometimes")
 
 
@@ -73,7 +72,7 @@ def test_ready_answers_503_naming_torch_while_it_loads_and_200_once_loaded(monke
     from service.app import create_app
 
     release = threading.Event()
-    monkeypatch.setattr("training.device._preload", lambda: release.wait(30))
+    monkeypatch.setattr("service.preload._preload", lambda: release.wait(30))
     client = create_app({"LOCAL_ROOT": str(tmp_path), "PRELOAD_TORCH": "1"}).test_client()
     loading = client.get("/ready")
     assert loading.status_code == 503

@@ -1,5 +1,5 @@
 """Rules of the repository that keep it carryable: one place reads the environment, and documents it;
-no module-level mutable state in `service/` and `training/` (an app owns its state); a short README."""
+no module-level mutable state in `service/`, `training/`, `scoring/` and `active_learning/` (an app owns its state); a short README."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from service import config
 
 ROOT = Path(__file__).resolve().parent.parent
-OWNED_BY_APPS = [p for folder in ("service", "training") for p in sorted((ROOT / folder).glob("*.py"))]
+OWNED_BY_APPS = [p for folder in ("service", "training", "scoring", "active_learning") for p in sorted((ROOT / folder).glob("*.py"))]
 MUTABLE_CALLS = {"dict", "list", "set", "OrderedDict", "defaultdict", "deque", "Lock", "RLock", "Condition",
                  "ContextVar", "Event", "Semaphore", "BoundedSemaphore", "Counter"}
 

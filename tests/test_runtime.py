@@ -94,8 +94,8 @@ def test_models_lists_every_format_the_service_writes(tmp_path, srkw_h5):
 
 
 def test_scorers_build_a_model_once_under_concurrent_requests_and_retry_after_a_failure(tmp_path, srkw_h5):
-    from training.errors import TrainingError
-    from training.scorers import Scorers
+    from scoring.errors import ScoringError
+    from scoring.scorers import Scorers
 
     scorers = Scorers(tmp_path / "onnx", device="cpu")
     from concurrent.futures import ThreadPoolExecutor
@@ -108,5 +108,5 @@ def test_scorers_build_a_model_once_under_concurrent_requests_and_retry_after_a_
     for _ in range(2):  # a failed build leaves nothing behind: the next request tries again
         with pytest.raises(Exception) as raised:
             scorers.get(broken)
-        assert isinstance(raised.value, (TrainingError, ValueError))
+        assert isinstance(raised.value, (ScoringError, ValueError))
     assert scorers.get(srkw_h5) is got[0]

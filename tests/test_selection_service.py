@@ -61,7 +61,7 @@ def _keras_hidden(model_path, paths):
     """tf_keras' own input of the output layer (the last with weights), on images loaded as the original did."""
     import tf_keras
 
-    from training.images import load_image
+    from scoring.images import load_image
 
     model = tf_keras.models.load_model(model_path)
     output_layer = [layer for layer in model.layers if layer.weights][-1]

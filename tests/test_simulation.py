@@ -13,7 +13,7 @@ from PIL import Image
 
 from bench.synthetic_calls import write_set
 from models.create import write_new_model
-from training.simulate import SimulationConfig, initial_picks, simulate, write
+from active_learning.simulate import SimulationConfig, initial_picks, simulate, write
 
 ROWS, COLS = 32, 40
 

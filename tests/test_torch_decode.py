@@ -1,4 +1,4 @@
-"""training.torch_decode: torchvision's PNG decoding gives the pixels of images.decode_image bit for bit,
+"""scoring.torch_decode: torchvision's PNG decoding gives the pixels of images.decode_image bit for bit,
 hands every other kind of image to it, and names unreadable files; /predict's stream takes it."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.errors import ImageError
-from training.images import decode_image
-from training.stream import stream_batches
-from training.torch_decode import decode_png_torch, is_plain_png, nearest_index_maps
+from scoring.errors import ImageError
+from scoring.images import decode_image
+from scoring.stream import stream_batches
+from scoring.torch_decode import decode_png_torch, is_plain_png, nearest_index_maps
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "orcasound"
 PNGS = sorted(SAMPLE.glob("*/*/*.png"))

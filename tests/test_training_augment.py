@@ -17,7 +17,7 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 from training.augment import (apply_shear_zoom, keras_affine_matrices, random_shear_zoom,
                               random_shear_zoom_params)
-from training.images import load_image
+from scoring.images import load_image
 
 from repo_data import SAMPLE_DIR as ORCASOUND  # sample_data/orcasound, in the repository
 

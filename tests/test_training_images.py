@@ -1,4 +1,4 @@
-"""training.images.load_image is the original tf_keras pipeline, bit for bit, and fails clearly."""
+"""scoring.images.load_image is the original tf_keras pipeline, bit for bit, and fails clearly."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
-from training import ImageError, load_image
-from training.images import decode_image, list_images
+from scoring.errors import ImageError
+from scoring.images import load_image
+from scoring.images import decode_image, list_images
 
 from repo_data import SAMPLE_DIR as ORCASOUND  # sample_data/orcasound, in the repository
 
@@ -110,10 +111,10 @@ def test_list_images_counts_only_png_jpg_jpeg_sorted(tmp_path):
 
 
 def test_cached_uint8_pixels_become_the_same_floats_on_the_device():
-    """Training caches decode_image's uint8 and rescales per batch (training.loop.to_batch): same bits."""
+    """Training caches decode_image's uint8 and rescales per batch (scoring.tensors.to_batch): same bits."""
     import torch
 
-    from training.loop import to_batch
+    from scoring.tensors import to_batch
 
     paths = sorted(ORCASOUND.glob("train/*/*.png"))[:4]
     pixels = np.stack([decode_image(p, 67, 83) for p in paths])

@@ -1,4 +1,4 @@
-"""training.train: the original /train, step by step, checked against tf_keras on the real samples."""
+"""training.loop.train: the original /train, step by step, checked against tf_keras on the real samples."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from PIL import Image
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
-from training import TrainingError, TrainResult, train
+from training.errors import TrainingError
+from training.loop import TrainResult, train
 from training.data import load_labeled
-from training.images import load_image
+from scoring.images import load_image
 
 from repo_data import SAMPLE_DIR as ORCASOUND  # sample_data/orcasound, in the repository
 ROWS, COLS = 67, 83

@@ -10,7 +10,7 @@ import torch
 import pytest
 
 from conversion import TrainingConfig
-from training import TrainingError
+from training.errors import TrainingError
 from training.optim import BinaryCrossentropy, make_loss, make_optimizer, make_scheduler
 
 

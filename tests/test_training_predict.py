@@ -1,4 +1,4 @@
-"""training.predict scores images like the original tf_keras model.predict, streaming in batches."""
+"""scoring.torch_scoring.predict scores images like the original tf_keras model.predict, streaming in batches."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from PIL import Image
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 from conversion import keras_to_torch, torch_to_keras
-from training import ImageError, TrainingError, load_image, pick_device, predict
+from scoring.device import pick_device
+from scoring.errors import ImageError, ScoringError
+from scoring.images import load_image
+from scoring.torch_scoring import predict
 
 
 from repo_data import SAMPLE_DIR as ORCASOUND  # sample_data/orcasound, in the repository
@@ -78,8 +81,8 @@ def test_predict_keeps_input_order_and_accepts_a_module(perturbed_h5):
 
 
 def test_decoding_streams_a_bounded_number_of_batches_ahead(tmp_path):
-    from training.images import decode_image
-    from training.stream import stream_batches
+    from scoring.images import decode_image
+    from scoring.stream import stream_batches
 
     paths = synthetic_pngs(tmp_path, 40)
     decoded = []
@@ -107,7 +110,7 @@ def test_unreadable_image_raises_image_error_naming_it(tmp_path, perturbed_h5):
 
 
 def test_predict_rejects_a_size_the_model_does_not_take(tmp_path, perturbed_h5):
-    with pytest.raises(TrainingError, match="67x83"):
+    with pytest.raises(ScoringError, match="67x83"):
         predict(perturbed_h5, synthetic_pngs(tmp_path, 1), 60, 83)
 
 
@@ -115,5 +118,5 @@ def test_pick_device_prefers_cuda_and_refuses_missing_cuda():
     assert pick_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert pick_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(TrainingError, match="CUDA"):
+        with pytest.raises(ScoringError, match="CUDA"):
             pick_device("cuda")

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError, TrainingError
-from .images import decode_image, list_images
-from .pixel_cache import is_tensor
+from scoring.errors import ImageError
+from scoring.images import decode_image, list_images
+from scoring.pixel_cache import is_tensor
+
+from .errors import TrainingError
 
 
 @dataclass
@@ -94,12 +96,12 @@ def decode_split(split: Split, rows: int, cols: int, workers: int | None = None,
 
     A file that is not a readable image raises TrainingError naming it, or, with `skip_corrupt`,
     is dropped from the split (paths, labels) and recorded in `split.skipped` as (path, reason).
-    `cache` (a `training.pixel_cache.PixelCache`) with `identity(path)` (the identity of the file's
+    `cache` (a `scoring.pixel_cache.PixelCache`) with `identity(path)` (the identity of the file's
     bytes, or None): files found there are not decoded, files decoded are stored. `split.pixels` is a
     numpy array (N, rows, cols, 3), or, where the cache keeps a device tier, a uint8 tensor on that
     device (the training set then never leaves the GPU).
     """
-    from .stream import decode_sized
+    from scoring.stream import decode_sized
 
     workers = workers or min(8, os.cpu_count() or 1)
     tier = cache.device_tier if cache is not None else None

@@ -2,7 +2,7 @@
 
 `evaluate_folder(model, folder, rows, cols)` reads `folder/<class>/*` images (exactly two class
 folders; class index = position in sorted order, as for training) and scores them with
-`training.predict`. Used by `orca evaluate`.
+`scoring.torch_scoring.predict`. Used by `orca evaluate`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ def evaluate_folder(model_path: str, folder: str, rows: int, cols: int, device=N
     """Accuracy at 0.5, ROC AUC and average precision of a model on `folder/<class>/*` images.
 
     Raises TrainingError when `folder` does not hold exactly two class folders."""
-    from .images import list_images
+    from scoring.images import list_images
+    from scoring.torch_scoring import predict
+
     from .loop import average_precision, roc_auc
-    from .torch_scoring import predict
 
     classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
     if len(classes) != 2:

@@ -30,10 +30,13 @@ from conversion.formats import load_trainable, save_trained
 
 from .augment import random_shear_zoom
 from .data import Split, check_decoded, decode_split, load_labeled
-from .device import pick_device, training_precision
+from scoring.device import pick_device
+from scoring.images import RESCALE
+from scoring.tensors import autocast, check_input_size, to_batch
+
 from .errors import TrainingError
-from .images import RESCALE
 from .optim import make_loss, make_optimizer, make_scheduler
+from .precision import training_precision
 
 LOG = logging.getLogger("training")
 THRESHOLD = 0.5
@@ -124,43 +127,6 @@ def load_model(model_h5, device: torch.device):
     """The model file (.h5 Keras, .onnx, .pt checkpoint) as a trainable module on `device`."""
     model = load_trainable(model_h5)
     return model.to(device)
-
-
-def check_input_size(model, rows: int, cols: int) -> None:
-    """TrainingError unless the model's Keras input is (None, rows, cols, 3) (None dims accept any size)."""
-    shapes = getattr(model, "input_shapes", None) or [None]
-    if len(shapes) != 1:
-        raise TrainingError(f"model has {len(shapes)} inputs; only single-input image models are supported")
-    shape = shapes[0]
-    if shape is None:
-        return
-    shape = tuple(shape)
-    if len(shape) != 4:
-        raise TrainingError(f"model input shape {shape} is not an image batch (None, rows, cols, channels)")
-    _, m_rows, m_cols, channels = shape
-    if (m_rows is not None and m_rows != rows) or (m_cols is not None and m_cols != cols):
-        raise TrainingError(f"image size {rows}x{cols} (img_width x img_height) does not match the model's "
-                            f"input {m_rows}x{m_cols} (rows x cols)")
-    if channels not in (None, 3):
-        raise TrainingError(f"model expects {channels} channels; the spectrograms are RGB (3)")
-
-
-def to_batch(pixels, device: torch.device) -> torch.Tensor:
-    """uint8 (N, rows, cols, 3), numpy or a tensor → float32 in [0, 1] on `device`, bit-identical to
-    images.load_image. numpy goes through pinned memory on CUDA; a tensor already there is not copied."""
-    if isinstance(pixels, torch.Tensor):
-        x = pixels
-    else:
-        x = torch.from_numpy(np.ascontiguousarray(pixels))
-        if device.type == "cuda":
-            x = x.pin_memory()
-    return x.to(device, non_blocking=True).float().mul_(float(RESCALE))
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on `device` when `precision` is "bf16" (weights, gradients and the optimizer stay
-    float32: autocast only runs the matmuls and convolutions in bf16), else nothing."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _rows(pixels, index: np.ndarray):
@@ -295,7 +261,7 @@ def train(model_h5: str | os.PathLike, labeled_dir: str | os.PathLike, rows: int
     `precision`: "fp32", "bf16" or "auto" (`device.training_precision`: bf16 autocast where the device
     computes bf16 natively); the weights, the optimizer and the written model stay float32, and the
     validation passes run at the same precision as training. `pixel_cache` (a
-    `training.pixel_cache.PixelCache`) with `identity(path)`: images decoded in an earlier training or
+    `scoring.pixel_cache.PixelCache`) with `identity(path)`: images decoded in an earlier training or
     /predict are taken from it (`data.decode_split`). `tensorboard_dir`: TensorBoard event files there
     (`training.tensorboard`: per-epoch metrics with validation ROC AUC and AP, learning rate, a few
     augmented training images).
@@ -308,7 +274,7 @@ def train(model_h5: str | os.PathLike, labeled_dir: str | os.PathLike, rows: int
     device = pick_device(device)
     precision = training_precision(precision, device)
     model = load_model(model_h5, device)
-    check_input_size(model, rows, cols)
+    check_input_size(model, rows, cols, error=TrainingError)
     classes, train_split, val_split = load_labeled(labeled_dir)
     if min(val_split.class_counts(2)) == 0:
         log.warning("the validation set holds only one class (%s): val_acc and cm cover that class only",

@@ -97,7 +97,7 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
     """Batches of decoded images in `items` order; see the module docstring. `decode(source, rows,
     cols)` must give `images.decode_image`'s pixels (e.g. torch_decode.decode_png_torch on CUDA).
 
-    `cache` (a `training.pixel_cache.PixelCache`) with `identity(item)` (the bytes' identity, or
+    `cache` (a `scoring.pixel_cache.PixelCache`) with `identity(item)` (the bytes' identity, or
     None): an item found there is neither fetched nor decoded; one decoded is stored. A batch is
     then a device tensor where the cache has a device tier (`Batch.pixels`)."""
     fetch = fetch or (lambda item: item)

@@ -1,8 +1,8 @@
-"""Scoring with torch: the CUDA path of /predict (a `training.scorers.Scorer`), and `predict()`.
+"""Scoring with torch: the CUDA path of /predict (a `scoring.scorers.Scorer`), and `predict()`.
 
 On CUDA the batch is pinned and copied asynchronously, activations are channels_last (the model
 takes Keras' NHWC batch and views it as NCHW, which *is* the channels_last layout, so cuDNN gets
-NHWC without a copy), PNGs are decoded by torchvision (`training.torch_decode`, bit-identical to
+NHWC without a copy), PNGs are decoded by torchvision (`scoring.torch_decode`, bit-identical to
 PIL), and `precision="bf16"` runs the forward under bf16 autocast: predicted values then differ
 from fp32 by up to ~1e-2 (on the CPU at 67x83, see tests/test_perf_precision.py; 1.1e-4 on an H200
 at 607x617 on the sample spectrograms, see bench/README.md), so fp32 is the default and the only
@@ -20,8 +20,8 @@ import torch
 from conversion.formats import load_trainable
 
 from .device import pick_device, resolve_precision
-from .errors import TrainingError
-from .loop import autocast, check_input_size, to_batch
+from .errors import ScoringError
+from .tensors import autocast, check_input_size, to_batch
 
 # Scoring batch on CUDA at least this large: score-only rate on an H200 at 607x617 was 5,049 images/s at
 # batch 32 and 7,767 at 64 (bench/README.md, `bench.pipeline`); training keeps ORCA_BATCH_SIZE.
@@ -32,7 +32,7 @@ def probability_of_class_1(outputs) -> torch.Tensor:
     """P(class 1) from a model's outputs: its one sigmoid unit, or the last of its two softmax units."""
     if isinstance(outputs, tuple) or outputs.dim() != 2 or outputs.shape[1] not in (1, 2):
         shape = [tuple(t.shape) for t in outputs] if isinstance(outputs, tuple) else tuple(outputs.shape)
-        raise TrainingError(f"model output has shape {shape}; expected (N, 1) sigmoid or (N, 2) softmax")
+        raise ScoringError(f"model output has shape {shape}; expected (N, 1) sigmoid or (N, 2) softmax")
     return outputs[:, -1]
 
 
@@ -71,7 +71,7 @@ class TorchScorer:
 
     def score(self, paths: Iterable, rows: int, cols: int, batch_size: int | None = None,
               workers: int = 4) -> list[float]:
-        from .scorers import score_files
+        from .scorer import score_files
 
         return score_files(self, paths, rows, cols, batch_size, workers)
 
@@ -83,7 +83,7 @@ def predict(model_h5_or_module, image_paths: Iterable, rows: int, cols: int, *,
 
     `model_h5_or_module`: a model file (.h5, .onnx, .pt) or a module from conversion.formats.load_trainable (taking NHWC
     input). Images are decoded exactly like `images.load_image`, a few batches ahead on threads
-    (`training.stream`), so memory stays at a few batches whatever the number of files.
+    (`scoring.stream`), so memory stays at a few batches whatever the number of files.
     `precision`: "fp32" (default) | "bf16". A module given is left in the training mode it had.
     """
     was_training = getattr(model_h5_or_module, "training", None)

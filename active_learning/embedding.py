@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .device import pick_device
-from .errors import TrainingError
-from .loop import check_input_size, to_batch
-from .torch_scoring import probability_of_class_1
+from scoring.device import pick_device
+from scoring.errors import ScoringError
+from scoring.tensors import check_input_size, to_batch
+from scoring.torch_scoring import probability_of_class_1
 
 
 def dropout_layers(model: nn.Module) -> list[nn.Module]:
@@ -52,7 +52,7 @@ class ModelProbe:
         if graphs:
             nodes = graphs[-1].weighted_nodes()
             if not nodes:
-                raise TrainingError("the model has no layer with weights: it has no embedding")
+                raise ScoringError("the model has no layer with weights: it has no embedding")
             return graphs[-1], nodes[-1]
         ran: list[nn.Module] = []
         hooks = [m.register_forward_pre_hook(lambda module, args: ran.append(module))
@@ -64,7 +64,7 @@ class ModelProbe:
             for hook in hooks:
                 hook.remove()
         if not ran:
-            raise TrainingError("the model has no layer with weights: it has no embedding")
+            raise ScoringError("the model has no layer with weights: it has no embedding")
         return ran[-1]
 
     def embed(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,10 +89,10 @@ class ModelProbe:
     def mc_passes(self, pixels: np.ndarray, passes: int, seed: int) -> np.ndarray:
         """P(class 1) of each image in each of `passes` dropout passes, float64 (passes, n).
 
-        TrainingError when the model has no dropout layer (an ONNX export, for one, has none left)."""
+        ScoringError when the model has no dropout layer (an ONNX export, for one, has none left)."""
         layers = dropout_layers(self.model)
         if not layers:
-            raise TrainingError("the model has no dropout layers: Monte Carlo strategies (bald, "
+            raise ScoringError("the model has no dropout layers: Monte Carlo strategies (bald, "
                                 "variation_ratio) need them (an ONNX export keeps none; use the .h5 or .pt)")
         x = to_batch(pixels, self.device)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []

@@ -6,7 +6,7 @@ and each strategy: start from `initial` clips (one of each class, the rest drawn
 seed; the same start for every strategy), then `rounds` times fine-tune the model on everything
 labeled so far (`training.loop.train`, from the previous round's model, as the orcaal client does),
 record validation accuracy, ROC AUC and average precision, score the rest of the pool
-(`training.embedding.ModelProbe`) and move the `k` clips the strategy picks (`training.acquisition`)
+(`active_learning.embedding.ModelProbe`) and move the `k` clips the strategy picks (`active_learning.acquisition`)
 into the labeled set. One line per strategy in the plot, the seeds' spread as a band.
 """
 
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from .acquisition import EMBEDDING_STRATEGIES, MC_STRATEGIES, STRATEGIES, select
-from .data import find_classes, list_split
-from .errors import TrainingError
-from .images import decode_image
+from scoring.images import decode_image
+from training.data import find_classes, list_split
+from training.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def _probe_pool(model_path: str, pixels: np.ndarray, rest: list[int], strategy: 
 def run_strategy(config: SimulationConfig, strategy: str, seed: int, pool_paths, labels, pixels,
                  classes, validation_dir: Path, work: Path, on_round=None) -> list[dict]:
     """One learning curve: a row per round (labels used, validation metrics, seconds)."""
-    from .loop import train
+    from training.loop import train
 
     labeled = initial_picks(labels, config.initial, seed)
     model = config.model

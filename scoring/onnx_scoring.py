@@ -1,4 +1,4 @@
-"""ONNX Runtime CPU scoring of a model file: what /predict uses on the CPU (a `training.scorers.Scorer`).
+"""ONNX Runtime CPU scoring of a model file: what /predict uses on the CPU (a `scoring.scorers.Scorer`).
 
 The model file is exported once into a cache folder, keyed by the SHA-256 of the file's bytes, so
 a model is exported once whatever its name or path and a changed file is re-exported. A Sequential
@@ -6,7 +6,7 @@ Keras .h5 of the layers `conversion.keras_onnx` writes (srkw_cnn's among them) i
 to ONNX with h5py and onnx, in this process, without torch. Anything else is bridged to PyTorch
 (`conversion.formats.load_trainable`) and exported with `conversion.torch_to_onnx` (dynamic batch);
 when torch is not imported yet in this process that export runs in a child process (`python -m
-training.onnx_scoring export MODEL.h5 OUT.onnx`), so a service that only scores never loads torch
+scoring.onnx_scoring export MODEL.h5 OUT.onnx`), so a service that only scores never loads torch
 (≈630 MiB of resident memory for the CUDA build). ONNX Runtime's CPU provider runs with one
 intra-op thread per core, in batches of at most MAX_ORT_BATCH images (the arena keeps the peak of
 one batch).
@@ -31,7 +31,7 @@ import numpy as np
 
 from conversion.atomic import write_bytes_atomically
 
-from .errors import TrainingError
+from .errors import ScoringError
 from .images import decode_image, to_float
 
 LOG = logging.getLogger("training")
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of the file's bytes (`training.scorers.Scorers.digest` memoizes it per app)."""
+    """SHA-256 of the file's bytes (`scoring.scorers.Scorers.digest` memoizes it per app)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -52,7 +52,7 @@ def export_cached(model_h5: str | os.PathLike, cache_dir: str | os.PathLike, iso
                   digest: str | None = None) -> Path:
     """The ONNX file for `model_h5` in `cache_dir`, exported on first use (`<sha256>.onnx`; `digest`,
     if known, is that SHA-256). Writes are atomic, so concurrent exports of one model are safe
-    (`training.scorers.Scorers` also runs them once).
+    (`scoring.scorers.Scorers` also runs them once).
 
     `isolate` (default: when torch is not imported in this process yet): export in a child process.
     """
@@ -100,14 +100,14 @@ def _export(model_h5, target) -> None:
 def _export_in_child(model_h5, target) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    completed = subprocess.run([sys.executable, "-m", "training.onnx_scoring", "export", os.fspath(model_h5),
+    completed = subprocess.run([sys.executable, "-m", "scoring.onnx_scoring", "export", os.fspath(model_h5),
                                 os.fspath(target)], cwd=ROOT, env=env, capture_output=True, text=True)
     if completed.returncode != 0 or not Path(target).exists():
         lines = [l for l in (completed.stderr or "").strip().splitlines() if l.strip()]
         reason = lines[-1] if lines else f"exit code {completed.returncode}"
         if reason.startswith("ERROR: "):
             reason = reason[len("ERROR: "):]
-        raise TrainingError(f"cannot convert {os.fspath(model_h5)} to ONNX: {reason}")
+        raise ScoringError(f"cannot convert {os.fspath(model_h5)} to ONNX: {reason}")
 
 
 PIXEL_INPUT = "pixels"  # the uint8 input `with_pixel_input` puts in front of a model
@@ -183,17 +183,17 @@ class OnnxScorer:
                                             options, providers=["CPUExecutionProvider"])
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
-            raise TrainingError(f"model has {len(inputs)} inputs; only single-input image models are supported")
+            raise ScoringError(f"model has {len(inputs)} inputs; only single-input image models are supported")
         self.input_name = inputs[0].name
         self.input_shape = inputs[0].shape  # ['batch', rows, cols, channels]
 
     def check_size(self, rows: int, cols: int) -> None:
         shape = self.input_shape
         if len(shape) != 4:
-            raise TrainingError(f"model input shape {shape} is not an image batch (None, rows, cols, channels)")
+            raise ScoringError(f"model input shape {shape} is not an image batch (None, rows, cols, channels)")
         m_rows, m_cols = shape[1], shape[2]
         if (isinstance(m_rows, int) and m_rows != rows) or (isinstance(m_cols, int) and m_cols != cols):
-            raise TrainingError(f"the model expects {m_rows}x{m_cols} images (img_width x img_height), "
+            raise ScoringError(f"the model expects {m_rows}x{m_cols} images (img_width x img_height), "
                                 f"got {rows}x{cols}")
 
     def score_pixels(self, pixels: np.ndarray) -> list[float]:
@@ -204,21 +204,21 @@ class OnnxScorer:
             feed = np.ascontiguousarray(chunk, dtype=np.uint8) if self.takes_pixels else to_float(chunk)
             (out,) = self.session.run(None, {self.input_name: feed})
             if out.ndim != 2 or out.shape[1] not in (1, 2):
-                raise TrainingError(f"model output has shape {out.shape}; expected (N, 1) sigmoid or (N, 2) softmax")
+                raise ScoringError(f"model output has shape {out.shape}; expected (N, 1) sigmoid or (N, 2) softmax")
             scores.extend(float(v) for v in out[:, -1])
         return scores
 
     def score(self, paths: Iterable, rows: int, cols: int, batch_size: int | None = None,
               workers: int = 4) -> list[float]:
         """P(class 1) for each image in `paths` order; ImageError if one is unreadable."""
-        from .scorers import score_files
+        from .scorer import score_files
 
         return score_files(self, paths, rows, cols, batch_size, workers)
 
 
 def _main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[0] != "export":
-        print("usage: python -m training.onnx_scoring export MODEL.h5 OUT.onnx", file=sys.stderr)
+        print("usage: python -m scoring.onnx_scoring export MODEL.h5 OUT.onnx", file=sys.stderr)
         return 2
     import torch  # noqa: F401  (the bridge needs it; imported before anything else, see docs/design.md)
 

@@ -1,15 +1,7 @@
-"""One interface for the engines that score spectrograms, and the cache of ready scorers an app keeps.
-
-A `Scorer` (ONNX Runtime: `training.onnx_scoring.OnnxScorer`; torch: `training.torch_scoring.TorchScorer`):
-
-    scorer.batch_size                  the batch its engine prefers
-    scorer.check_size(rows, cols)      TrainingError when the model takes another image size
-    scorer.decode(source, rows, cols)  uint8 pixels bit-identical to `images.decode_image`
-    scorer.score_pixels(pixels)        P(class 1) of uint8 images (n, rows, cols, 3)
-    scorer.score(paths, rows, cols)    the same for image files, streamed (`score_files`)
+"""The cache of ready scorers an app keeps (the interface they share is `scoring.scorer.Scorer`).
 
 `Scorers` (one per app: `service.runtime.Runtime.scorers`) chooses the engine for the device
-(ONNX Runtime on the CPU, torch on CUDA; `training.device.scoring_backend`), keeps the last two ONNX
+(ONNX Runtime on the CPU, torch on CUDA; `scoring.device.scoring_backend`), keeps the last two ONNX
 Runtime sessions and one torch module, builds each once even under concurrent requests, and
 releases them all before a training (live sessions slow torch's CPU training in the same process
 by 20–30 %: one srkw_cnn epoch on 96 images at 607×617 took 24–27 s after scoring, 18.7 s once
@@ -21,35 +13,8 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from typing import Iterable, Protocol
 
-import numpy as np
-
-from .stream import stream_batches
-
-
-class Scorer(Protocol):
-    batch_size: int
-
-    def check_size(self, rows: int, cols: int) -> None: ...
-
-    def decode(self, source, rows: int, cols: int) -> np.ndarray: ...
-
-    def score_pixels(self, pixels: np.ndarray) -> list[float]: ...
-
-    def score(self, paths: Iterable, rows: int, cols: int) -> list[float]: ...
-
-
-def score_files(scorer: Scorer, paths: Iterable, rows: int, cols: int, batch_size: int | None = None,
-                workers: int = 4) -> list[float]:
-    """Any scorer over local image files, streamed: P(class 1) in `paths` order, ImageError naming
-    the first unreadable file."""
-    scorer.check_size(rows, cols)
-    scores: list[float] = []
-    for batch in stream_batches(list(paths), None, rows, cols, batch_size or scorer.batch_size,
-                                workers=workers, decode=scorer.decode):
-        scores.extend(scorer.score_pixels(batch.pixels))
-    return scores
+from .scorer import Scorer
 
 
 class Scorers:

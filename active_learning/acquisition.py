@@ -3,7 +3,7 @@
 Every strategy takes what the model said about the pool (P(class 1) per clip, Monte Carlo dropout
 passes, embeddings) and returns a `Selection`: the indices of the k clips to label, in the order they
 should be labeled, with each one's score. Pure numpy, seeded where random, no torch: the service
-(`service.selection`) and the simulation (`training.simulate`) share it.
+(`service.selection`) and the simulation (`active_learning.simulate`) share it.
 
 Scores and their direction:
 
