@@ -5,17 +5,10 @@ passes, embeddings) and returns a `Selection`: the indices of the k clips to lab
 should be labeled, with each one's score. Pure numpy, seeded where random, no torch: the service
 (`service.selection`) and the simulation (`active_learning.simulate`) share it.
 
-Scores and their direction:
-
-| strategy          | needs                  | score                                   | chosen first |
-|-------------------|------------------------|-----------------------------------------|--------------|
-| `uncertainty`     | p                      | abs(0.5 - p): the client's own order    | smallest     |
-| `entropy`         | p (or MC passes)       | binary entropy of p (of the MC mean)    | largest      |
-| `bald`            | MC passes              | mutual information H(mean) - mean(H)    | largest      |
-| `variation_ratio` | MC passes              | 1 - share of passes voting the mode     | largest      |
-| `coreset`         | embeddings             | distance to the nearest chosen/labeled  | largest, greedy |
-| `badge`           | p, embeddings          | k-means++ distance of gradient embedding | k-means++ order |
-| `random`          | seed                   | a uniform draw in [0, 1)                | smallest     |
+Each strategy is declared once, with `@strategy(name, needs=…, score=…, first=…)`: the registry
+that `/query`'s parameter check, the service, the simulation and the table in
+docs/active-learning.md (`markdown_table()`, checked by a test) all read. What each needs:
+`Needs(embeddings=, passes=, labeled_embeddings=)`; `needs(name, passes_given)` resolves it.
 
 Ties keep the pool's order (the order of `/predict`), so `uncertainty` lists clips exactly as the
 orcaal client's `ORDER BY abs(0.5 - predicted_value)` does for distinct values. BALD and the
@@ -27,12 +20,9 @@ softmax head.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
-
-STRATEGIES = ("uncertainty", "entropy", "bald", "variation_ratio", "coreset", "badge", "random")
-MC_STRATEGIES = ("bald", "variation_ratio")  # need Monte Carlo dropout passes
-EMBEDDING_STRATEGIES = ("coreset", "badge")  # need embeddings
 
 _EPS = 1e-12
 
@@ -45,6 +35,90 @@ class StrategyError(ValueError):
 class Selection:
     indices: np.ndarray  # int64, into the pool, in the order to label them
     scores: np.ndarray  # float64, the strategy's score of each chosen clip
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a strategy needs beyond P(class 1) of every clip of the pool."""
+
+    embeddings: bool = False  # the pool's embeddings (the input of the model's output layer)
+    passes: bool | None = False  # Monte Carlo dropout passes: True needs them, None uses them when asked for
+    labeled_embeddings: bool = False  # embeddings of the clips labeled already (coreset's first centers)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """What the model said about the unlabeled pool, as a strategy receives it."""
+
+    probabilities: np.ndarray | None  # float64 (n,): P(class 1)
+    passes: np.ndarray | None = None  # float64 (T, n): P(class 1) per Monte Carlo dropout pass
+    embeddings: np.ndarray | None = None  # (n, d)
+    labeled_embeddings: np.ndarray | None = None  # (m, d), or None
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    choose: Callable[[Pool, int, np.random.Generator], Selection]
+    needs: Needs
+    score: str  # what its score is, for the docs' table
+    first: str  # which scores are labeled first
+
+
+_REGISTRY: dict[str, Strategy] = {}  # filled once, at import, by the @strategy declarations below
+
+
+def strategy(name: str, *, needs: Needs = Needs(), score: str, first: str):
+    """Declare a query strategy: `choose(pool, k, rng) -> Selection` (k ≥ 1, at most the pool's size
+    is not guaranteed: return fewer when the pool is smaller). Adding a strategy is this decorator on
+    one function (docs/active-learning.md, "Adding a strategy")."""
+    def declare(choose):
+        if name in _REGISTRY:
+            raise ValueError(f"strategy {name!r} is declared twice")
+        _REGISTRY[name] = Strategy(name, choose, needs, score, first)
+        return choose
+
+    return declare
+
+
+def names() -> tuple[str, ...]:
+    """The declared strategies, in the order they were declared."""
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> Strategy:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise StrategyError(f"unknown strategy {name!r}; one of {', '.join(_REGISTRY)}") from None
+
+
+def needs(name: str, passes_given: bool = False) -> Needs:
+    """What to compute for `name`: `passes` resolved to True or False (`passes_given`: the caller asked
+    for Monte Carlo passes, which `entropy` then uses)."""
+    wanted = get(name).needs
+    passes = bool(passes_given) if wanted.passes is None else wanted.passes
+    return Needs(embeddings=wanted.embeddings or wanted.labeled_embeddings, passes=passes,
+                 labeled_embeddings=wanted.labeled_embeddings)
+
+
+def markdown_table() -> str:
+    """The strategies as docs/active-learning.md shows them (a test keeps the page in step)."""
+    def needed(wanted: Needs) -> str:
+        parts = ["p"]
+        if wanted.passes:
+            parts = ["MC passes"]
+        elif wanted.passes is None:
+            parts = ["p (or MC passes)"]
+        if wanted.embeddings:
+            parts.append("embeddings")
+        if wanted.labeled_embeddings:
+            parts.append("the labeled set's embeddings when given")
+        return ", ".join(parts)
+
+    rows = ["| strategy | needs | score | chosen first |", "|---|---|---|---|"]
+    rows += [f"| `{s.name}` | {needed(s.needs)} | {s.score} | {s.first} |" for s in _REGISTRY.values()]
+    return "\n".join(rows)
 
 
 def binary_entropy(p: np.ndarray) -> np.ndarray:
@@ -74,7 +148,7 @@ def _check_passes(passes) -> np.ndarray:
     return passes
 
 
-def _top(scores: np.ndarray, k: int, largest: bool) -> Selection:
+def top_k(scores: np.ndarray, k: int, largest: bool) -> Selection:
     """The k best scores; a stable sort keeps the pool's order among ties."""
     order = np.argsort(-scores if largest else scores, kind="stable")[:k]
     return Selection(order.astype(np.int64), scores[order].astype(np.float64))
@@ -150,27 +224,64 @@ def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> Se
     return Selection(np.array(picks, dtype=np.int64), np.array(scores, dtype=np.float64))
 
 
+# --------------------------------------------------------------------------- the strategies
+
+@strategy("uncertainty", score="abs(0.5 - p): the client's own order", first="smallest")
+def _uncertainty(pool: Pool, k: int, rng) -> Selection:
+    return top_k(np.abs(0.5 - _probabilities(pool)), k, largest=False)
+
+
+@strategy("entropy", needs=Needs(passes=None), score="binary entropy of p (of the MC mean)", first="largest")
+def _entropy(pool: Pool, k: int, rng) -> Selection:
+    p = np.asarray(pool.passes, dtype=np.float64).mean(axis=0) if pool.passes is not None else _probabilities(pool)
+    return top_k(binary_entropy(p), k, largest=True)
+
+
+@strategy("bald", needs=Needs(passes=True), score="mutual information H(mean) - mean(H)", first="largest")
+def _bald(pool: Pool, k: int, rng) -> Selection:
+    return top_k(bald_scores(pool.passes), k, largest=True)
+
+
+@strategy("variation_ratio", needs=Needs(passes=True), score="1 - share of passes voting the mode",
+          first="largest")
+def _variation_ratio(pool: Pool, k: int, rng) -> Selection:
+    return top_k(variation_ratio_scores(pool.passes), k, largest=True)
+
+
+@strategy("coreset", needs=Needs(embeddings=True, labeled_embeddings=True),
+          score="distance to the nearest chosen/labeled", first="largest, greedy")
+def _coreset(pool: Pool, k: int, rng) -> Selection:
+    return k_center_greedy(pool.embeddings, k, pool.labeled_embeddings, rng)
+
+
+@strategy("badge", needs=Needs(embeddings=True), score="k-means++ distance of gradient embedding",
+          first="k-means++ order")
+def _badge(pool: Pool, k: int, rng) -> Selection:
+    return kmeans_plus_plus(gradient_embeddings(_probabilities(pool), pool.embeddings), k, rng)
+
+
+@strategy("random", score="a uniform draw in [0, 1)", first="smallest")
+def _random(pool: Pool, k: int, rng) -> Selection:
+    n = len(pool.probabilities if pool.probabilities is not None else pool.embeddings)
+    return top_k(rng.random(n), k, largest=False)
+
+
+def _probabilities(pool: Pool) -> np.ndarray:
+    if pool.probabilities is None:
+        raise StrategyError("this strategy needs P(class 1) of every clip")
+    return np.asarray(pool.probabilities, dtype=np.float64)
+
+
 def select(strategy: str, k: int, *, probabilities=None, passes=None, embeddings=None,
            labeled_embeddings=None, seed: int | None = None) -> Selection:
-    """The k clips to label next by `strategy` (see the module docstring for what each needs)."""
-    if strategy not in STRATEGIES:
-        raise StrategyError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
+    """The k clips to label next by `strategy` (see `markdown_table()` for what each needs)."""
+    declared = get(strategy)
     if k < 1:
         raise StrategyError(f"k must be at least 1, got {k}")
-    rng = np.random.default_rng(seed)
-    if strategy == "uncertainty":
-        p = np.asarray(probabilities, dtype=np.float64)
-        return _top(np.abs(0.5 - p), k, largest=False)
-    if strategy == "entropy":
-        p = np.asarray(passes, dtype=np.float64).mean(axis=0) if passes is not None else probabilities
-        return _top(binary_entropy(p), k, largest=True)
-    if strategy == "bald":
-        return _top(bald_scores(passes), k, largest=True)
-    if strategy == "variation_ratio":
-        return _top(variation_ratio_scores(passes), k, largest=True)
-    if strategy == "coreset":
-        return k_center_greedy(embeddings, k, labeled_embeddings, rng)
-    if strategy == "badge":
-        return kmeans_plus_plus(gradient_embeddings(probabilities, embeddings), k, rng)
-    n = len(probabilities if probabilities is not None else embeddings)
-    return _top(rng.random(n), k, largest=False)
+    if declared.needs.passes is True and passes is None:
+        raise StrategyError(f"{strategy} needs Monte Carlo dropout passes")
+    if declared.needs.embeddings and embeddings is None:
+        raise StrategyError(f"{strategy} needs the clips' embeddings")
+    pool = Pool(None if probabilities is None else np.asarray(probabilities, dtype=np.float64), passes,
+                embeddings, labeled_embeddings)
+    return declared.choose(pool, k, np.random.default_rng(seed))

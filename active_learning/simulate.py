@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .acquisition import EMBEDDING_STRATEGIES, MC_STRATEGIES, STRATEGIES, select
+from .acquisition import names, needs, select
 from scoring.images import decode_image
 from training.data import find_classes, list_split
 from training.errors import TrainingError
@@ -49,9 +49,9 @@ class SimulationConfig:
 
 
 def _check(config: SimulationConfig, pool_size: int, n_classes: int) -> None:
-    unknown = [s for s in config.strategies if s not in STRATEGIES]
+    unknown = [s for s in config.strategies if s not in names()]
     if unknown:
-        raise TrainingError(f"unknown strategy {unknown[0]!r}; one of {', '.join(STRATEGIES)}")
+        raise TrainingError(f"unknown strategy {unknown[0]!r}; one of {', '.join(names())}")
     if n_classes != 2:
         raise TrainingError(f"the simulation needs two classes, found {n_classes}")
     if config.initial < 2 or config.k < 1 or config.rounds < 1 or config.epochs < 1:
@@ -94,12 +94,13 @@ def _probe_pool(model_path: str, pixels: np.ndarray, rest: list[int], strategy: 
 
     probe = ModelProbe(load_trainable(model_path), device=config.device, batch_size=config.batch_size)
     embeddings, probabilities, passes = [], [], []
+    wanted = needs(strategy)
     for start in range(0, len(rest), config.batch_size):
         batch = pixels[rest[start:start + config.batch_size]]
         e, p = probe.embed(batch)
         embeddings.append(e)
         probabilities.append(p)
-        if strategy in MC_STRATEGIES:
+        if wanted.passes:
             passes.append(probe.mc_passes(batch, config.passes, seed * 7919 + start))
     return (np.concatenate(probabilities), np.concatenate(embeddings),
             np.concatenate(passes, axis=1) if passes else None, probe)
@@ -128,7 +129,7 @@ def run_strategy(config: SimulationConfig, strategy: str, seed: int, pool_paths,
             taken = set(labeled)
             rest = [i for i in range(len(labels)) if i not in taken]
             p, embeddings, passes, probe = _probe_pool(model, pixels, rest, strategy, config, seed)
-            labeled_embeddings = probe.embed(pixels[labeled])[0] if strategy in EMBEDDING_STRATEGIES else None
+            labeled_embeddings = probe.embed(pixels[labeled])[0] if needs(strategy).labeled_embeddings else None
             chosen = select(strategy, config.k, probabilities=p, passes=passes, embeddings=embeddings,
                             labeled_embeddings=labeled_embeddings, seed=seed * 1000 + round_number)
             labeled = labeled + [rest[i] for i in chosen.indices.tolist()]

@@ -118,15 +118,15 @@ def embed_params(args, limits: Limits) -> EmbedParams:
 
 
 def query_params(args, limits: Limits, max_k: int) -> QueryParams:
-    from active_learning.acquisition import STRATEGIES
+    from active_learning.acquisition import names
 
     r = _Reader(args)
     model_url, unlabeled_url = r.text("model_url"), r.text("unlabeled_url")
     rows = r.integer("img_width", 1, limits.max_image_size)
     cols = r.integer("img_height", 1, limits.max_image_size)
     strategy = (args.get("strategy") or "uncertainty").strip()
-    if strategy not in STRATEGIES:
-        r.problems.append(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if strategy not in names():
+        r.problems.append(f"strategy must be one of {', '.join(names())}, got {strategy!r}")
     k = r.integer("k", 1, max_k)
     passes = r.integer("passes", 2, MAX_PASSES, required=False)
     seed = r.integer("seed", 0, 2**32 - 1, required=False)

@@ -77,12 +77,12 @@ def query():
 
 def run_query(runtime, params) -> list[dict]:
     """The k clips to label next: /predict's fields plus `score` and `rank` (1 = label first)."""
-    from active_learning.acquisition import EMBEDDING_STRATEGIES, MC_STRATEGIES, StrategyError, select
+    from active_learning.acquisition import StrategyError, needs, select
 
-    needs_passes = params.strategy in MC_STRATEGIES or (params.strategy == "entropy" and params.passes_given)
-    pool = probe_pool(runtime, params.predict, embeddings=params.strategy in EMBEDDING_STRATEGIES,
-                      passes=params.passes if needs_passes else 0, seed=params.seed or 0,
-                      labeled_url=params.labeled_url if params.strategy == "coreset" else None)
+    wanted = needs(params.strategy, passes_given=params.passes_given)
+    pool = probe_pool(runtime, params.predict, embeddings=wanted.embeddings,
+                      passes=params.passes if wanted.passes else 0, seed=params.seed or 0,
+                      labeled_url=params.labeled_url if wanted.labeled_embeddings else None)
     if not pool.items:
         return []
     probabilities = np.array([item["predicted_value"] for item in pool.items], dtype=np.float64)

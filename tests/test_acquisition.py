@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from active_learning.acquisition import (
-    STRATEGIES,
+    names,
     StrategyError,
     bald_scores,
     binary_entropy,
@@ -127,4 +127,54 @@ def test_k_larger_than_the_pool_returns_the_whole_pool():
 def test_bad_strategy_or_k_is_refused(strategy, k, message):
     with pytest.raises(StrategyError, match=message):
         select(strategy, k, probabilities=np.array([0.5]))
-    assert "uncertainty" in STRATEGIES
+    assert "uncertainty" in names()
+
+
+def test_a_strategy_is_declared_in_one_place_and_every_reader_knows_it(monkeypatch):
+    """One @strategy declaration: select, /query's parameter check, the simulation's check and the
+    docs table all take it, and what it needs is what the callers compute."""
+    from active_learning import acquisition, simulate
+    from service.params import Limits, query_params
+
+    monkeypatch.setattr(acquisition, "_REGISTRY", dict(acquisition._REGISTRY))  # undone after the test
+
+    @acquisition.strategy("most_confident", needs=acquisition.Needs(embeddings=True),
+                          score="abs(0.5 - p)", first="largest")
+    def most_confident(pool, k, rng):
+        assert pool.embeddings is not None  # declared, so given
+        return acquisition.top_k(np.abs(0.5 - pool.probabilities), k, largest=True)
+
+    chosen = select("most_confident", 2, probabilities=np.array([0.5, 0.9, 0.45, 0.02]), embeddings=np.eye(4))
+    assert chosen.indices.tolist() == [3, 1]
+    with pytest.raises(StrategyError, match="most_confident needs the clips' embeddings"):
+        select("most_confident", 2, probabilities=np.array([0.5, 0.9]))
+    assert names()[-1] == "most_confident"
+    assert acquisition.needs("most_confident") == acquisition.Needs(embeddings=True)
+    assert "| `most_confident` | p, embeddings | abs(0.5 - p) | largest |" in acquisition.markdown_table()
+    args = {"model_url": "m.h5", "unlabeled_url": "u/", "img_width": "8", "img_height": "8", "k": "2"}
+    assert query_params({**args, "strategy": "most_confident"}, Limits(), 100).strategy == "most_confident"
+    config = simulate.SimulationConfig(model="m.h5", labeled_dir="x", rows=8, cols=8, strategies=["most_confident"])
+    simulate._check(config, pool_size=100, n_classes=2)  # accepted
+    with pytest.raises(ValueError, match="declared twice"):
+        acquisition.strategy("most_confident", score="", first="")(most_confident)
+
+
+def test_what_each_strategy_needs():
+    from active_learning.acquisition import Needs, needs
+
+    assert needs("uncertainty") == needs("random") == Needs()
+    assert needs("entropy") == Needs() and needs("entropy", passes_given=True) == Needs(passes=True)
+    assert needs("bald") == needs("variation_ratio") == Needs(passes=True)
+    assert needs("badge") == Needs(embeddings=True)  # badge never reads the labeled set
+    assert needs("coreset") == Needs(embeddings=True, labeled_embeddings=True)
+    with pytest.raises(StrategyError, match="unknown strategy 'nope'"):
+        needs("nope")
+
+
+def test_the_docs_table_is_the_registry():
+    from pathlib import Path
+
+    from active_learning.acquisition import markdown_table
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "active-learning.md").read_text()
+    assert markdown_table() in page

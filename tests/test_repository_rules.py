@@ -11,6 +11,9 @@ from service import config
 
 ROOT = Path(__file__).resolve().parent.parent
 OWNED_BY_APPS = [p for folder in ("service", "training", "scoring", "active_learning") for p in sorted((ROOT / folder).glob("*.py"))]
+# Registries that declarations fill once, at import, and that are only read afterwards: what a
+# module declares, not what an app owns.
+DECLARED_REGISTRIES = {("acquisition.py", "_REGISTRY")}
 MUTABLE_CALLS = {"dict", "list", "set", "OrderedDict", "defaultdict", "deque", "Lock", "RLock", "Condition",
                  "ContextVar", "Event", "Semaphore", "BoundedSemaphore", "Counter"}
 
@@ -62,6 +65,8 @@ def _module_level_mutables(path: Path) -> list[str]:
             value = node.value
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if value is None or all(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+                continue
+            if all(isinstance(t, ast.Name) and (path.name, t.id) in DECLARED_REGISTRIES for t in targets):
                 continue
             mutable = isinstance(value, (ast.Dict, ast.List, ast.Set, ast.DictComp, ast.ListComp, ast.SetComp))
             if isinstance(value, ast.Call):

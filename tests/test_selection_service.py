@@ -152,6 +152,32 @@ def test_query_without_k_is_400(pool):
     assert response.status_code == 400 and "missing parameter: k" in response.get_json()["error"]
 
 
+def test_a_newly_declared_strategy_is_served_by_query_with_what_it_needs(pool, monkeypatch):
+    """A strategy declared once (active_learning.acquisition.strategy) is a valid `strategy` of /query,
+    and the service computes what it declares it needs (here the embeddings) and nothing else."""
+    from active_learning import acquisition
+
+    monkeypatch.setattr(acquisition, "_REGISTRY", dict(acquisition._REGISTRY))  # undone after the test
+    seen = {}
+
+    @acquisition.strategy("farthest_from_origin", needs=acquisition.Needs(embeddings=True),
+                          score="the embedding's norm", first="largest")
+    def farthest(given, k, rng):
+        seen.update(passes=given.passes, labeled=given.labeled_embeddings, shape=given.embeddings.shape)
+        return acquisition.top_k(np.linalg.norm(given.embeddings, axis=1), k, largest=True)
+
+    client = json_client(create_app({"LOCAL_ROOT": str(pool), "DEVICE": "cpu"}))
+    answer = client.get("/query", query_string=_args(pool, k=3, strategy="farthest_from_origin",
+                                                       labeled_url=str(pool / "labeled") + "/"))
+    assert answer.status_code == 200, answer.get_json()
+    embedded = client.get("/embed", query_string=_args(pool)).get_json()
+    norms = np.array([np.linalg.norm(item["embedding"]) for item in embedded])
+    expected = [embedded[i]["audio_url"] for i in np.argsort(-norms, kind="stable")[:3]]
+    assert [item["audio_url"] for item in answer.get_json()] == expected
+    assert seen["passes"] is None and seen["labeled"] is None  # not declared: not computed
+    assert seen["shape"][0] == len(embedded)
+
+
 def test_query_and_embed_over_s3(s3_env, srkw_h5, tmp_path):
     upload_stack(s3_env.client(), s3_env.bucket, srkw_h5)
     served = Served(create_app({"LOCAL_ROOT": "", "DEVICE": "cpu", "CACHE_DIR": str(tmp_path / "cache")}))
