@@ -347,3 +347,22 @@ def test_train_refuses_to_publish_on_a_server_without_conditional_writes_unless_
     env.client().download_file(env.bucket, "models/srkw_cnn_2.h5", str(local))
     assert local.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+def test_orca_score_takes_the_same_settings_for_its_rows_and_its_writes(stack_bucket, tmp_path):
+    """`orca score` (batch_scoring.run.prepare, before Ray): the rows' audio_url follows the public
+    base, and the plan under --out is written by a store that knows whether it may write unconditionally."""
+    from batch_scoring.parts import PLAN_NAME
+    from batch_scoring.run import prepare
+    from service.predict import clip_item
+
+    env = stack_bucket
+    base = "https://audio.example.org/{bucket}"
+    ready = prepare(f"s3://{env.bucket}/models/srkw_cnn_0.h5", f"s3://{env.bucket}/unlabeled/",
+                    f"s3://{env.bucket}/scores/", rows=ROWS, cols=COLS, public_base=base,
+                    allow_unconditional_writes=True)
+    assert clip_item(ready.source, "orcasoundlab_1594154118.png")["audio_url"] == \
+        f"https://audio.example.org/{env.bucket}/unlabeled/mp3/orcasoundlab_1594154118.mp3"
+    assert ready.dest.storage.allow_unconditional_writes and ready.dest.storage.exists("scores/" + PLAN_NAME)
+    assert not prepare(f"s3://{env.bucket}/models/srkw_cnn_0.h5", f"s3://{env.bucket}/unlabeled/",
+                       f"s3://{env.bucket}/scores/", rows=ROWS, cols=COLS).dest.storage.allow_unconditional_writes
