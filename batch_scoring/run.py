@@ -113,17 +113,21 @@ class Prepared:
 
 
 def prepare(model_url: str, source_url: str, dest_url: str, *, rows: int | None = None, cols: int | None = None,
-            part_size: int = 1000, s3_attempts: int = 5) -> Prepared:
+            part_size: int = 1000, s3_attempts: int = 5, public_base: str | None = None,
+            allow_unconditional_writes: bool = False) -> Prepared:
     """Fetch the model and check it (`_check_model`), then read the plan under DEST, or list the source
-    and write one. A plan of another model, source or size under DEST is refused (BadRequest)."""
+    and write one. A plan of another model, source or size under DEST is refused (BadRequest).
+    `public_base`, `allow_unconditional_writes`: ORCA_PUBLIC_BASE_URL (the rows' `audio_url`) and
+    ORCA_ALLOW_UNCONDITIONAL_WRITES (writing the plan and parts), as in the service."""
     from service.predict import unlabeled_clips
     from service.storage import S3Connector, locate
     from scoring.onnx_scoring import file_sha256
 
     s3 = S3Connector(attempts=s3_attempts)
-    model = locate(model_url, "MODEL", local_root=None, s3=s3)
-    source = locate(source_url, "SOURCE", local_root=None, s3=s3, max_listing=LISTING_LIMIT)
-    dest = locate(dest_url, "--out", local_root=None, s3=s3, max_listing=LISTING_LIMIT)
+    settings = dict(public_base=public_base, allow_unconditional_writes=allow_unconditional_writes)
+    model = locate(model_url, "MODEL", local_root=None, s3=s3, **settings)
+    source = locate(source_url, "SOURCE", local_root=None, s3=s3, max_listing=LISTING_LIMIT, **settings)
+    dest = locate(dest_url, "--out", local_root=None, s3=s3, max_listing=LISTING_LIMIT, **settings)
     with tempfile.TemporaryDirectory(prefix="orca-score-") as folder:
         model_path = _fetch_model(model, folder)
         sha256 = file_sha256(model_path)
@@ -143,13 +147,15 @@ def score_archive(model_url: str, source_url: str, dest_url: str, *, rows: int |
                   cols: int | None = None, part_size: int = 1000, workers: int | None = None,
                   device: str = "auto", batch_size: int | None = None, precision: str = "fp32",
                   max_pixels: int | None = None, s3_attempts: int = 5, address: str | None = None,
-                  num_cpus: int | None = None, progress: bool = True) -> Summary:
+                  num_cpus: int | None = None, progress: bool = True, public_base: str | None = None,
+                  allow_unconditional_writes: bool = False) -> Summary:
     """Score every spectrogram under `source_url` (/predict's `unlabeled_url`: `spectrograms/<stem>.png`)
     with the model at `model_url` into Parquet parts under `dest_url`; see the module docstring.
 
     `device`: "auto" (GPU actors where Ray has GPUs, else ONNX Runtime CPU actors), "cpu" or "cuda".
     `workers`: scoring actors (default: one per GPU, or one per CPU). Re-running with the same
-    arguments writes only the parts missing (`batch_scoring.parts`)."""
+    arguments writes only the parts missing (`batch_scoring.parts`). `public_base`,
+    `allow_unconditional_writes`: see `prepare`."""
     from service.errors import BadRequest
 
     if device not in ("auto", "cpu", "cuda"):
@@ -160,7 +166,8 @@ def score_archive(model_url: str, source_url: str, dest_url: str, *, rows: int |
         raise BadRequest(f"--batch-size must be at least 1, got {batch_size}")
     started = time.monotonic()
     ready = prepare(model_url, source_url, dest_url, rows=rows, cols=cols, part_size=part_size,
-                    s3_attempts=s3_attempts)
+                    s3_attempts=s3_attempts, public_base=public_base,
+                    allow_unconditional_writes=allow_unconditional_writes)
     plan, dest = ready.plan, ready.dest
     done = parts_module.written_parts(dest)
     pending = [p for p in range(plan.parts) if p not in done]

@@ -322,7 +322,8 @@ def cmd_score(args) -> int:
                                 part_size=args.part_size, workers=args.workers, device=args.device,
                                 batch_size=args.batch_size, precision=config.get("PREDICT_PRECISION") or "fp32",
                                 max_pixels=config["MAX_PIXELS"], s3_attempts=config["S3_MAX_ATTEMPTS"],
-                                address=args.address, num_cpus=args.num_cpus)
+                                address=args.address, num_cpus=args.num_cpus, public_base=config["PUBLIC_BASE_URL"],
+                                allow_unconditional_writes=bool(config["ALLOW_UNCONDITIONAL_WRITES"]))
     except (ScoringError, ConversionError) as exc:
         raise SystemExit(f"error: {exc}") from None
     _emit(summary.to_dict(), None)

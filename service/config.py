@@ -80,6 +80,13 @@ SETTINGS = (
     Setting("READY_BUCKET", "ORCA_READY_BUCKET", str, None, "bucket `/ready` checks with HeadBucket"),
     Setting("S3_MAX_ATTEMPTS", "ORCA_S3_MAX_ATTEMPTS", int, 5, "attempts per S3 call (botocore's standard "
             "retries) and per download of a body that breaks off"),
+    Setting("PUBLIC_BASE_URL", "ORCA_PUBLIC_BASE_URL", str, None, "public base of `s3://` objects in "
+            "/predict's `audio_url`: `<base>/<key>`, `{bucket}` replaced by the bucket's name (MinIO: "
+            "`http://minio:9000/{bucket}`); unset: the original's `https://<bucket>.s3.amazonaws.com/<key>`"),
+    Setting("ALLOW_UNCONDITIONAL_WRITES", "ORCA_ALLOW_UNCONDITIONAL_WRITES", int, 0, "1: where the S3 server "
+            "does not support conditional writes (`If-None-Match: *` answered NotImplemented), write new "
+            "versions after an existence check only (two writers at the same moment could replace each "
+            "other's); 0: refuse to write there (501)"),
     Setting("LOG_LEVEL", "LOG_LEVEL", str, None, "logging level; unset: INFO for the server (`orca serve`, "
             "`orca demo`, gunicorn), WARNING for the other `orca` commands"),
 )

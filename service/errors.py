@@ -80,6 +80,14 @@ class StorageUnavailable(StorageError):
     status = 503
 
 
+class ConditionalWritesUnsupported(StorageError):
+    """The store cannot refuse to replace an object (an S3-compatible server that answers
+    `If-None-Match: *` with NotImplemented), and ORCA_ALLOW_UNCONDITIONAL_WRITES does not accept the
+    weaker guarantee: nothing is written (the message names the setting)."""
+
+    status = 501
+
+
 class AlreadyExists(Exception):
     """Raised by `Storage.upload` when the target key exists; never reaches the client
     (the versioning code picks the next free name)."""

@@ -29,6 +29,7 @@ from .params import PredictParams
 from .storage import LocalStorage, Location, ObjectInfo
 
 log = logging.getLogger(__name__)
+CLIENT_AUDIO_URL_LIMIT = 100  # the original client stores audio_url in a VARCHAR(100)
 
 
 class PredictItems(list):
@@ -148,6 +149,12 @@ def run_predict(runtime, params: PredictParams, on_progress=None) -> PredictItem
         raise unprocessable(error, replacements) from error
     names = [name for name, _ in clips if name in values]  # sorted by file name, as the original returned them
     items = [dict(clip_item(unlabeled, name), predicted_value=values[name]) for name in names]
+    too_long = sum(len(item["audio_url"]) > CLIENT_AUDIO_URL_LIMIT for item in items)
+    if too_long:
+        log.warning("predict: %d audio_url longer than %d characters (e.g. %s): the original client stores "
+                    "them in a VARCHAR(%d)", too_long, CLIENT_AUDIO_URL_LIMIT,
+                    next(i["audio_url"] for i in items if len(i["audio_url"]) > CLIENT_AUDIO_URL_LIMIT),
+                    CLIENT_AUDIO_URL_LIMIT)
     if on_progress is not None and not pending:
         on_progress(len(clips), len(clips))
     log.info("predict: %d scored (%d from the score cache), %d skipped with %s in %.1f s%s", len(items),

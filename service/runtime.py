@@ -75,7 +75,8 @@ class Runtime:
         metrics = metrics or Metrics(__version__)
         fields = dict(
             config=merged,
-            storage=StorageLocator(merged["LOCAL_ROOT"], s3, merged["MAX_LISTING"]),
+            storage=StorageLocator(merged["LOCAL_ROOT"], s3, merged["MAX_LISTING"], public_base=merged["PUBLIC_BASE_URL"],
+                                   allow_unconditional_writes=bool(merged["ALLOW_UNCONDITIONAL_WRITES"])),
             cache=CacheDir(config_module.cache_dir(merged)),
             scores=ScoreCache(max_entries=merged["SCORE_CACHE"]),
             scorers=Scorers(config_module.onnx_cache_dir(merged), device=merged["DEVICE"], precision=precision,

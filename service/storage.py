@@ -1,7 +1,8 @@
 """Where models and datasets live: S3 (boto3) or local folders, behind one small interface.
 
 A URL given by a client becomes a `Location` (a storage backend plus a key) with
-`StorageLocator.locate()` (the app's runtime holds one):
+`StorageLocator.locate()` (the app's runtime holds one). The backend is chosen by the URL's scheme,
+from the backends' own declarations (`Storage.schemes`, `BACKENDS`): adding a store is one class.
 
 - `s3://bucket/prefix/...` → `S3Storage`. boto3's standard configuration applies: credentials from
   the environment / `~/.aws`, `AWS_DEFAULT_REGION`, and `AWS_ENDPOINT_URL` (or
@@ -10,6 +11,10 @@ A URL given by a client becomes a `Location` (a storage backend plus a key) with
 - a plain path (`local/models/srkw_cnn_0.h5`, `/data/labeled/`) or a `file://` URL → `LocalStorage`,
   the embedded default. Keys are absolute POSIX paths. Paths must resolve inside the configured
   local root (`ORCA_LOCAL_ROOT`), else 403; an empty root disables local URLs.
+
+Each backend declares `public_url(key)` (what /predict answers as `audio_url`: for S3 the original's
+`https://BUCKET.s3.amazonaws.com/KEY`, or `<ORCA_PUBLIC_BASE_URL>/KEY`) and `conditional_writes`
+(whether `upload` can refuse to replace an object atomically, on the server's side).
 
 Operations: `list(prefix)` (recursive, paginated, keys with size and etag; more than `max_listing`
 objects is a 422), `download(key, path)` (checked by size: a short or broken download raises
@@ -24,8 +29,10 @@ bodies that break off, a temporary name renamed into place); spectrograms, whose
 gives, are one GetObject each with the same guarantees (see `S3Storage._get_small` for why). Uploads stay one conditional
 `PutObject` (`If-None-Match: *`): the transfer manager does not pass that condition on (s3transfer
 0.19's `ALLOWED_UPLOAD_ARGS`), and the condition is what keeps two writers from replacing each
-other's version; S3 stores all of the body or nothing. Local writes go through
-`conversion.atomic.atomic_output`.
+other's version; S3 stores all of the body or nothing. A server that answers the condition with
+`NotImplemented` gets no write at all (`ConditionalWritesUnsupported`, 501) unless
+`ORCA_ALLOW_UNCONDITIONAL_WRITES=1` accepts the weaker guarantee (an existence check, then a plain
+`PutObject`). Local writes go through `conversion.atomic.atomic_output` (a hard link: exclusive).
 """
 
 from __future__ import annotations
@@ -42,15 +49,18 @@ import urllib.parse
 import urllib.request
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from conversion.atomic import atomic_output
 
-from .errors import (AlreadyExists, BadRequest, Forbidden, NotFound, StorageError, StorageUnavailable,
-                     Unprocessable)
+from .errors import (AlreadyExists, BadRequest, ConditionalWritesUnsupported, Forbidden, NotFound, StorageError,
+                     StorageUnavailable, Unprocessable)
 
 CHUNK = 1 << 20
 SMALL_OBJECT = 8 << 20  # boto3's multipart threshold: below it the transfer manager makes one GetObject anyway
 DEFAULT_MAX_LISTING = 100_000
+ALLOW_UNCONDITIONAL = "ORCA_ALLOW_UNCONDITIONAL_WRITES"  # the setting named by the refusal
+PUBLIC_BASE = "ORCA_PUBLIC_BASE_URL"
 log = logging.getLogger(__name__)
 
 
@@ -68,7 +78,20 @@ class ObjectInfo:
 
 
 class Storage(ABC):
-    """One bucket (S3) or the local file system. Keys use '/' separators."""
+    """One bucket (S3) or the local file system. Keys use '/' separators.
+
+    A backend declares the URL schemes it serves (`schemes`, `url_forms` for error messages) and
+    builds its Location from a parsed URL (`resolve`); `BACKENDS` lists them for `StorageLocator`."""
+
+    schemes: tuple[str, ...] = ()  # lower-case URL schemes this backend serves ('' = a plain path)
+    url_forms: str = ""  # how its URLs look, for the message of an unsupported scheme
+    conditional_writes: bool = True  # `upload` refuses to replace an object atomically, on the server's side
+
+    @classmethod
+    @abstractmethod
+    def resolve(cls, parsed: urllib.parse.SplitResult, url: str, param: str, locator: "StorageLocator") -> "Location":
+        """The Location of the client URL `url` (already split) with `locator`'s settings; BadRequest,
+        Forbidden naming `param`."""
 
     @abstractmethod
     def list(self, prefix: str) -> list[ObjectInfo]:
@@ -80,11 +103,17 @@ class Storage(ABC):
 
     @abstractmethod
     def upload(self, local_path: str, key: str) -> None:
-        """Store `local_path` as `key`, atomically; raise AlreadyExists if `key` exists."""
+        """Store `local_path` as `key`, atomically; raise AlreadyExists if `key` exists, and
+        ConditionalWritesUnsupported rather than write without the server's guarantee unless told to."""
 
     @abstractmethod
     def exists(self, key: str) -> bool:
         ...
+
+    def check_publishable(self, url: str) -> None:
+        """Raise ConditionalWritesUnsupported if a write to `url` is known to be refused (the store
+        cannot write conditionally and the weaker guarantee was not accepted): called before work
+        whose result would then be lost (a training)."""
 
     def stat(self, key: str) -> ObjectInfo | None:
         """Size and ETag of `key`, or None if it does not exist."""
@@ -109,7 +138,8 @@ class Storage(ABC):
 
     @abstractmethod
     def public_url(self, key: str) -> str:
-        """A URL a browser can fetch: `https://<bucket>.s3.amazonaws.com/<key>` or `file://...`."""
+        """A URL a browser can fetch (/predict's `audio_url`): `https://<bucket>.s3.amazonaws.com/<key>`,
+        `<ORCA_PUBLIC_BASE_URL>/<key>` or `file://...`."""
 
 
 @dataclass(frozen=True)
@@ -145,59 +175,69 @@ class Location:
         return Location(self.storage, key, url)
 
 
+def check_public_base(base: str | None) -> str | None:
+    """ORCA_PUBLIC_BASE_URL as given (None or '' = unset); SystemExit naming it unless it is an
+    http(s) URL with a host, whose only placeholder is `{bucket}`."""
+    if not base:
+        return None
+    parsed = urllib.parse.urlsplit(base)
+    rest = base.replace("{bucket}", "")
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or "{" in rest or "}" in rest \
+            or parsed.query or parsed.fragment:
+        raise SystemExit(f"{PUBLIC_BASE} must be an http(s) URL such as http://minio:9000/{{bucket}} "
+                         f"(`{{bucket}}`, the only placeholder, is replaced by the bucket's name), got {base!r}")
+    return base
+
+
 class StorageLocator:
-    """Turns client URLs into Locations with this app's settings: the local root, the S3 connector
-    and the listing bound. `local_root`: None allows any local path (the CLI), '' disables local
-    paths, else paths must lie inside it."""
+    """Turns client URLs into Locations with this app's settings: the local root, the S3 connector,
+    the listing bound, the public base of S3 URLs (ORCA_PUBLIC_BASE_URL) and whether uploads may go
+    without the server's conditional write (ORCA_ALLOW_UNCONDITIONAL_WRITES). `local_root`: None
+    allows any local path (the CLI), '' disables local paths, else paths must lie inside it.
+    `backends`: the Storage classes to choose from by scheme (default `BACKENDS`)."""
 
     def __init__(self, local_root: str | None, s3: "S3Connector | None" = None,
-                 max_listing: int = DEFAULT_MAX_LISTING):
+                 max_listing: int = DEFAULT_MAX_LISTING, *, public_base: str | None = None,
+                 allow_unconditional_writes: bool = False, backends: "tuple[type[Storage], ...] | None" = None):
         self.local_root = local_root
         self.s3 = s3 or S3Connector()
         self.max_listing = max_listing
+        self.public_base = check_public_base(public_base)
+        self.allow_unconditional_writes = bool(allow_unconditional_writes)
+        self.backends = tuple(BACKENDS if backends is None else backends)
+        by_scheme: dict[str, type[Storage]] = {}
+        for backend in self.backends:
+            for scheme in backend.schemes:
+                if scheme in by_scheme:
+                    raise ValueError(f"URL scheme {scheme!r} is served by both {by_scheme[scheme].__name__} "
+                                     f"and {backend.__name__}")
+                by_scheme[scheme] = backend
+        self.by_scheme = MappingProxyType(by_scheme)
 
     def locate(self, url: str, param: str) -> "Location":
-        return locate(url, param, local_root=self.local_root, s3=self.s3, max_listing=self.max_listing)
+        """Resolve a client URL with the backend its scheme names. `param` names the query parameter
+        in error messages."""
+        if not url or not url.strip():
+            raise BadRequest(f"{param} is empty")
+        url = url.strip()
+        parsed = urllib.parse.urlsplit(url)
+        scheme = parsed.scheme.lower()
+        if len(scheme) == 1 and os.name == "nt":
+            scheme = ""  # a drive letter: C:\data
+        backend = self.by_scheme.get(scheme)
+        if backend is None:
+            forms = ", ".join(b.url_forms for b in self.backends if b.url_forms)
+            raise BadRequest(f"{param}: unsupported URL scheme {parsed.scheme!r} in {url!r} (use {forms})")
+        return backend.resolve(parsed, url, param, self)
 
 
 def locate(url: str, param: str, *, local_root: str | None, s3: "S3Connector | None" = None,
-           max_listing: int = DEFAULT_MAX_LISTING) -> Location:
-    """Resolve a client URL. `param` names the query parameter in error messages.
+           max_listing: int = DEFAULT_MAX_LISTING, **settings) -> Location:
+    """Resolve a client URL with a one-off `StorageLocator(local_root, s3, max_listing, **settings)`.
 
     `local_root`: None allows any local path, '' disables local paths, else paths must lie inside it.
     """
-    if not url or not url.strip():
-        raise BadRequest(f"{param} is empty")
-    url = url.strip()
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme == "s3":
-        bucket = parsed.netloc
-        if not bucket:
-            raise BadRequest(f"{param}: no bucket in {url!r} (expected s3://bucket/key)")
-        return Location(S3Storage(bucket, s3, max_listing), parsed.path.lstrip("/"), url)
-    if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise BadRequest(f"{param}: file URL with a remote host is not supported: {url!r}")
-        path = urllib.request.url2pathname(parsed.path)
-    elif parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
-        path = url
-    else:
-        raise BadRequest(f"{param}: unsupported URL scheme {parsed.scheme!r} in {url!r} "
-                         "(use s3://bucket/key, a local path or a file:// URL)")
-    if local_root == "":
-        raise BadRequest(f"{param}: local paths are disabled on this server; use an s3:// URL")
-    if "\x00" in path:
-        raise BadRequest(f"{param}: NUL character in {url!r}")
-    absolute = os.path.realpath(os.path.abspath(path))  # `..` and symlinks resolved before the check
-    root = None
-    if local_root is not None:
-        root = os.path.realpath(os.path.abspath(local_root))
-        if not _inside(absolute, root):
-            raise Forbidden(f"{param}: {url} is outside the local data root of this server")
-    key = absolute.replace(os.sep, "/")
-    if path.endswith(("/", os.sep)) and not key.endswith("/"):
-        key += "/"
-    return Location(LocalStorage(root, max_listing), key, url)
+    return StorageLocator(local_root, s3, max_listing, **settings).locate(url, param)
 
 
 def _inside(path: str, root: str) -> bool:
@@ -208,11 +248,39 @@ def _inside(path: str, root: str) -> bool:
 
 class LocalStorage(Storage):
     """Local folders; keys are absolute POSIX paths. With a `root`, a file or folder that resolves
-    outside it (a symlink pointing out) is neither listed nor read nor written."""
+    outside it (a symlink pointing out) is neither listed nor read nor written. Writes are
+    conditional: a complete temporary file hard-linked under its name, which fails if it exists."""
+
+    schemes = ("", "file")
+    url_forms = "a local path or a file:// URL"
+    conditional_writes = True
 
     def __init__(self, root: str | None = None, max_listing: int = DEFAULT_MAX_LISTING):
         self.root = root
         self.max_listing = max_listing
+
+    @classmethod
+    def resolve(cls, parsed, url, param, locator):
+        if parsed.scheme == "file":
+            if parsed.netloc not in ("", "localhost"):
+                raise BadRequest(f"{param}: file URL with a remote host is not supported: {url!r}")
+            path = urllib.request.url2pathname(parsed.path)
+        else:
+            path = url
+        if locator.local_root == "":
+            raise BadRequest(f"{param}: local paths are disabled on this server; use an s3:// URL")
+        if "\x00" in path:
+            raise BadRequest(f"{param}: NUL character in {url!r}")
+        absolute = os.path.realpath(os.path.abspath(path))  # `..` and symlinks resolved before the check
+        root = None
+        if locator.local_root is not None:
+            root = os.path.realpath(os.path.abspath(locator.local_root))
+            if not _inside(absolute, root):
+                raise Forbidden(f"{param}: {url} is outside the local data root of this server")
+        key = absolute.replace(os.sep, "/")
+        if path.endswith(("/", os.sep)) and not key.endswith("/"):
+            key += "/"
+        return Location(cls(root, locator.max_listing), key, url)
 
     def _confined(self, path: str) -> bool:
         return self.root is None or _inside(os.path.realpath(path), self.root)
@@ -304,9 +372,20 @@ class S3Connector:
         self.attempts = max(1, int(attempts))
         self.max_connections = max(1, int(max_connections))
         self.on_client = on_client
+        self.conditional_writes: bool | None = None  # what the server answered a conditional PutObject (None: not yet)
         self._client = None
         self._transfers = None
+        self._warned_unconditional = False
         self._lock = threading.Lock()
+
+    def learn_conditional_writes(self, supported: bool) -> None:
+        self.conditional_writes = supported
+
+    def note_unconditional(self) -> bool:
+        """True the first time an unconditional write goes to this connector's server (to log it once)."""
+        with self._lock:
+            first, self._warned_unconditional = not self._warned_unconditional, True
+            return first
 
     @property
     def client(self):
@@ -336,10 +415,32 @@ class S3Connector:
 
 
 class S3Storage(Storage):
-    def __init__(self, bucket: str, connector: S3Connector | None = None, max_listing: int = DEFAULT_MAX_LISTING):
+    """One bucket of S3 or of an S3-compatible server. `public_base`: ORCA_PUBLIC_BASE_URL (None:
+    `https://<bucket>.s3.amazonaws.com`); `allow_unconditional_writes`: ORCA_ALLOW_UNCONDITIONAL_WRITES."""
+
+    schemes = ("s3",)
+    url_forms = "s3://bucket/key"
+
+    def __init__(self, bucket: str, connector: S3Connector | None = None, max_listing: int = DEFAULT_MAX_LISTING,
+                 *, public_base: str | None = None, allow_unconditional_writes: bool = False):
         self.bucket = bucket
         self.connector = connector or S3Connector()
         self.max_listing = max_listing
+        self.public_base = check_public_base(public_base)
+        self.allow_unconditional_writes = allow_unconditional_writes
+
+    @classmethod
+    def resolve(cls, parsed, url, param, locator):
+        if not parsed.netloc:
+            raise BadRequest(f"{param}: no bucket in {url!r} (expected s3://bucket/key)")
+        storage = cls(parsed.netloc, locator.s3, locator.max_listing, public_base=locator.public_base,
+                      allow_unconditional_writes=locator.allow_unconditional_writes)
+        return Location(storage, parsed.path.lstrip("/"), url)
+
+    @property
+    def conditional_writes(self) -> bool:
+        """True unless this connector's server answered a conditional PutObject with NotImplemented."""
+        return self.connector.conditional_writes is not False
 
     @property
     def client(self):
@@ -430,27 +531,56 @@ class S3Storage(Storage):
         except Exception as error:  # noqa: BLE001
             raise map_s3_error(error, f"s3://{self.bucket}") from error
 
+    def check_publishable(self, url: str) -> None:
+        if not self.conditional_writes and not self.allow_unconditional_writes:
+            raise ConditionalWritesUnsupported(
+                f"not writing {url}: the S3 server at {self.client.meta.endpoint_url} does not support "
+                "conditional writes (PutObject with If-None-Match: *, answered NotImplemented), so the write "
+                "could replace an object another writer stored at the same moment. Nothing was written. Set "
+                f"{ALLOW_UNCONDITIONAL}=1 to accept the weaker guarantee (an existence check, then a plain "
+                "PutObject), or use a server that supports conditional writes")
+
     def upload(self, local_path: str, key: str) -> None:
+        """One PutObject with If-None-Match: * after an existence check (which saves sending the body
+        for a name that is taken). A server without conditional writes (NotImplemented, 501): refused
+        (`check_publishable`) unless allowed, then the existence check alone guards the name
+        (logged once per connector); either way the connector remembers the server's answer."""
+        url = self.url(key)
         if self.exists(key):
             raise AlreadyExists(key)
+        self.check_publishable(url)
         try:
             with open(local_path, "rb") as body:
+                if self.connector.conditional_writes is False:  # known, and the weaker guarantee accepted
+                    self._put_unconditionally(body, key)
+                    return
                 try:
                     self.client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
                 except Exception as error:  # noqa: BLE001
                     code = _error_code(error)
-                    if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                    if code in PRECONDITION_CODES:
                         raise AlreadyExists(key) from None
-                    if code not in ("NotImplemented", "501"):
+                    if code not in NOT_IMPLEMENTED_CODES:
                         raise
-                    # S3-compatible server without conditional writes: the head check above is all
-                    # we can do.
+                    self.connector.learn_conditional_writes(False)
+                    self.check_publishable(url)  # nothing was written: refuse, unless allowed
                     body.seek(0)
-                    self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
-        except AlreadyExists:
+                    self._put_unconditionally(body, key)
+                else:
+                    self.connector.learn_conditional_writes(True)
+        except (AlreadyExists, ConditionalWritesUnsupported):
             raise
         except Exception as error:  # noqa: BLE001
-            raise map_s3_error(error, self.url(key)) from error
+            raise map_s3_error(error, url) from error
+
+    def _put_unconditionally(self, body, key: str) -> None:
+        """The weaker guarantee ORCA_ALLOW_UNCONDITIONAL_WRITES=1 accepts: `upload` checked that
+        `key` did not exist; a writer storing it in between would be replaced."""
+        if self.connector.note_unconditional():
+            log.warning("the S3 server at %s does not support conditional writes; %s=1: new objects are "
+                        "written after an existence check only, so two writers at the same moment could "
+                        "replace each other's object", self.client.meta.endpoint_url, ALLOW_UNCONDITIONAL)
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
 
     def exists(self, key: str) -> bool:
         try:
@@ -465,7 +595,15 @@ class S3Storage(Storage):
         return f"s3://{self.bucket}/{key}"
 
     def public_url(self, key: str) -> str:
-        return f"https://{self.bucket}.s3.amazonaws.com/{urllib.parse.quote(key)}"
+        """The original's `https://<bucket>.s3.amazonaws.com/<key>`, or `<public_base>/<key>` with
+        `{bucket}` in the base replaced by the bucket's name (MinIO path style:
+        `http://minio:9000/{bucket}` → `http://minio:9000/orcagsoc/<key>`)."""
+        if self.public_base is None:
+            return f"https://{self.bucket}.s3.amazonaws.com/{urllib.parse.quote(key)}"
+        return f"{self.public_base.replace('{bucket}', self.bucket).rstrip('/')}/{urllib.parse.quote(key)}"
+
+
+BACKENDS: tuple[type[Storage], ...] = (S3Storage, LocalStorage)  # the stores `StorageLocator` chooses from
 
 
 def _error_code(error: Exception) -> str | None:
@@ -475,6 +613,8 @@ def _error_code(error: Exception) -> str | None:
     return str(response.get("Error", {}).get("Code", "")) or None
 
 
+PRECONDITION_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
+NOT_IMPLEMENTED_CODES = frozenset({"NotImplemented", "501"})
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NoSuchBucket", "NotFound"})
 DENIED_CODES = frozenset({"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                 "AllAccessDisabled", "AccountProblem", "ExpiredToken", "InvalidToken"})

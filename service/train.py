@@ -124,6 +124,8 @@ def run_train(runtime, params: TrainParams, on_epoch=None) -> dict:
     preload = None if "torch._dynamo" in sys.modules else preload_torch_in_background()
     model = runtime.locate(params.model_url, "model_url")
     labeled = runtime.locate(params.labeled_url, "labeled_url")
+    # a store already known to refuse the new version (no conditional writes): refused before training
+    model.storage.check_publishable(model.url)
     config = runtime.config
     with runtime.train_lock, tempfile.TemporaryDirectory(prefix="orca-train-", dir=config["WORK_DIR"]) as tmp:
         started = time.monotonic()
