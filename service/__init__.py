@@ -19,6 +19,7 @@ def __getattr__(name: str):
     if name == "create_app":
         from .app import create_app
 
+        globals()["create_app"] = create_app  # looked up once
         return create_app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -23,6 +23,7 @@ import urllib.request
 
 from .errors import Forbidden, Unauthorized
 
+
 def check_token(expected: str | None, header: str | None) -> None:
     """Unauthorized unless `header` is `Bearer <expected>`; nothing to check when no token is set."""
     if not expected:

@@ -53,9 +53,9 @@ def handle_error(error: Exception):
     """Every error becomes its status and a message naming the parameter or object; never a traceback.
 
     The body is `{"error": message}`, except on the routes that declare `plain_errors` (the original's
-    two, `service.routes.api`) for a request that does not prefer JSON: there it is `text/plain`. Their real client parses every answer with
-    `requests.get(url).json()` and no status check, then replaces its predictions by iterating the
-    answer; the original's HTML error pages made `.json()` raise before the client touched its
+    two, `service.routes.api`) for a request that does not prefer JSON: there it is `text/plain`.
+    Their real client parses every answer with `requests.get(url).json()` and no status check, then
+    replaces its predictions by iterating the answer; the original's HTML error pages made `.json()` raise before the client touched its
     database, and a plain-text body keeps it so (docs/api.md, "Errors")."""
     if isinstance(error, ServiceError):
         status, message = error.status, error.message
