@@ -17,8 +17,9 @@ URLs are local paths (anywhere: the CLI runs as you) or `s3://` URLs. `train` an
 the same JSON as the HTTP endpoints (`--output FILE` writes it to a file instead) and show a
 progress bar on stderr. `convert` to or from `.h5` and `verify` need the `bridge` extra
 (TensorFlow); `score` needs the `scale` extra (Ray, pyarrow; docs/scoring.md). The commands only
-parse arguments and print: the work is in `service`, `training`, `models`, `conversion` and
-`batch_scoring`.
+parse arguments and print: the work is in `service`'s use cases (`service.train`, `service.predict`,
+`service.selection`: the same functions the HTTP routes call, without Flask, which only `serve` and
+`demo` load), `training`, `models`, `conversion` and `batch_scoring`.
 """
 
 from __future__ import annotations
@@ -62,10 +63,10 @@ def _run_predict(params, on_progress):
 
 
 def _run_embed(params):
-    """/embed's work: (items, embeddings) for `params` (service.params.PredictParams)."""
-    from service.selection import probe_pool
+    """/embed's work: (items, embeddings) for `params` (service.params.EmbedParams)."""
+    from service.selection import run_embed
 
-    pool = probe_pool(_runtime(), params, embeddings=True)
+    pool = run_embed(_runtime(), params)
     return pool.items, pool.embeddings
 
 
@@ -183,9 +184,9 @@ def cmd_predict(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from service.params import Limits, predict_params
+    from service.params import Limits, embed_params
 
-    items, embeddings = _run_embed(predict_params(_predict_args(args), Limits()))
+    items, embeddings = _run_embed(embed_params(_predict_args(args), Limits()))
     rows = [dict(item, embedding=[float(v) for v in embeddings[i]]) for i, item in enumerate(items)]
     if args.npy:
         import numpy as np

@@ -1,5 +1,8 @@
 """Access control: an optional bearer token and an optional allow-list of storage prefixes.
 
+Which route needs the token, which of its parameters are storage URLs and whether it writes is
+declared on the route itself (`service.routes.web.policy`); this module only checks.
+
 - `API_TOKEN` set: every endpoint except `/health` needs `Authorization: Bearer <token>`
   (compared in constant time); otherwise 401 `{"error"}` with `WWW-Authenticate: Bearer`.
 - `ORCA_ALLOWED_PREFIXES` set (comma-separated, e.g. `s3://orcagsoc/,s3://other/models/`): every
@@ -20,11 +23,10 @@ import urllib.request
 
 from .errors import Forbidden, Unauthorized
 
-PUBLIC_PATHS = frozenset({"/health"})
 
-
-def check_token(expected: str | None, header: str | None, path: str) -> None:
-    if not expected or path in PUBLIC_PATHS:
+def check_token(expected: str | None, header: str | None) -> None:
+    """Unauthorized unless `header` is `Bearer <expected>`; nothing to check when no token is set."""
+    if not expected:
         return
     scheme, _, token = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
@@ -90,3 +92,13 @@ class AllowList:
             return
         folder = model_url.strip().rstrip("/").rsplit("/", 1)[0] + "/" if "/" in model_url else model_url
         self.check(folder, "model_url", "write")
+
+    def check_urls(self, args, names, writes: bool = False) -> None:
+        """Every URL among the parameters `names` of `args` must be allowed; with `writes`, the folder
+        `model_url`'s new version goes to as well."""
+        if not self.enabled:
+            return
+        for name in names:
+            self.check(args.get(name), name)
+        if writes:
+            self.check_model_write(args.get("model_url"))

@@ -8,6 +8,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .errors import ServiceError
+from .routes import web
 
 log = logging.getLogger("service")
 
@@ -17,19 +18,20 @@ def create_app(config: dict | None = None, **parts) -> Flask:
     parts of the runtime built from it (`s3=S3Connector(...)`, `metrics=Metrics(...)`,
     `run_train=…`: see `service.runtime.Runtime.from_config`). Everything the app owns lives on its
     `Runtime`, `app.extensions["orca"]`."""
-    from . import ops
-    from .api import api
+    from .routes.api import api
+    from .routes.ops import ops
+    from .routes.selection import selection
     from .runtime import Runtime
-    from .selection import selection
 
     runtime = Runtime.from_config(config, **parts)
-    app = Flask("service")
+    app = Flask("service", static_folder=None)  # no /static route: every route is declared (routes.web)
     app.config.update(runtime.config)
     app.extensions["orca"] = runtime
     app.json.sort_keys = True  # the original's JSON came out with sorted keys; clients may rely on it
-    app.register_blueprint(api)
+    app.register_blueprint(api)  # /, /health, /train, /predict
     app.register_blueprint(selection)  # /embed, /query
-    ops.install(app)  # jobs, /models, /ready, /metrics; token, allow-list and metrics hooks
+    app.register_blueprint(ops)  # jobs, /models, /ready, /metrics
+    web.install(app)  # refuses a route without a declared policy; the policy and metrics hooks
     app.register_error_handler(Exception, handle_error)
     runtime.preload = start_preload(runtime.config["PRELOAD_TORCH"])
     return app
@@ -47,16 +49,13 @@ def start_preload(setting: str | None):
     return preload_torch_in_background() if wanted else None
 
 
-LEGACY_ROUTES = frozenset({"/train", "/predict"})  # the original's two endpoints and their legacy client
-
-
 def handle_error(error: Exception):
     """Every error becomes its status and a message naming the parameter or object; never a traceback.
 
-    The body is `{"error": message}`, except on the original's two routes for a request that does not
-    prefer JSON: there it is `text/plain`. Their real client parses every answer with
-    `requests.get(url).json()` and no status check, then replaces its predictions by iterating the
-    answer; the original's HTML error pages made `.json()` raise before the client touched its
+    The body is `{"error": message}`, except on the routes that declare `plain_errors` (the original's
+    two, `service.routes.api`) for a request that does not prefer JSON: there it is `text/plain`.
+    Their real client parses every answer with `requests.get(url).json()` and no status check, then
+    replaces its predictions by iterating the answer; the original's HTML error pages made `.json()` raise before the client touched its
     database, and a plain-text body keeps it so (docs/api.md, "Errors")."""
     if isinstance(error, ServiceError):
         status, message = error.status, error.message
@@ -67,7 +66,7 @@ def handle_error(error: Exception):
     else:
         log.exception("unhandled error")
         status, message = 500, "internal server error (see the server log)"
-    if request.path in LEGACY_ROUTES and not _prefers_json():
+    if web.plain_errors() and not _prefers_json():
         response = Response(f"error: {message}\n", status=status, mimetype="text/plain")
     else:
         response = jsonify(error=message)

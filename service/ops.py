@@ -1,36 +1,18 @@
-"""Operations endpoints: background training jobs, model versions with provenance, readiness,
-Prometheus metrics; and the request hooks (bearer token, allow-list, metrics).
-
-    POST /jobs/train      the /train parameters (JSON body or query) → 202 {"job_id", "status", "url"}
-    GET  /jobs/<id>       one job (see service.jobqueue)
-    GET  /jobs            recent jobs, newest first
-    GET  /models?model_url=<folder>   model versions, newest first, with their sidecar summaries
-    GET  /ready           storage reachable and torch loaded (ORCA_PRELOAD_TORCH) → 200, else 503
-    GET  /metrics         Prometheus metrics (prometheus_client)
-"""
+"""The operations' work, without HTTP: training jobs (submit; submit and wait, as GET /train does),
+the job listing, model versions with their provenance, readiness. Plain functions of a `Runtime`;
+the routes are `service.routes.ops` (and `service.routes.api` for GET /train)."""
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 
-from flask import Blueprint, Response, g, jsonify, request
-
-from .access import check_token
-from .errors import BadRequest, ServiceError
+from .errors import Busy, ServiceError
 from .jobqueue import Job
-from .runtime import current_runtime
-
-log = logging.getLogger(__name__)
-
-ops = Blueprint("ops", __name__)
-
-URL_PARAMS = ("model_url", "labeled_url", "unlabeled_url")
+from .params import TrainParams
 
 
-def submit_train(params) -> Job:
-    runtime = current_runtime()
+def submit_train(runtime, params: TrainParams) -> Job:
+    """Queue a training of `params` (`runtime.run_train` on the job worker); the job, at once."""
 
     def run(job):
         return runtime.run_train(runtime, params, on_epoch=job.on_epoch)
@@ -40,63 +22,48 @@ def submit_train(params) -> Job:
     return runtime.jobs.submit("train", public, run)
 
 
-def _job_args() -> dict:
-    """Query arguments overlaid with a JSON object body; values as the strings /train would get."""
-    args = {k: v for k, v in request.args.items()}
-    if request.data:
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object of /train parameters")
-        for key, value in body.items():
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise BadRequest(f"{key} must be a string or a number")
-            args[key] = str(value) if not isinstance(value, float) or not value.is_integer() else str(int(value))
-    return args
+def train_and_wait(runtime, params: TrainParams) -> dict:
+    """GET /train: a job like POST /jobs/train's, waited for; its result, or its error raised.
+
+    Each waiting request holds one of the server's request threads for the whole training, so at most
+    ORCA_MAX_TRAIN_WAITERS wait at once and the rest get a 503 with Retry-After at once: the other
+    threads stay free for /health, /predict and /jobs (docs/operations.md, "Liveness under load")."""
+    if not runtime.train_waiters.acquire(blocking=False):
+        raise Busy(f"{runtime.config['MAX_TRAIN_WAITERS']} GET /train requests are already waiting for their "
+                   "training (ORCA_MAX_TRAIN_WAITERS); try again later, or submit with POST /jobs/train and "
+                   "poll GET /jobs/<id>", retry_after=60)
+    try:
+        job = submit_train(runtime, params)
+        job.done.wait()
+    finally:
+        runtime.train_waiters.release()
+    if job.exception is not None:
+        raise job.exception
+    return job.result
 
 
-@ops.post("/jobs/train")
-def create_train_job():
-    from .params import limits
-    from .params import train_params
-
-    args = _job_args()
-    _check_allowed(args, writes=True)
-    params = train_params(args, limits(current_runtime().config))
-    job = submit_train(params)
-    response = jsonify(job_id=job.id, status=job.status, url=f"/jobs/{job.id}")
-    response.status_code = 202
-    response.headers["Location"] = f"/jobs/{job.id}"
-    return response
+def job_status(runtime, job_id: str) -> dict:
+    """One job's JSON (service.jobqueue); NotFound for an unknown id."""
+    return runtime.jobs.get(job_id).to_json()
 
 
-@ops.get("/jobs/<job_id>")
-def get_job(job_id: str):
-    return jsonify(current_runtime().jobs.get(job_id).to_json())
-
-
-@ops.get("/jobs")
-def list_jobs():
-    manager = current_runtime().jobs
+def job_listing(runtime) -> dict:
+    """Recent jobs, newest first, with the queue's length and bound."""
+    manager = runtime.jobs
     jobs = manager.list()
-    return jsonify(jobs=[j.to_json() for j in jobs], queued=manager.queued(), max_queued=manager.max_queued)
+    return {"jobs": [j.to_json() for j in jobs], "queued": manager.queued(), "max_queued": manager.max_queued}
 
 
-@ops.get("/models")
-def list_models():
+def model_versions(runtime, url: str) -> dict:
+    """The model versions in the folder `url`, newest first, with their sidecar summaries."""
     from .provenance import list_versions
 
-    url = (request.args.get("model_url") or "").strip()
-    if not url:
-        raise BadRequest("missing parameter: model_url (a folder of model versions)")
-    folder = current_runtime().locate(url, "model_url")
-    return jsonify(model_url=folder.prefix_url, versions=list_versions(folder))
+    folder = runtime.locate(url, "model_url")
+    return {"model_url": folder.prefix_url, "versions": list_versions(folder)}
 
 
-@ops.get("/ready")
-def ready():
-    runtime = current_runtime()
+def readiness(runtime) -> tuple[bool, dict]:
+    """(ready, body): storage reachable and torch loaded (ORCA_PRELOAD_TORCH); the body names each check."""
     c = runtime.config
     checks = {}
     failures = []
@@ -121,11 +88,10 @@ def ready():
             failures.append(f"torch could not be imported ({runtime.preload.error}): /train cannot run")
         else:
             checks["torch"] = "ok"
-    status = 503 if failures else 200
     body = {"status": "ready" if not failures else "unavailable", "checks": checks}
     if failures:
         body["error"] = "; ".join(failures)
-    return jsonify(body), status
+    return not failures, body
 
 
 def _list_buckets(s3) -> None:
@@ -147,53 +113,3 @@ def _probe(check, failures: list, name: str) -> str:
     except Exception as error:  # noqa: BLE001
         failures.append(f"{name}: {type(error).__name__}")
         return type(error).__name__
-
-
-@ops.get("/metrics")
-def prometheus():
-    body, content_type = current_runtime().metrics.render()
-    return Response(body, content_type=content_type)
-
-
-# --------------------------------------------------------------------------------------- hooks
-
-def _check_allowed(args, writes: bool) -> None:
-    allow = current_runtime().allow
-    if not allow.enabled:
-        return
-    for name in URL_PARAMS:
-        allow.check(args.get(name), name)
-    if writes:
-        allow.check_model_write(args.get("model_url"))
-
-
-def before_request():
-    g.orca_started = time.perf_counter()
-    check_token(current_runtime().config["API_TOKEN"], request.headers.get("Authorization"), request.path)
-    # /jobs/train checks its JSON body itself; the rest take URLs from the query
-    if request.path != "/jobs/train":
-        _check_allowed(request.args, writes=request.path == "/train")
-
-
-def after_request(response):
-    metrics = current_runtime().metrics
-    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    started = getattr(g, "orca_started", None)
-    if started is not None:
-        metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
-    metrics.requests.labels(endpoint=endpoint, method=request.method, status=str(response.status_code)).inc()
-    if endpoint == "/predict" and response.status_code == 200:
-        try:  # scored = items answered; skipped = the X-Skipped-Files header the /predict route sets
-            items = response.get_json(silent=True) if response.is_json else None
-            metrics.count_scored(len(items) if isinstance(items, list) else 0)
-            metrics.count_skipped(int(response.headers.get("X-Skipped-Files") or 0), stage="predict")
-        except Exception:  # noqa: BLE001 - metrics never break a response
-            pass
-    return response
-
-
-def install(app) -> None:
-    """Register the blueprint and the request hooks on `app`."""
-    app.register_blueprint(ops)
-    app.before_request(before_request)
-    app.after_request(after_request)

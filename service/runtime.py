@@ -3,7 +3,9 @@
 Storage clients, caches, the job manager, the metrics registry, the scorers and the device all live
 on one `Runtime` object, kept in `app.extensions["orca"]`: two apps in one process share nothing,
 and tests replace a part by passing it to `create_app` (e.g. an `S3Connector` whose client has a
-fault injected), never by patching a module.
+fault injected), never by patching a module. Nothing here knows Flask: the use cases
+(`service.train`, `service.predict`, `service.selection`, `service.ops`) take a runtime as their
+first argument; a request finds its app's with `service.routes.web.current_runtime()`.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class Runtime:
     run_train: Callable  # (runtime, TrainParams, on_epoch) -> the /train JSON: service.train.run_train
     run_predict: Callable  # (runtime, PredictParams, on_progress) -> PredictItems: service.predict.run_predict
     train_lock: threading.Lock = field(default_factory=threading.Lock)  # one training at a time, jobs or CLI
-    train_waiters: threading.BoundedSemaphore = None  # GET /train requests waiting for their job (see api.train)
+    train_waiters: threading.BoundedSemaphore = None  # GET /train requests waiting for their job (service.ops.train_and_wait)
     preload: threading.Thread | None = None  # torch's import at start-up (ORCA_PRELOAD_TORCH), for /ready
     version: str = __version__
 
@@ -111,10 +113,3 @@ class Runtime:
             return device_label(self.config["DEVICE"])  # does not import torch on a CPU-only machine
         except Exception as error:  # noqa: BLE001 - /health must answer
             return f"unavailable ({type(error).__name__}: {error})"
-
-
-def current_runtime() -> Runtime:
-    """The runtime of the app handling the current request."""
-    from flask import current_app
-
-    return current_app.extensions["orca"]

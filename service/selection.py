@@ -1,4 +1,6 @@
-"""/embed and /query: what the model sees in each unlabeled clip, and which clips to label next.
+"""The work behind /embed and /query (and `orca embed` / `orca query`): what the model sees in each
+unlabeled clip, and which clips to label next. Plain functions of a `Runtime`, no Flask; the routes
+are `service.routes.selection`.
 
 Both start from /predict's own work (`runtime.run_predict`: same clips, same order, same
 `predicted_value`, score cache included), so `uncertainty` ranks clips exactly as the orcaal client
@@ -7,15 +9,11 @@ module (`conversion.formats.load_trainable`: .h5 through the bridge, .onnx, regi
 same clips' pixels are read again (from the app's pixel cache: /predict has just decoded them) for
 `active_learning.embedding.ModelProbe`: embeddings (the input of the
 output layer) and Monte Carlo dropout passes. The strategies themselves are `active_learning.acquisition`.
-
-/embed streams its JSON array item by item: 10,000 clips × 256 floats is ~25 MB of JSON, built
-while it is sent rather than held twice (docs/api.md).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import tempfile
@@ -23,21 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from flask import Blueprint, Response, jsonify, request
 
 from scoring.images import decode_image
 from scoring.stream import stream_batches
 
 from .datasets import model_errors, name_urls, unprocessable
 from .errors import BadRequest, Conflict
-from .params import PredictParams, embed_params, limits, query_params
+from .params import EmbedParams, PredictParams
 from .predict import pixel_identity
-from .runtime import current_runtime
 from .storage import LocalStorage, Location
 
 log = logging.getLogger(__name__)
-
-selection = Blueprint("selection", __name__)
 
 
 @dataclass
@@ -48,31 +42,9 @@ class ProbedPool:
     labeled_embeddings: np.ndarray | None = None  # float32 (m, d): the labeled set's, when asked for
 
 
-@selection.get("/embed")
-def embed():
-    runtime = current_runtime()
-    params = embed_params(request.args, limits(runtime.config))
-    pool = probe_pool(runtime, params.predict, embeddings=True)
-
-    def rows():
-        yield "["
-        for i, item in enumerate(pool.items):
-            row = dict(item, embedding=[float(v) for v in pool.embeddings[i]])
-            yield ("," if i else "") + json.dumps(row, sort_keys=True)
-        yield "]\n"
-
-    response = Response(rows(), mimetype="application/json")
-    response.headers["X-Skipped-Files"] = str(len(getattr(pool.items, "skipped", ())))
-    if pool.embeddings is not None:
-        response.headers["X-Embedding-Size"] = str(pool.embeddings.shape[1])
-    return response
-
-
-@selection.get("/query")
-def query():
-    runtime = current_runtime()
-    params = query_params(request.args, limits(runtime.config), runtime.config["MAX_LISTING"])
-    return jsonify(run_query(runtime, params))
+def run_embed(runtime, params: EmbedParams) -> ProbedPool:
+    """/predict's items and each one's embedding (row i of `embeddings` ↔ `items[i]`)."""
+    return probe_pool(runtime, params.predict, embeddings=True)
 
 
 def run_query(runtime, params) -> list[dict]:

@@ -224,3 +224,35 @@ def test_query_with_a_bad_strategy_is_one_line_naming_it(workspace, capsys):
                  str(workspace / "unlabeled"), "--img_width", "8", "--img_height", "8", "--k", "2",
                  "--strategy", "cleverest"])
     assert code == 2 and "strategy must be one of" in capsys.readouterr().err
+
+
+def test_predict_query_and_score_preparation_run_without_flask(workspace):
+    """`orca predict`, `orca query` (a strategy that loads the model in torch) and what `orca score` does
+    before Ray, in one fresh process on the sample data: they call the service's use cases, which need no
+    Flask; only `serve` and `demo` load it."""
+    model = workspace / "models" / "small_cnn_0.pt"
+    assert main(["new", "small_cnn", str(model), "--rows", str(ROWS), "--cols", str(COLS)]) == 0
+    common = ["--model_url", str(model), "--unlabeled_url", str(workspace / "unlabeled"),
+              "--img_width", str(ROWS), "--img_height", str(COLS)]
+    predicted, chosen = workspace / "predicted.json", workspace / "chosen.json"
+    code = "\n".join([
+        "import json, sys",
+        "from orca.cli import main",
+        f"assert main(['predict', *{common!r}, '--output', {str(predicted)!r}]) == 0",
+        f"assert main(['query', *{common!r}, '--k', '3', '--strategy', 'bald', '--passes', '2', '--seed', '1',",
+        f"             '--output', {str(chosen)!r}]) == 0",
+        "from batch_scoring.run import prepare",
+        f"plan = prepare({str(model)!r}, {str(workspace / 'unlabeled')!r}, {str(workspace / 'scores')!r}, part_size=4).plan",
+        "print(json.dumps({'clips': plan.table.num_rows, 'parts': plan.parts, 'rows': plan.rows, 'cols': plan.cols,",
+        "                  'web': sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'werkzeug'))}))",
+    ])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workspace,
+                          env=subprocess_env(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"clips": 9, "parts": 3, "rows": ROWS, "cols": COLS, "web": []}
+    items = json.loads(predicted.read_text())
+    assert len(items) == 9 and all(0.0 <= item["predicted_value"] <= 1.0 for item in items)
+    ranked = json.loads(chosen.read_text())
+    assert [row["rank"] for row in ranked] == [1, 2, 3]
+    assert {row["audio_url"] for row in ranked} <= {item["audio_url"] for item in items}

@@ -49,10 +49,10 @@ def test_token_required_everywhere_but_health(stub_jobs):
 
 
 def test_no_token_configured_means_open():
-    check_token(None, None, "/train")
-    check_token("", None, "/train")
+    check_token(None, None)
+    check_token("", None)
     with pytest.raises(Unauthorized):
-        check_token("t", "Bearer ", "/train")
+        check_token("t", "Bearer ")
 
 
 def test_allow_list_of_prefixes(stub_jobs):

@@ -189,6 +189,9 @@ def test_the_wheel_holds_the_code_and_the_sample_data_but_no_tests():
     assert not packages & {"tests", "bench"} and not any(p.startswith(("tests.", "bench.")) for p in packages)
     on_disk = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
     assert on_disk <= packages, f"packages not shipped: {sorted(on_disk - packages)}"
+    # setuptools ships a listed package without its subpackages: each must be listed too
+    nested = {".".join(p.parent.relative_to(ROOT).parts) for top in on_disk for p in (ROOT / top).rglob("*/__init__.py")}
+    assert "service.routes" in nested and nested <= packages, f"subpackages not shipped: {sorted(nested - packages)}"
     assert PROJECT["scripts"] == {"orca": "orca.cli:main"}
 
 

@@ -1,5 +1,6 @@
 """Rules of the repository that keep it carryable: one place reads the environment, and documents it;
-no module-level mutable state in `service/`, `training/`, `scoring/` and `active_learning/` (an app owns its state); a short README."""
+no module-level mutable state in `service/`, `training/`, `scoring/` and `active_learning/` (an app owns its state); only
+the service's HTTP layer imports Flask; a short README."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import ast
 import re
 from pathlib import Path
 
+import import_graph
 from service import config
 
 ROOT = Path(__file__).resolve().parent.parent
-OWNED_BY_APPS = [p for folder in ("service", "training", "scoring", "active_learning") for p in sorted((ROOT / folder).glob("*.py"))]
+OWNED_BY_APPS = [p for folder in ("service", "training", "scoring", "active_learning")
+                 for p in sorted((ROOT / folder).rglob("*.py"))]
 # Registries that declarations fill once, at import, and that are only read afterwards: what a
 # module declares, not what an app owns.
 DECLARED_REGISTRIES = {("acquisition.py", "_REGISTRY")}
@@ -94,3 +97,38 @@ def test_readme_is_an_entry_page_of_at_most_250_lines():
     assert len(readme.splitlines()) <= 250
     for doc in ("api.md", "operations.md", "bridge.md", "researchers.md", "design.md"):
         assert (ROOT / "docs" / doc).is_file() and f"docs/{doc}" in readme, doc
+
+
+WEB = {"flask", "werkzeug"}
+
+
+def _web_imports(path: Path) -> list[str]:
+    """`path:line module` for every import of Flask or werkzeug in the file, inside functions too."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        else:
+            continue
+        found += [f"{path.name}:{node.lineno} {name}" for name in names if name.split(".")[0] in WEB]
+    return found
+
+
+def test_only_the_services_http_layer_imports_flask():
+    """The use cases (service.train, .predict, .selection, .ops), the CLI, batch scoring and every other
+    package run without Flask: only `service/`'s app, server and routes import it (or werkzeug)."""
+    outside = [p for package in import_graph.PACKAGES if package != "service" for p in sorted((ROOT / package).rglob("*.py"))]
+    assert any(p.parts[-2:] == ("orca", "cli.py") for p in outside) and any("batch_scoring" in p.parts for p in outside)
+    assert [hit for path in outside + sorted(ROOT.glob("*.py")) for hit in _web_imports(path)] == []
+    http_layer = {ROOT / "service" / "app.py", ROOT / "service" / "__main__.py", *(ROOT / "service" / "routes").glob("*.py")}
+    importers = {path for path in (ROOT / "service").rglob("*.py") if _web_imports(path)}
+    assert ROOT / "service" / "app.py" in importers and ROOT / "service" / "routes" / "web.py" in importers
+    assert importers <= http_layer, sorted(str(p.relative_to(ROOT)) for p in importers - http_layer)
+
+
+def test_the_rule_above_sees_an_import_inside_a_function(tmp_path):
+    sample = tmp_path / "m.py"
+    sample.write_text("import os\n\ndef f():\n    from werkzeug.serving import make_server\n    import flask.json\n")
+    assert _web_imports(sample) == ["m.py:4 werkzeug.serving", "m.py:5 flask.json"]
