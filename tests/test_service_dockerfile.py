@@ -167,7 +167,8 @@ def test_dockerfile_copies_what_exists_and_what_the_package_needs():
             for source in sources:
                 assert (ROOT / source).exists(), source
                 copied.add(source.rstrip("/"))
-    needed = set(PYPROJECT["tool"]["setuptools"]["packages"]) | {"pyproject.toml", "requirements.txt"}
+    needed = {p.split(".")[0] for p in PYPROJECT["tool"]["setuptools"]["packages"]}  # a subpackage comes with its folder
+    needed |= {"pyproject.toml", "requirements.txt"}
     needed.add(PYPROJECT["project"].get("readme", "pyproject.toml"))
     needed |= {Path(f).parts[0] for f in PYPROJECT["project"].get("license-files", [])}
     assert needed <= copied, f"the build needs these too: {sorted(needed - copied)}"
