@@ -4,7 +4,6 @@ PyWavelets, scipy, matplotlib: dev dependencies only), on random non-zero inputs
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -224,12 +223,12 @@ def test_the_picture_is_matplotlib_322s_for_synthetic_arrays():
     make_mpl322_pictures.pictures() rebuilds; every colour meets the left spine in one of them."""
     from PIL import Image
 
-    sys.path.insert(0, str(DATA))
-    try:
-        from make_mpl322_pictures import pictures
-    finally:
-        sys.path.remove(str(DATA))
-    arrays = pictures()
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_mpl322_pictures", DATA / "make_mpl322_pictures.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    arrays = maker.pictures()
     assert set(arrays) == {"even", "odd", "edges"}
     got = picture.picture(torch.from_numpy(np.stack(list(arrays.values())))).numpy()
     for k, name in enumerate(arrays):
