@@ -35,3 +35,7 @@ def json_client(app):
     client = app.test_client()
     client.environ_base["HTTP_ACCEPT"] = "application/json"
     return client
+
+# Real Orcasound clips with the PNGs the 2020 tool drew from them (MIT, sample_data/orcasound_audio/README.md):
+# mp3/{calls,nocalls}/<stem>.mp3, png/{calls,nocalls}/<stem>.png, hls/live000.ts.
+AUDIO_DIR = REPO / "sample_data" / "orcasound_audio"
