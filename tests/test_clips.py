@@ -6,7 +6,6 @@ the bytes are the file's, Range is honoured, and everything but an audio file in
 from __future__ import annotations
 
 import http.client
-import os
 import random
 import urllib.parse
 
@@ -194,4 +193,3 @@ def test_the_route_is_listed(served):
     server, _ = served
     listed = requests.get(f"{server.base}/", timeout=30).json()["endpoints"]
     assert listed["/clips/<path:relative>"].startswith("GET (a path under ORCA_LOCAL_ROOT)")
-    assert os.path.basename(CLIP) == "orcasoundlab_1594154118.mp3"
