@@ -114,17 +114,21 @@ class Prepared:
 
 def prepare(model_url: str, source_url: str, dest_url: str, *, rows: int | None = None, cols: int | None = None,
             part_size: int = 1000, s3_attempts: int = 5, public_base: str | None = None,
+            service_url: str | None = None, served_root: str | None = None,
             allow_unconditional_writes: bool = False) -> Prepared:
     """Fetch the model and check it (`_check_model`), then read the plan under DEST, or list the source
     and write one. A plan of another model, source or size under DEST is refused (BadRequest).
     `public_base`, `allow_unconditional_writes`: ORCA_PUBLIC_BASE_URL (the rows' `audio_url`) and
-    ORCA_ALLOW_UNCONDITIONAL_WRITES (writing the plan and parts), as in the service."""
+    ORCA_ALLOW_UNCONDITIONAL_WRITES (writing the plan and parts), as in the service; `service_url`,
+    `served_root`: ORCA_PUBLIC_URL and ORCA_LOCAL_ROOT, the `audio_url` of local clips
+    (`<service_url>/clips/<path under served_root>`, else `file://…`)."""
     from service.predict import unlabeled_clips
     from service.storage import S3Connector, locate
     from scoring.onnx_scoring import file_sha256
 
     s3 = S3Connector(attempts=s3_attempts)
-    settings = dict(public_base=public_base, allow_unconditional_writes=allow_unconditional_writes)
+    settings = dict(public_base=public_base, service_url=service_url, served_root=served_root,
+                    allow_unconditional_writes=allow_unconditional_writes)
     model = locate(model_url, "MODEL", local_root=None, s3=s3, **settings)
     source = locate(source_url, "SOURCE", local_root=None, s3=s3, max_listing=LISTING_LIMIT, **settings)
     dest = locate(dest_url, "--out", local_root=None, s3=s3, max_listing=LISTING_LIMIT, **settings)
@@ -148,14 +152,15 @@ def score_archive(model_url: str, source_url: str, dest_url: str, *, rows: int |
                   device: str = "auto", batch_size: int | None = None, precision: str = "fp32",
                   max_pixels: int | None = None, s3_attempts: int = 5, address: str | None = None,
                   num_cpus: int | None = None, progress: bool = True, public_base: str | None = None,
+                  service_url: str | None = None, served_root: str | None = None,
                   allow_unconditional_writes: bool = False) -> Summary:
     """Score every spectrogram under `source_url` (/predict's `unlabeled_url`: `spectrograms/<stem>.png`)
     with the model at `model_url` into Parquet parts under `dest_url`; see the module docstring.
 
     `device`: "auto" (GPU actors where Ray has GPUs, else ONNX Runtime CPU actors), "cpu" or "cuda".
     `workers`: scoring actors (default: one per GPU, or one per CPU). Re-running with the same
-    arguments writes only the parts missing (`batch_scoring.parts`). `public_base`,
-    `allow_unconditional_writes`: see `prepare`."""
+    arguments writes only the parts missing (`batch_scoring.parts`). `public_base`, `service_url`,
+    `served_root`, `allow_unconditional_writes`: see `prepare`."""
     from service.errors import BadRequest
 
     if device not in ("auto", "cpu", "cuda"):
@@ -166,7 +171,7 @@ def score_archive(model_url: str, source_url: str, dest_url: str, *, rows: int |
         raise BadRequest(f"--batch-size must be at least 1, got {batch_size}")
     started = time.monotonic()
     ready = prepare(model_url, source_url, dest_url, rows=rows, cols=cols, part_size=part_size,
-                    s3_attempts=s3_attempts, public_base=public_base,
+                    s3_attempts=s3_attempts, public_base=public_base, service_url=service_url, served_root=served_root,
                     allow_unconditional_writes=allow_unconditional_writes)
     plan, dest = ready.plan, ready.dest
     done = parts_module.written_parts(dest)

@@ -325,6 +325,7 @@ def cmd_score(args) -> int:
                                 batch_size=args.batch_size, precision=config.get("PREDICT_PRECISION") or "fp32",
                                 max_pixels=config["MAX_PIXELS"], s3_attempts=config["S3_MAX_ATTEMPTS"],
                                 address=args.address, num_cpus=args.num_cpus, public_base=config["PUBLIC_BASE_URL"],
+                                service_url=config["PUBLIC_URL"], served_root=config["LOCAL_ROOT"],
                                 allow_unconditional_writes=bool(config["ALLOW_UNCONDITIONAL_WRITES"]))
     except (ScoringError, ConversionError) as exc:
         raise SystemExit(f"error: {exc}") from None

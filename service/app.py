@@ -19,6 +19,7 @@ def create_app(config: dict | None = None, **parts) -> Flask:
     `run_train=…`: see `service.runtime.Runtime.from_config`). Everything the app owns lives on its
     `Runtime`, `app.extensions["orca"]`."""
     from .routes.api import api
+    from .routes.clips import clips
     from .routes.ops import ops
     from .routes.selection import selection
     from .runtime import Runtime
@@ -31,6 +32,7 @@ def create_app(config: dict | None = None, **parts) -> Flask:
     app.register_blueprint(api)  # /, /health, /train, /predict
     app.register_blueprint(selection)  # /embed, /query
     app.register_blueprint(ops)  # jobs, /models, /ready, /metrics
+    app.register_blueprint(clips)  # /clips/<path>: local audio, the audio_url of local datasets
     web.install(app)  # refuses a route without a declared policy; the policy and metrics hooks
     app.register_error_handler(Exception, handle_error)
     runtime.preload = start_preload(runtime.config["PRELOAD_TORCH"])
@@ -76,6 +78,9 @@ def handle_error(error: Exception):
     retry_after = getattr(error, "retry_after", None)
     if retry_after:
         response.headers["Retry-After"] = str(int(retry_after))
+    content_range = getattr(error, "content_range", None)
+    if content_range:
+        response.headers["Content-Range"] = content_range
     return response
 
 

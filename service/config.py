@@ -83,6 +83,10 @@ SETTINGS = (
     Setting("PUBLIC_BASE_URL", "ORCA_PUBLIC_BASE_URL", str, None, "public base of `s3://` objects in "
             "/predict's `audio_url`: `<base>/<key>`, `{bucket}` replaced by the bucket's name (MinIO: "
             "`http://minio:9000/{bucket}`); unset: the original's `https://<bucket>.s3.amazonaws.com/<key>`"),
+    Setting("PUBLIC_URL", "ORCA_PUBLIC_URL", str, None, "the http(s) URL clients reach this service at (behind "
+            "a proxy: its public one): local datasets' `audio_url` is `<ORCA_PUBLIC_URL>/clips/<path under "
+            "ORCA_LOCAL_ROOT>`, served by the service; unset: the request's own URL, and `file://` URLs from the "
+            "CLI (`orca predict`, `orca score`)"),
     Setting("ALLOW_UNCONDITIONAL_WRITES", "ORCA_ALLOW_UNCONDITIONAL_WRITES", int, 0, "1: where the S3 server "
             "does not support conditional writes (`If-None-Match: *` answered NotImplemented), write new "
             "versions after an existence check only (two writers at the same moment could replace each "

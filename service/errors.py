@@ -68,6 +68,17 @@ class TooManyRequests(ServiceError):
     status = 429
 
 
+class RangeNotSatisfiable(ServiceError):
+    """A `Range` header no byte of the clip satisfies (or malformed); the answer says the clip's size
+    (`Content-Range: bytes */size`)."""
+
+    status = 416
+
+    def __init__(self, message: str, size: int):
+        super().__init__(message)
+        self.content_range = f"bytes */{size}"
+
+
 class StorageError(ServiceError):
     """Storage answered with a server error, or a download came back short or broken."""
 

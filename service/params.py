@@ -71,6 +71,9 @@ class PredictParams:
     unlabeled_url: str
     rows: int
     cols: int
+    # not a query parameter: the URL the client reached the service at (ORCA_PUBLIC_URL or the HTTP request's),
+    # the base of local clips' audio_url (`<service_url>/clips/…`); None: ORCA_PUBLIC_URL, else file:// URLs
+    service_url: str | None = None
 
 
 def train_params(args, limits: Limits) -> TrainParams:

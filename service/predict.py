@@ -46,8 +46,9 @@ class PredictItems(list):
 
 
 def clip_item(unlabeled: Location, name: str) -> dict:
-    """/predict's fields of the clip `spectrograms/<name>`, but its score: where its audio is, its node and
-    time (`describe_clip`)."""
+    """/predict's fields of the clip `spectrograms/<name>`, but its score: where its audio is (the storage's
+    public URL of `mp3/<stem>.mp3`: S3's, or for local data the service's own `/clips/…`), its node and time
+    (`describe_clip`)."""
     stem = posixpath.splitext(name)[0]
     item = describe_clip(stem)
     item["audio_url"] = unlabeled.storage.public_url(f"{unlabeled.prefix}mp3/{stem}.mp3")
@@ -90,7 +91,7 @@ def run_predict(runtime, params: PredictParams, on_progress=None) -> PredictItem
     (optional) follows the scoring, batch by batch."""
     config = runtime.config
     model = runtime.locate(params.model_url, "model_url")
-    unlabeled = runtime.locate(params.unlabeled_url, "unlabeled_url")
+    unlabeled = runtime.storage.serving(params.service_url).locate(params.unlabeled_url, "unlabeled_url")
     started = time.monotonic()
     model_path = runtime.cache.model(model)
     clips = unlabeled_clips(unlabeled)

@@ -78,6 +78,7 @@ class Runtime:
         fields = dict(
             config=merged,
             storage=StorageLocator(merged["LOCAL_ROOT"], s3, merged["MAX_LISTING"], public_base=merged["PUBLIC_BASE_URL"],
+                                   service_url=merged["PUBLIC_URL"], served_root=served_root(merged),
                                    allow_unconditional_writes=bool(merged["ALLOW_UNCONDITIONAL_WRITES"])),
             cache=CacheDir(config_module.cache_dir(merged)),
             scores=ScoreCache(max_entries=merged["SCORE_CACHE"]),
@@ -113,3 +114,10 @@ class Runtime:
             return device_label(self.config["DEVICE"])  # does not import torch on a CPU-only machine
         except Exception as error:  # noqa: BLE001 - /health must answer
             return f"unavailable ({type(error).__name__}: {error})"
+
+
+def served_root(config: dict) -> str:
+    """The folder the service serves clips from (`/clips/`): ORCA_LOCAL_ROOT; where local paths may lie
+    anywhere (the CLI, LOCAL_ROOT None), the one the environment gives the server, so that the CLI's
+    `audio_url`s under ORCA_PUBLIC_URL name what that server serves."""
+    return config["LOCAL_ROOT"] if config["LOCAL_ROOT"] is not None else config_module.from_env()["LOCAL_ROOT"]

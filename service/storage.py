@@ -13,8 +13,10 @@ from the backends' own declarations (`Storage.schemes`, `BACKENDS`): adding a st
   local root (`ORCA_LOCAL_ROOT`), else 403; an empty root disables local URLs.
 
 Each backend declares `public_url(key)` (what /predict answers as `audio_url`: for S3 the original's
-`https://BUCKET.s3.amazonaws.com/KEY`, or `<ORCA_PUBLIC_BASE_URL>/KEY`) and `conditional_writes`
-(whether `upload` can refuse to replace an object atomically, on the server's side).
+`https://BUCKET.s3.amazonaws.com/KEY`, or `<ORCA_PUBLIC_BASE_URL>/KEY`; for a local file under the
+served root, `<service URL>/clips/<path relative to it>`, which the service serves itself
+(`service.clips`), else `file://…`) and `conditional_writes` (whether `upload` can refuse to replace
+an object atomically, on the server's side).
 
 Operations: `list(prefix)` (recursive, paginated, keys with size and etag; more than `max_listing`
 objects is a 422), `download(key, path)` (checked by size: a short or broken download raises
@@ -37,6 +39,7 @@ other's version; S3 stores all of the body or nothing. A server that answers the
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import posixpath
@@ -61,6 +64,8 @@ SMALL_OBJECT = 8 << 20  # boto3's multipart threshold: below it the transfer man
 DEFAULT_MAX_LISTING = 100_000
 ALLOW_UNCONDITIONAL = "ORCA_ALLOW_UNCONDITIONAL_WRITES"  # the setting named by the refusal
 PUBLIC_BASE = "ORCA_PUBLIC_BASE_URL"
+PUBLIC_URL = "ORCA_PUBLIC_URL"
+CLIPS_PATH = "/clips"  # <service URL>/clips/<path>: the local root's audio, served by service.clips
 log = logging.getLogger(__name__)
 
 
@@ -139,7 +144,7 @@ class Storage(ABC):
     @abstractmethod
     def public_url(self, key: str) -> str:
         """A URL a browser can fetch (/predict's `audio_url`): `https://<bucket>.s3.amazonaws.com/<key>`,
-        `<ORCA_PUBLIC_BASE_URL>/<key>` or `file://...`."""
+        `<ORCA_PUBLIC_BASE_URL>/<key>`, `<service URL>/clips/<path>` or `file://...`."""
 
 
 @dataclass(frozen=True)
@@ -189,20 +194,49 @@ def check_public_base(base: str | None) -> str | None:
     return base
 
 
+def check_service_url(url: str | None) -> str | None:
+    """ORCA_PUBLIC_URL without its trailing '/' (None or '' = unset); SystemExit naming it unless it is
+    an http(s) URL with a host (a path is allowed: a proxy's prefix), without query or fragment."""
+    if not url:
+        return None
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.query or parsed.fragment:
+        raise SystemExit(f"{PUBLIC_URL} must be the http(s) URL clients reach this service at, such as "
+                         f"https://orca.example.org or http://127.0.0.1:5001, got {url!r}")
+    return url.rstrip("/")
+
+
+def served_path(key: str, root: str | None) -> str | None:
+    """The path of the local `key` relative to the served root `root` (both resolved), or None when it lies
+    outside it (or there is no root)."""
+    if not root:
+        return None
+    root = root.rstrip("/")
+    if not key.startswith(root + "/") or key.endswith("/"):
+        return None
+    return key[len(root) + 1:]
+
+
 class StorageLocator:
     """Turns client URLs into Locations with this app's settings: the local root, the S3 connector,
-    the listing bound, the public base of S3 URLs (ORCA_PUBLIC_BASE_URL) and whether uploads may go
-    without the server's conditional write (ORCA_ALLOW_UNCONDITIONAL_WRITES). `local_root`: None
-    allows any local path (the CLI), '' disables local paths, else paths must lie inside it.
+    the listing bound, the public base of S3 URLs (ORCA_PUBLIC_BASE_URL), the service's own URL
+    (ORCA_PUBLIC_URL) and the folder it serves clips from, and whether uploads may go without the
+    server's conditional write (ORCA_ALLOW_UNCONDITIONAL_WRITES). `local_root`: None allows any local
+    path (the CLI), '' disables local paths, else paths must lie inside it. `served_root`: the folder
+    whose audio the service serves under `/clips/` (default: `local_root`; the CLI passes the server's).
     `backends`: the Storage classes to choose from by scheme (default `BACKENDS`)."""
 
     def __init__(self, local_root: str | None, s3: "S3Connector | None" = None,
                  max_listing: int = DEFAULT_MAX_LISTING, *, public_base: str | None = None,
+                 service_url: str | None = None, served_root: str | None = None,
                  allow_unconditional_writes: bool = False, backends: "tuple[type[Storage], ...] | None" = None):
         self.local_root = local_root
         self.s3 = s3 or S3Connector()
         self.max_listing = max_listing
         self.public_base = check_public_base(public_base)
+        self.service_url = check_service_url(service_url)
+        served = local_root if served_root is None else served_root
+        self.served_root = os.path.realpath(os.path.abspath(served)).replace(os.sep, "/") if served else None
         self.allow_unconditional_writes = bool(allow_unconditional_writes)
         self.backends = tuple(BACKENDS if backends is None else backends)
         by_scheme: dict[str, type[Storage]] = {}
@@ -213,6 +247,15 @@ class StorageLocator:
                                      f"and {backend.__name__}")
                 by_scheme[scheme] = backend
         self.by_scheme = MappingProxyType(by_scheme)
+
+    def serving(self, service_url: str | None) -> "StorageLocator":
+        """This locator for a client that reached the service at `service_url` (an HTTP request's URL
+        root): its local Locations answer `<service_url>/clips/…` as their public URLs. None: itself."""
+        if not service_url or service_url.rstrip("/") == self.service_url:
+            return self
+        locator = copy.copy(self)
+        locator.service_url = service_url.rstrip("/")
+        return locator
 
     def locate(self, url: str, param: str) -> "Location":
         """Resolve a client URL with the backend its scheme names. `param` names the query parameter
@@ -249,15 +292,20 @@ def _inside(path: str, root: str) -> bool:
 class LocalStorage(Storage):
     """Local folders; keys are absolute POSIX paths. With a `root`, a file or folder that resolves
     outside it (a symlink pointing out) is neither listed nor read nor written. Writes are
-    conditional: a complete temporary file hard-linked under its name, which fails if it exists."""
+    conditional: a complete temporary file hard-linked under its name, which fails if it exists.
+    `served_root`, `service_url`: the folder the service serves under `/clips/` and the URL clients
+    reach the service at (ORCA_PUBLIC_URL or the request's), for `public_url`."""
 
     schemes = ("", "file")
     url_forms = "a local path or a file:// URL"
     conditional_writes = True
 
-    def __init__(self, root: str | None = None, max_listing: int = DEFAULT_MAX_LISTING):
+    def __init__(self, root: str | None = None, max_listing: int = DEFAULT_MAX_LISTING, *,
+                 served_root: str | None = None, service_url: str | None = None):
         self.root = root
         self.max_listing = max_listing
+        self.served_root = served_root
+        self.service_url = service_url
 
     @classmethod
     def resolve(cls, parsed, url, param, locator):
@@ -280,7 +328,8 @@ class LocalStorage(Storage):
         key = absolute.replace(os.sep, "/")
         if path.endswith(("/", os.sep)) and not key.endswith("/"):
             key += "/"
-        return Location(cls(root, locator.max_listing), key, url)
+        storage = cls(root, locator.max_listing, served_root=locator.served_root, service_url=locator.service_url)
+        return Location(storage, key, url)
 
     def _confined(self, path: str) -> bool:
         return self.root is None or _inside(os.path.realpath(path), self.root)
@@ -357,6 +406,11 @@ class LocalStorage(Storage):
         return key
 
     def public_url(self, key: str) -> str:
+        """`<service URL>/clips/<path under the served root>` (what `service.clips` serves); the `file://`
+        URL of `key` without a service URL, or for a file outside the served root."""
+        relative = served_path(key, self.served_root)
+        if self.service_url and relative is not None:
+            return f"{self.service_url}{CLIPS_PATH}/{urllib.parse.quote(relative)}"
         return "file://" + urllib.parse.quote(key)
 
 

@@ -247,12 +247,33 @@ def test_predict_query_and_score_preparation_run_without_flask(workspace):
         "                  'web': sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'werkzeug'))}))",
     ])
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workspace,
-                          env=subprocess_env(), timeout=300)
+                          env=subprocess_env(ORCA_PUBLIC_URL="http://orca.example.org:5001"), timeout=300)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report == {"clips": 9, "parts": 3, "rows": ROWS, "cols": COLS, "web": []}
     items = json.loads(predicted.read_text())
     assert len(items) == 9 and all(0.0 <= item["predicted_value"] <= 1.0 for item in items)
+    assert items[0]["audio_url"] == "http://orca.example.org:5001/clips/unlabeled/mp3/orcasoundlab_1594154118.mp3"
     ranked = json.loads(chosen.read_text())
     assert [row["rank"] for row in ranked] == [1, 2, 3]
     assert {row["audio_url"] for row in ranked} <= {item["audio_url"] for item in items}
+
+
+def test_predicts_audio_urls_are_the_servers_under_orca_public_url_else_file_urls(workspace, capsys, monkeypatch):
+    """No request, no host: `orca predict` names a clip under ORCA_LOCAL_ROOT as the server configured by
+    the same environment serves it (`<ORCA_PUBLIC_URL>/clips/…`), and by its file:// URL otherwise."""
+    model = workspace / "models" / "small_cnn_0.pt"
+    assert main(["new", "small_cnn", str(model), "--rows", str(ROWS), "--cols", str(COLS)]) == 0
+    common = ["predict", "--model_url", str(model), "--unlabeled_url", str(workspace / "unlabeled"),
+              "--img_width", str(ROWS), "--img_height", str(COLS)]
+    capsys.readouterr()
+    clip = "unlabeled/mp3/orcasoundlab_1594154118.mp3"
+    monkeypatch.setenv("ORCA_LOCAL_ROOT", str(workspace))
+    items, _ = run_json(capsys, *common)
+    assert items[0]["audio_url"] == (workspace / clip).as_uri()
+    monkeypatch.setenv("ORCA_PUBLIC_URL", "https://orca.example.org/ml/")
+    items, _ = run_json(capsys, *common)
+    assert items[0]["audio_url"] == f"https://orca.example.org/ml/clips/{clip}"
+    monkeypatch.setenv("ORCA_LOCAL_ROOT", str(workspace / "models"))  # the clips lie outside what is served
+    items, _ = run_json(capsys, *common)
+    assert items[0]["audio_url"] == (workspace / clip).as_uri()

@@ -4,11 +4,14 @@ Orcasound's active-learning API (orcasound/orcaal, `api/app/active_learning.py`)
 with `requests.get(url).json()`, no status check; for /predict it then deletes its prediction rows and
 inserts one row per item of the answer, in one transaction. The original endpoint's errors were HTML
 pages, so `.json()` raised before the client touched its database. Here `client_round` re-enacts that
-sequence (written from reading the client, against SQLite instead of its PostgreSQL) over real HTTP.
+sequence (written from reading the client, against SQLite instead of its PostgreSQL, with its column
+widths as CHECK constraints: `audio_url` VARCHAR(100), `location` VARCHAR(30)) over real HTTP, from a
+local root deeper than 100 characters; the audio_urls it stores play back (`GET /clips/…`).
 """
 
 from __future__ import annotations
 
+import random
 import shutil
 import sqlite3
 import threading
@@ -18,7 +21,18 @@ import pytest
 import requests
 
 from ops_support import Served, make_root
+from repo_data import REPO
 from service import create_app
+
+SAMPLE_MP3 = sorted((REPO / "sample_data" / "orcasound_audio" / "mp3").glob("*/*.mp3"))  # where the repo ships them
+
+
+def clip_audio(i: int) -> bytes:
+    """The audio of clip i: a real Orcasound mp3 where the repository has them, else bytes of an .mp3's size
+    (the service serves clips as they are; it does not decode them)."""
+    if SAMPLE_MP3:
+        return SAMPLE_MP3[i % len(SAMPLE_MP3)].read_bytes()
+    return b"ID3\x04\x00" + random.Random(i).randbytes(24_000)
 
 
 def client_round(base: str, query: dict, db: sqlite3.Connection, headers=None) -> None:
@@ -33,12 +47,16 @@ def client_round(base: str, query: dict, db: sqlite3.Connection, headers=None) -
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("legacy")
+    # the service runs from a folder deeper than the client's VARCHAR(100), as a checkout in a home folder can be
+    root = tmp_path_factory.mktemp("legacy") / ("a-checkout-in-a-deep-home-folder-" * 3) / "orca-ml-endpoint"
+    assert len(str(root)) > 100
     args = make_root(root)
-    spectrograms = root / "unlabeled" / "spectrograms"
+    spectrograms, mp3 = root / "unlabeled" / "spectrograms", root / "unlabeled" / "mp3"
     spectrograms.mkdir(parents=True)
+    mp3.mkdir()
     for i, png in enumerate(sorted((root / "labeled" / "validation").glob("*/*.png"))):
         shutil.copy(png, spectrograms / f"orcasoundlab_{1594154118 + 3 * i}.png")
+        (mp3 / f"orcasoundlab_{1594154118 + 3 * i}.mp3").write_bytes(clip_audio(i))
     server = Served(create_app({"LOCAL_ROOT": str(root), "DEVICE": "cpu", "CACHE_DIR": str(root / "cache"),
                                 "STATE_DIR": str(root / "state")}))
     query = {"model_url": args["model_url"], "unlabeled_url": str(root / "unlabeled") + "/",
@@ -50,8 +68,9 @@ def served(tmp_path_factory):
 @pytest.fixture
 def db():
     connection = sqlite3.connect(":memory:")
-    connection.execute("CREATE TABLE prediction (predicted_value REAL, audio_url TEXT, location TEXT, "
-                       "duration INTEGER, timestamp TEXT)")
+    connection.execute("CREATE TABLE prediction (predicted_value REAL, "
+                       "audio_url TEXT CHECK (length(audio_url) <= 100), location TEXT CHECK (length(location) <= 30), "
+                       "duration INTEGER, timestamp TEXT)")  # the client's VARCHAR(100) and VARCHAR(30)
     connection.execute("INSERT INTO prediction VALUES (0.3, 'https://b.s3.amazonaws.com/u/mp3/x.mp3', "
                        "'Haro Strait', 3, 'Tue, 07 Jul 2020 20:35:18 GMT')")
     connection.commit()
@@ -101,6 +120,41 @@ def test_a_good_predict_replaces_the_rows(served, db):
     server, query, _ = served
     client_round(server.base, query, db)
     assert len(rows(db)) == 4 and not db.in_transaction
+
+
+def test_the_stored_audio_urls_play_back_from_a_deep_folder(served, db):
+    """The labeler's browser fetches each stored audio_url: the clip's mp3, byte for byte, and the ranges
+    its player asks for. The client files a label by the URL's last segment's stem (`update_s3_dir`)."""
+    server, query, _ = served
+    client_round(server.base, query, db)
+    stored = [url for (url,) in rows(db)]
+    mp3 = [f"orcasoundlab_{1594154118 + 3 * i}.mp3" for i in range(4)]
+    assert stored == [f"{server.base}/clips/unlabeled/mp3/{name}" for name in mp3]
+    for i, url in enumerate(stored):
+        assert url.split("/")[-1].split(".")[0] == mp3[i][:-4]
+        played = requests.get(url, timeout=60)
+        assert played.status_code == 200 and played.content == clip_audio(i)
+        assert played.headers["Content-Type"] == "audio/mpeg" and played.headers["Accept-Ranges"] == "bytes"
+        middle = requests.get(url, headers={"Range": "bytes=1000-1999"}, timeout=60)
+        assert middle.status_code == 206 and middle.content == clip_audio(i)[1000:2000]
+        assert middle.headers["Content-Range"] == f"bytes 1000-1999/{len(clip_audio(i))}"
+
+
+def test_audio_urls_name_the_host_the_client_called(served):
+    """Behind a name (the client's ML_ENDPOINT_URL), the answer's URLs use it: the request's Host."""
+    server, query, _ = served
+    port = server.server.server_port
+    answer = requests.get(f"{server.base}/predict", params=query, headers={"Host": f"orca-ml:{port}"}, timeout=60)
+    assert [item["audio_url"].split("/clips/")[0] for item in answer.json()] == [f"http://orca-ml:{port}"] * 4
+
+
+def test_the_original_file_urls_would_not_fit_the_client(served, db):
+    """What the CHECK constraint stands for: the file:// URL of a clip under this root overflows
+    VARCHAR(100), as PostgreSQL's `value too long for type character varying(100)` did in round 1."""
+    _, query, _ = served
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute("INSERT INTO prediction VALUES (0.5, ?, 'Haro Strait', 3, '')",
+                   (f"file://{query['unlabeled_url']}mp3/orcasoundlab_1594154118.mp3",))
 
 
 def test_a_failed_train_raises_at_json_too(served):

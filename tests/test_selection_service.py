@@ -88,6 +88,7 @@ def test_embed_works_for_a_registered_torch_model(served, pool):
     status, embedded = _get(served, "/embed", **_args(pool, "small_cnn_0.pt"))
     assert status == 200 and len(embedded) == 13
     assert {len(row["embedding"]) for row in embedded} == {64}  # SmallCNN's pooled features feed its Linear
+    assert embedded[0]["audio_url"] == f"{served.base}/clips/unlabeled/mp3/orcasoundlab_1594154118.mp3"  # served
 
 
 def test_query_uncertainty_is_the_clients_own_order(served, pool):
@@ -104,6 +105,8 @@ def test_query_uncertainty_is_the_clients_own_order(served, pool):
     assert [row["rank"] for row in chosen] == [1, 2, 3, 4, 5]
     assert [row["score"] for row in chosen] == [abs(0.5 - v) for v in client]
     assert set(chosen[0]) == PREDICT_KEYS | {"score", "rank"}
+    assert {row["audio_url"] for row in chosen} <= {p["audio_url"] for p in predicted}
+    assert all(row["audio_url"].startswith(f"{served.base}/clips/unlabeled/mp3/") for row in chosen)
 
 
 @pytest.mark.slow

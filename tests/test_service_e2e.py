@@ -348,8 +348,8 @@ def test_demo_layout_predicts_with_the_full_size_srkw_cnn_like_tf_keras(stack):
                               img_width=607, img_height=617)
     assert status == 200, items
     spectrograms = root / "unlabeled" / "spectrograms"
-    assert [i["audio_url"] for i in items] == [
-        (root / "unlabeled" / "mp3" / f"orcasoundlab_{T0 + 3 * i}.mp3").as_uri() for i in range(3)]
+    assert [i["audio_url"] for i in items] == [  # served by the service itself, under its local root
+        f"{stack.base}/clips/demo/unlabeled/mp3/orcasoundlab_{T0 + 3 * i}.mp3" for i in range(3)]
     assert [i["timestamp"] for i in items] == [
         "Tue, 07 Jul 2020 20:35:18 GMT", "Tue, 07 Jul 2020 20:35:21 GMT", "Tue, 07 Jul 2020 20:35:24 GMT"]
     assert {i["location"] for i in items} == {"Haro Strait"}

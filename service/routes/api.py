@@ -4,12 +4,14 @@ runtime's `run_predict` (`service.predict`)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from flask import Blueprint, current_app, jsonify, request
 
 from .._version import __version__
 from ..ops import train_and_wait
 from ..params import limits, predict_params, train_params
-from .web import current_runtime, describe_routes, policy
+from .web import current_runtime, describe_routes, policy, service_url
 
 api = Blueprint("api", __name__)
 
@@ -45,7 +47,7 @@ def train():
 def predict():
     """?model_url&unlabeled_url&img_width&img_height: score every unlabeled spectrogram"""
     runtime = current_runtime()
-    params = predict_params(request.args, limits(runtime.config))
+    params = dataclasses.replace(predict_params(request.args, limits(runtime.config)), service_url=service_url())
     items = runtime.run_predict(runtime, params)
     runtime.metrics.count_scored(len(items))
     runtime.metrics.count_skipped(len(items.skipped), stage="predict")

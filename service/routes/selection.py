@@ -6,13 +6,14 @@ while it is sent rather than held twice (docs/api.md).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from flask import Blueprint, Response, jsonify, request
 
 from ..params import embed_params, limits, query_params
 from ..selection import run_embed, run_query
-from .web import current_runtime, policy
+from .web import current_runtime, policy, service_url
 
 selection = Blueprint("selection", __name__)
 
@@ -22,7 +23,8 @@ selection = Blueprint("selection", __name__)
 def embed():
     """?model_url&unlabeled_url&img_width&img_height: /predict's items plus each clip's embedding"""
     runtime = current_runtime()
-    pool = run_embed(runtime, embed_params(request.args, limits(runtime.config)))
+    params = embed_params(request.args, limits(runtime.config))
+    pool = run_embed(runtime, dataclasses.replace(params, predict=_served(params.predict)))
 
     def rows():
         yield "["
@@ -44,4 +46,9 @@ def query():
     """?model_url&unlabeled_url&img_width&img_height&k[&strategy&passes&seed&labeled_url]: the k clips to label next"""
     runtime = current_runtime()
     params = query_params(request.args, limits(runtime.config), runtime.config["MAX_LISTING"])
-    return jsonify(run_query(runtime, params))
+    return jsonify(run_query(runtime, dataclasses.replace(params, predict=_served(params.predict))))
+
+
+def _served(params):
+    """The /predict parameters of the request, with the URL its client reached the service at (local audio_url)."""
+    return dataclasses.replace(params, service_url=service_url())

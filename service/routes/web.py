@@ -105,6 +105,12 @@ def current_runtime():
     return current_app.extensions["orca"]
 
 
+def service_url() -> str:
+    """The URL the client reaches this service at: ORCA_PUBLIC_URL (behind a proxy, its public one), else
+    this request's URL root (scheme, Host header, script root). The base of local clips' `audio_url`."""
+    return current_runtime().config["PUBLIC_URL"] or request.url_root.rstrip("/")
+
+
 def request_policy() -> Policy:
     """The policy of the view serving the current request; for a 405, of the path's views; else UNMATCHED."""
     rule = request.url_rule
