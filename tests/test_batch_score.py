@@ -21,7 +21,7 @@ import pytest
 from ops_support import COLS, ROWS, upload_stack
 from repo_data import SAMPLE_DIR, json_client
 
-import pyarrow.parquet as pq  # noqa: E402  (ray and pyarrow are pinned in requirements.txt: missing, the run fails)
+import pyarrow.parquet  # noqa: E402,F401  (ray and pyarrow are pinned in requirements.txt: missing, the run fails)
 import ray  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
