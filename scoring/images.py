@@ -63,6 +63,9 @@ def decode_image(source: Source, rows: int, cols: int) -> np.ndarray:
     return array
 
 
+decode_image.pixel_decoder = "pil"  # its name in the pixel cache's keys (pixel_cache.PIL_DECODER)
+
+
 def to_float(pixels: np.ndarray) -> np.ndarray:
     """uint8 pixels → float32 in [0, 1], bit-identical to Keras' `x *= 1/255` on float32."""
     return pixels.astype(np.float32) * RESCALE

@@ -5,11 +5,19 @@ labeled set: the PNGs do not change, only the weights. `PixelCache` keeps each c
 uint8 pixels at the model's input size, exactly what `images.decode_image` gives (the cache stores
 the decoder's output, so hits are bit-identical to decoding), keyed by
 
-    (the object's identity, rows, cols)
+    (the object's identity, rows, cols, the decoder)
 
 where the identity says the bytes are unchanged: `("etag", etag, size)` on S3 (so a clip the client
 copies from `unlabeled/` to `labeled/` keeps its entry), `("file", real path, size, mtime_ns)` for a
-local file. Two tiers:
+local file, and the decoder is the name of the function that decoded the pixels (`decoder_name`: "pil"
+for `images.decode_image`, "torchvision" for `torch_decode.decode_png_torch` and the torch scorer).
+The decoders are meant to give the same pixels, bit for bit, yet each reads only what it decoded
+itself: a cache filled by one never stands in for the other (the CUDA path's torchvision decoding
+runs even where the CPU path has decoded the same clips), and a decoder that drifted from PIL shows
+in its own answers instead of hiding behind PIL's entries. /predict and /query's probe decode with the
+scorer's decoder (`scoring.scorers.Scorers.decode`), so /query reads what /predict cached on either
+device; training decodes with PIL, so on CUDA a clip labeled after /predict scored it is decoded once
+more by the /train that first learns from it. Two tiers:
 
 - **disk** (`<cache>/pixels/<xx>/<sha256>.px`): one file per entry, a 32-byte header (magic, rows,
   cols, the source image's pixel count) then rows*cols*3 bytes; read through `numpy.memmap`, so a
@@ -81,6 +89,18 @@ def object_identity(key: str, size: int, etag: str | None) -> tuple | None:
     if etag:
         return ("etag", etag, int(size))
     return file_identity(key)
+
+
+PIL_DECODER = "pil"  # images.decode_image
+TORCHVISION_DECODER = "torchvision"  # torch_decode.decode_png_torch and torch_scoring.TorchScorer.decode
+
+
+def decoder_name(decode: Callable) -> str:
+    """The decoder in an entry's key: the name a decode function declares (its `pixel_decoder`
+    attribute: PIL_DECODER, TORCHVISION_DECODER), else its module and qualified name, so any other
+    decoder (a wrapper, a new one) gets entries of its own."""
+    declared = getattr(decode, "pixel_decoder", None)
+    return declared if declared else f"{decode.__module__}.{decode.__qualname__}"
 
 
 def is_tensor(value) -> bool:
@@ -220,29 +240,33 @@ class PixelCache:
         return self._tier
 
     @staticmethod
-    def entry_name(identity: tuple, rows: int, cols: int) -> str:
-        return hashlib.sha256(repr((tuple(identity), int(rows), int(cols))).encode()).hexdigest()
+    def entry_name(identity: tuple, rows: int, cols: int, decoder: str = PIL_DECODER) -> str:
+        """The entry's file name: a digest of (identity, rows, cols, decoder), see the module docstring."""
+        return hashlib.sha256(repr((tuple(identity), int(rows), int(cols), str(decoder))).encode()).hexdigest()
 
     def path(self, name: str) -> Path:
         return self.root / name[:2] / f"{name}.px"
 
     # ------------------------------------------------------------------ reads
-    def contains(self, identity: tuple | None, rows: int, cols: int) -> bool:
+    # `decoder` (every read and write): the `decoder_name` of the function that decodes the clip on a
+    # miss; `images.decode_image`'s unless told.
+    def contains(self, identity: tuple | None, rows: int, cols: int, *, decoder: str = PIL_DECODER) -> bool:
         """Whether an entry exists (no read, no counting): /predict skips downloading those clips."""
         if identity is None:
             return False
-        name = self.entry_name(identity, rows, cols)
+        name = self.entry_name(identity, rows, cols, decoder)
         tier = self.device_tier
         if tier is not None and tier.get(name) is not None:
             return True
         return self.max_bytes > 0 and self.path(name).is_file()
 
-    def get(self, identity: tuple | None, rows: int, cols: int, max_pixels: int | None = None):
+    def get(self, identity: tuple | None, rows: int, cols: int, max_pixels: int | None = None, *,
+            decoder: str = PIL_DECODER):
         """The cached pixels (a device tensor when the device tier holds or takes them, else a read-only
         (rows, cols, 3) uint8 memmap), or None: not cached, or its source exceeds `max_pixels`."""
         if identity is None:
             return None
-        name = self.entry_name(identity, rows, cols)
+        name = self.entry_name(identity, rows, cols, decoder)
         tier = self.device_tier
         if tier is not None:
             entry = tier.get(name)
@@ -281,13 +305,14 @@ class PixelCache:
         return pixels, int(source_pixels)
 
     # ------------------------------------------------------------------ writes
-    def put(self, identity: tuple | None, rows: int, cols: int, pixels: np.ndarray, source_pixels: int):
-        """Store freshly decoded pixels; returns what the caller should use (the device tensor when the
-        device tier took them, else `pixels`)."""
+    def put(self, identity: tuple | None, rows: int, cols: int, pixels: np.ndarray, source_pixels: int, *,
+            decoder: str = PIL_DECODER):
+        """Store pixels freshly decoded by `decoder`; returns what the caller should use (the device tensor
+        when the device tier took them, else `pixels`)."""
         self.record("decode", None, 1)
         if identity is None:
             return pixels
-        name = self.entry_name(identity, rows, cols)
+        name = self.entry_name(identity, rows, cols, decoder)
         if self.max_bytes > 0:
             self._write(name, rows, cols, pixels, source_pixels)
         tier = self.device_tier

@@ -40,6 +40,27 @@ class Scorers:
 
         return self._backend or scoring_backend(self.device)
 
+    @property
+    def decoder(self) -> str:
+        """The pixel-cache name (`pixel_cache.decoder_name`) of `decode`, without importing it: what
+        /predict asks the cache for while its scorer is being built."""
+        from .pixel_cache import PIL_DECODER, TORCHVISION_DECODER
+
+        return TORCHVISION_DECODER if self.backend == "torch" else PIL_DECODER
+
+    @property
+    def decode(self):
+        """The decode function of the scorers built here (their `decode`): torchvision's for torch, PIL's
+        for ONNX Runtime. Other readers of the same clips (/query's probe) decode with it too, so the
+        pixels /predict cached are theirs."""
+        if self.backend == "torch":
+            from .torch_scoring import TorchScorer
+
+            return TorchScorer.decode
+        from .images import decode_image  # OnnxScorer.decode, without importing ONNX Runtime
+
+        return decode_image
+
     def digest(self, path: str | os.PathLike) -> str:
         """SHA-256 of a file, memoized by (real path, size, mtime)."""
         from .onnx_scoring import file_sha256

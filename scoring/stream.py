@@ -31,6 +31,7 @@ from PIL import Image
 
 from .errors import ImageError
 from .images import decode_image, read_source
+from .pixel_cache import decoder_name
 
 DEFAULT_MAX_PIXELS = 50_000_000  # 50 Mpixel (ORCA_MAX_PIXELS); the spectrograms are 0.3 Mpixel
 PREFETCH_BATCHES = 2
@@ -98,8 +99,9 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
     cols)` must give `images.decode_image`'s pixels (e.g. torch_decode.decode_png_torch on CUDA).
 
     `cache` (a `scoring.pixel_cache.PixelCache`) with `identity(item)` (the bytes' identity, or
-    None): an item found there is neither fetched nor decoded; one decoded is stored. A batch is
-    then a device tensor where the cache has a device tier (`Batch.pixels`)."""
+    None): an item that `decode` decoded before is found there, neither fetched nor decoded again;
+    one decoded is stored under `decode`'s name (`pixel_cache.decoder_name`). A batch is then a
+    device tensor where the cache has a device tier (`Batch.pixels`)."""
     fetch = fetch or (lambda item: item)
     decode_workers = decode_workers or os.cpu_count() or 1
     workers = max(1, workers)
@@ -108,11 +110,12 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
     iterator = iter(items)
     stack = cache.stack if cache is not None else np.stack
     ahead = max(1, prefetch) * batch_size + batch_size  # items in flight: this batch + `prefetch` more
+    decoder = decoder_name(decode)
 
     def work(item):
         key = identity(item) if cache is not None and identity is not None else None
         if key is not None:
-            hit = cache.get(key, rows, cols, max_pixels)
+            hit = cache.get(key, rows, cols, max_pixels, decoder=decoder)
             if hit is not None:
                 return hit
         with fetching:
@@ -126,7 +129,7 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
                 if not skip_unreadable:
                     raise
                 return (_SKIP, str(error))
-        return cache.put(key, rows, cols, pixels, source_pixels)
+        return cache.put(key, rows, cols, pixels, source_pixels, decoder=decoder)
 
     # threads waiting on downloads must not hold back decoding: room for both at once
     pool = ThreadPoolExecutor(workers + decode_workers, thread_name_prefix="orca-fetch")

@@ -62,3 +62,6 @@ def decode_png_torch(source, rows: int, cols: int) -> np.ndarray:
         down, across = nearest_index_maps(width, height, cols, rows)
         hwc = hwc.index_select(0, down).index_select(1, across)
     return np.ascontiguousarray(hwc.numpy())
+
+
+decode_png_torch.pixel_decoder = "torchvision"  # its name in the pixel cache's keys (pixel_cache.TORCHVISION_DECODER)

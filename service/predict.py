@@ -122,7 +122,8 @@ def run_predict(runtime, params: PredictParams, on_progress=None) -> PredictItem
                 getting = starter.submit(runtime.scorers.get, model_path)
                 if fetch_name is not None:  # clips whose pixels are cached need no download
                     missing = [clip for clip in pending
-                               if not runtime.pixels.contains(pixel_identity(clip), params.rows, params.cols)]
+                               if not runtime.pixels.contains(pixel_identity(clip), params.rows, params.cols,
+                                                              decoder=runtime.scorers.decoder)]
                     _prefetch(missing, fetch_name, config["DOWNLOAD_THREADS"], until=getting)
                 scorer = getting.result()
                 scorer.check_size(params.rows, params.cols)

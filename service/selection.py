@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from scoring.images import decode_image
 from scoring.stream import stream_batches
 
 from .datasets import model_errors, name_urls, unprocessable
@@ -103,7 +102,7 @@ def probe_pool(runtime, params: PredictParams, *, embeddings: bool, passes: int 
         with _clip_files(runtime, unlabeled, items.clips, replacements) as fetch:
             batches = stream_batches(clips, fetch, params.rows, params.cols, probe.batch_size,
                                      workers=runtime.config["DOWNLOAD_THREADS"], skip_unreadable=True,
-                                     max_pixels=runtime.config["MAX_PIXELS"], decode=decode_image,
+                                     max_pixels=runtime.config["MAX_PIXELS"], decode=runtime.scorers.decode,
                                      cache=runtime.pixels, identity=pixel_identity)
             for number, batch in enumerate(batches):
                 if batch.skipped:

@@ -53,11 +53,25 @@ def srkw_h5():
     """Path (str) of one fresh, untrained 67x83 srkw_cnn_0.h5 (seed 0), written once per session.
     Shared: read it, upload it, use it as a template; a test that trains or versions a model beside
     it copies it first (shutil.copyfile). The session fails if a test changed its bytes."""
-    path = repo_data.srkw_h5()
+    yield from _read_only(repo_data.srkw_h5(), "srkw_h5")
+
+
+@pytest.fixture(scope="session")
+def spread_srkw_h5():
+    """Path (str) of a 67x83 srkw_cnn_0.h5 whose predictions on the sample clips spread over at least
+    repo_data.MIN_SPREAD (0.2), built once per session (repo_data.spread_srkw_h5). Every numeric
+    comparison of scores (ONNX vs torch vs tf_keras, bf16 vs fp32, CPU vs CUDA) uses it: on the fresh
+    `srkw_h5` every clip scores ≈ 0.5 and a 1e-4 tolerance hides all but gross errors. Shared and
+    read only, as srkw_h5."""
+    yield from _read_only(repo_data.spread_srkw_h5(), "spread_srkw_h5")
+
+
+def _read_only(path: str, name: str):
+    """Yields `path`; fails the session if a test changed the file's bytes."""
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     yield path
     if hashlib.sha256(Path(path).read_bytes()).hexdigest() != digest:
-        raise AssertionError(f"a test modified the shared {path}: copy the srkw_h5 fixture before writing")
+        raise AssertionError(f"a test modified the shared {path}: copy the {name} fixture before writing")
 
 
 # ------------------------------------------------------------------------------------- AWS and S3

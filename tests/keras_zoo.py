@@ -20,6 +20,15 @@ from tf_keras import layers as L  # noqa: E402
 ROWS, COLS = 21, 26
 
 
+def keras_3():
+    """The `keras` package, Keras 3 as requirements.txt pins it, imported on first use (after tf_keras):
+    a missing or older Keras fails the test that asks, never skips it."""
+    import keras
+
+    assert keras.__version__.startswith("3."), f"requirements.txt pins Keras 3; this is Keras {keras.__version__}"
+    return keras
+
+
 def randomize(model, seed: int = 0):
     """Every weight random and non-zero; BN and Normalization variances positive; integer
     counters (Normalization's `count`) left alone."""

@@ -16,8 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-pytest.importorskip("tf_keras", reason="the Keras bridge tests need tf_keras (requirements.txt)")
-import keras_zoo  # noqa: E402  (imports tf_keras)
+import keras_zoo  # noqa: E402  (imports tf_keras, pinned in requirements.txt: missing, it fails the run)
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 from tf_keras import layers as L  # noqa: E402
@@ -78,9 +77,7 @@ def test_activation_function_matches_tf_keras(name):
 @pytest.mark.parametrize("name", ["hard_silu", "hard_swish", "hard_sigmoid", "gelu", "leaky_relu", "silu",
                                   "log_softmax", "mish", "relu6"])
 def test_activation_function_matches_keras_3(name):
-    keras = pytest.importorskip("keras")
-    if not keras.__version__.startswith("3"):
-        pytest.skip("needs Keras 3")
+    keras = keras_zoo.keras_3()
     x = _sample((4, 9))
     expected = np.asarray(keras.activations.get(name)(x))
     with torch.no_grad():
@@ -354,9 +351,7 @@ def test_model_config_variant_converts_with_parity(variant, variant_sources, tmp
 
 def test_keras_3_file_with_the_new_layers(tmp_path):
     """Keras 3 spells these layers' configs its own way (dtype policies, list sizes, rms_scaling)."""
-    keras = pytest.importorskip("keras")
-    if not keras.__version__.startswith("3"):
-        pytest.skip("needs Keras 3")
+    keras = keras_zoo.keras_3()
     layers = keras.layers
     inp = keras.Input((keras_zoo.STEPS, 3))
     x = layers.Conv1D(5, 4, strides=2, padding="causal", activation="hard_silu", name="k3_conv1d")(inp)
@@ -455,7 +450,7 @@ def test_noise_layer_is_identity_in_eval_and_draws_keras_distribution_in_train(c
     from conversion.layers import CONVERTERS, LayerWeights
 
     if flavour == "keras3":
-        keras = pytest.importorskip("keras")
+        keras = keras_zoo.keras_3()
         keras_layers = keras.layers
         keras.utils.set_random_seed(5)
     else:
@@ -581,9 +576,7 @@ def _keras3_sweep_model(keras):
 
 @pytest.mark.slow  # ~4 s: a Keras 3 model built, saved, loaded twice
 def test_keras_3_sweep_converts_in_both_modes_round_trips_trains_and_reloads(tmp_path):
-    keras = pytest.importorskip("keras")
-    if not keras.__version__.startswith("3"):
-        pytest.skip("needs Keras 3")
+    keras = keras_zoo.keras_3()
     path = tmp_path / "keras3_sweep.h5"
     model = _keras3_sweep_model(keras)
     model.save(path)
@@ -632,9 +625,7 @@ def test_keras_3_sweep_converts_in_both_modes_round_trips_trains_and_reloads(tmp
 def test_verify_notes_what_tf2onnx_cannot_export_and_still_compares_the_rest(tmp_path):
     """Keras 3 runs a grouped convolution in an XLA function that tf2onnx leaves as a PartitionedCall:
     keras_to_onnx refuses it by name, and verify still compares Keras, torch and torch.onnx."""
-    keras = pytest.importorskip("keras")
-    if not keras.__version__.startswith("3"):
-        pytest.skip("needs Keras 3")
+    keras = keras_zoo.keras_3()
     from conversion.onnx_export import keras_to_onnx
     from conversion.verify import verify
 

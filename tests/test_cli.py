@@ -91,7 +91,8 @@ def test_a_researchers_model_goes_from_new_to_a_trained_pt_and_an_h5(workspace, 
                  "--img_width", str(ROWS), "--img_height", str(COLS), "--output", str(out)]) == 0
     assert capsys.readouterr().out == ""  # --output: the JSON goes to the file
     served = json.loads(out.read_text())
-    for a, b in zip(items, served):  # the .h5 scores what the .pt scored
+    assert [b["audio_url"] for b in served] == [a["audio_url"] for a in items] and len(served) == 9
+    for a, b in zip(items, served, strict=True):  # the .h5 scores what the .pt scored
         assert abs(a["predicted_value"] - b["predicted_value"]) <= 1e-4
 
 

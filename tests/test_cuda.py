@@ -32,8 +32,10 @@ def exact_fp32():
 
 
 @pytest.fixture(scope="module")
-def model_h5(srkw_h5):
-    return srkw_h5  # the session's fresh srkw_cnn (seed 0), read only: train() writes its own out
+def model_h5(spread_srkw_h5):
+    """The session's srkw_cnn whose scores spread over ≥ 0.2 (conftest.spread_srkw_h5), read only: train()
+    writes its own out. On a fresh model every clip scores ≈ 0.5 and the devices agree whatever they do."""
+    return spread_srkw_h5
 
 
 def loss_and_gradients(model_h5, split, device):
@@ -67,14 +69,19 @@ def test_train_on_cuda_writes_a_model_that_scores_alike_on_both_devices(model_h5
     paths = sorted(SAMPLE.glob("test/*/*.png"))
     cpu = np.array(predict(out, paths, ROWS, COLS, device="cpu"))
     cuda = np.array(predict(out, paths, ROWS, COLS, device="cuda"))
+    assert len(cpu) == len(cuda) == len(paths) == 9 and np.ptp(cpu) >= 0.2
     assert np.abs(cuda - cpu).max() <= 1e-4
     before = np.array(predict(model_h5, paths, ROWS, COLS, device="cpu"))
     assert np.abs(cpu - before).max() > 0  # the weights did change
 
 
-def test_predict_service_on_cuda_answers_like_the_cpu_service(model_h5, tmp_path):
-    """/predict's CUDA branch (torch scoring, torchvision decoding) against its CPU one (ONNX Runtime, PIL)."""
+def test_predict_service_on_cuda_answers_like_the_cpu_service(model_h5, tmp_path, monkeypatch):
+    """/predict's CUDA branch (torch scoring, torchvision decoding) against its CPU one (ONNX Runtime, PIL).
+    The two share a cache folder: the pixel cache's entries are per decoder, so the CUDA run decodes
+    every clip with torchvision rather than reading the pixels PIL decoded for the CPU run."""
     import shutil
+
+    import scoring.torch_decode
 
     from service.params import PredictParams
     from service.runtime import Runtime
@@ -83,10 +90,15 @@ def test_predict_service_on_cuda_answers_like_the_cpu_service(model_h5, tmp_path
     for i, png in enumerate(sorted(SAMPLE.glob("*/*/*.png"))):
         shutil.copy(png, spectrograms / f"orcasoundlab_{1594154118 + 3 * i}.png")
     params = PredictParams(model_url=str(model_h5), unlabeled_url=str(tmp_path / "unlabeled"), rows=ROWS, cols=COLS)
-    results = {}
+    results, decoded = {}, []
+    real_decode = scoring.torch_decode.decode_png_torch
+    monkeypatch.setattr(scoring.torch_decode, "decode_png_torch",
+                        lambda source, rows, cols: decoded.append(source) or real_decode(source, rows, cols))
     for device in ("cpu", "cuda"):
         runtime = Runtime.from_config({"LOCAL_ROOT": None, "DEVICE": device, "CACHE_DIR": str(tmp_path / "cache")})
         results[device] = runtime.run_predict(runtime, params)
+        assert len(decoded) == (0 if device == "cpu" else 23), device
     cpu, cuda = results["cpu"], results["cuda"]
     assert [item["audio_url"] for item in cuda] == [item["audio_url"] for item in cpu] and len(cpu) == 23
+    assert max(item["predicted_value"] for item in cpu) - min(item["predicted_value"] for item in cpu) >= 0.2
     assert max(abs(a["predicted_value"] - b["predicted_value"]) for a, b in zip(cuda, cpu)) <= 1e-4

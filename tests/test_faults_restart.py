@@ -111,7 +111,7 @@ def _train_here(tmp_path: Path, local_root: str, params: dict, job_id: str):
         served.close()
 
 
-def _wait(predicate, timeout: float = 30) -> None:
+def _wait(predicate, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
@@ -270,21 +270,25 @@ def test_kill_9_while_a_job_publishes_its_version_then_restart(tmp_path):
 
 # ---------------------------------------------------------------------------------- SIGTERM
 
-def _stop_during_training(tmp_path, process: Process, args) -> tuple[str, str, float]:
-    """A long job running (epoch ≥ 1) and one queued; SIGTERM; the seconds the process took to end."""
+def _stop_during_training(tmp_path, process: Process, args) -> tuple[str, str, int]:
+    """A long job running (epoch ≥ 1) and one queued; SIGTERM, and the process's exit (0) awaited;
+    the epochs the running job had done just before the signal."""
     status, body, _ = process.remote.request("POST", "/jobs/train", body=dict(args, epochs=1000))
     assert status == 202
     running = body["job_id"]
     process.wait_epoch(running)
     status, body, _ = process.remote.request("POST", "/jobs/train", body=dict(args, epochs=1))
     assert status == 202
-    began = time.monotonic()
-    assert process.stop(signal.SIGTERM, timeout=60) == 0, process.text()
-    return running, body["job_id"], time.monotonic() - began
+    done = process.remote.get(f"/jobs/{running}")[1]["progress"]["epoch"]
+    assert process.stop(signal.SIGTERM, timeout=300) == 0, process.text()
+    return running, body["job_id"], done
 
 
-def _check_stopped(tmp_path, env, running: str, jobs: int) -> None:
-    """After the stop: no version; `running` and the other `jobs - 1` (queued) failed as interrupted."""
+def _check_stopped(tmp_path, env, running: str, jobs: int, done_at_signal: int) -> None:
+    """After the stop: no version; `running` and the other `jobs - 1` (queued) failed as interrupted,
+    `running` after the epoch it was in at the signal: at most two more than the `done_at_signal` seen
+    just before it (one that may have ended between that look and the signal, and the current one),
+    where a process that did not stop it would go on towards its 1000."""
     assert sorted(os.listdir(tmp_path / "models")) == ["srkw_cnn_0.h5"]  # nothing published, nothing partial
     again = _service(tmp_path, env, "again")
     try:
@@ -296,7 +300,8 @@ def _check_stopped(tmp_path, env, running: str, jobs: int) -> None:
     assert len(listed) == jobs and all(j["status"] == "failed" and j["error"] == _interrupted(SHUT_DOWN)
                                        for j in listed), listed
     assert listed[-1] == job
-    assert 1 <= job["progress"]["epoch"] < 1000 and len(job["progress"]["metrics"]) == job["progress"]["epoch"]
+    assert 1 <= done_at_signal <= job["progress"]["epoch"] <= done_at_signal + 2, (done_at_signal, job["progress"])
+    assert len(job["progress"]["metrics"]) == job["progress"]["epoch"]
     assert all(j["started"] is None for j in listed[:-1])  # the queued ones never ran
 
 
@@ -306,12 +311,11 @@ def test_sigterm_stops_python_m_service_after_the_current_epoch(tmp_path):
     env = _env(tmp_path / "state", str(tmp_path))
     process = _service(tmp_path, env, "first")
     try:
-        running, _, seconds = _stop_during_training(tmp_path, process, args)
+        running, _, done = _stop_during_training(tmp_path, process, args)
     finally:
         process.kill()
-    assert seconds < 20, process.text()
     assert "SIGTERM: stopping the server and the training jobs" in process.text()
-    _check_stopped(tmp_path, env, running, jobs=2)
+    _check_stopped(tmp_path, env, running, jobs=2, done_at_signal=done)
 
 
 @pytest.mark.slow  # ~10 s (2 cores): gunicorn importing torch to train, then a service process
@@ -333,16 +337,17 @@ def test_sigterm_stops_gunicorn_through_the_hooks(tmp_path):
         process.wait_epoch(running)
         thread.start()  # a GET /train waiting behind it: answered 503 at the shutdown, not held
         _wait(lambda: process.remote.get("/jobs")[1]["queued"] == 1)
-        began = time.monotonic()
-        assert process.stop(signal.SIGTERM, timeout=60) == 0, process.text()
-        seconds = time.monotonic() - began
-        thread.join(10)
+        done = process.remote.get(f"/jobs/{running}")[1]["progress"]["epoch"]
+        assert process.stop(signal.SIGTERM, timeout=300) == 0, process.text()
+        thread.join(300)
+        assert not thread.is_alive()
     finally:
         process.kill()
-    assert seconds < 20, process.text()  # well inside --graceful-timeout 30: nothing waited for it
+    # the hooks stopped the job after its current epoch (_check_stopped): gunicorn's --graceful-timeout
+    # did not have to run out while it trained on
     assert waiter["answer"] == (503, {"error": SHUT_DOWN}), waiter
     assert "training jobs shut down" in process.text()
-    _check_stopped(tmp_path, env, running, jobs=2)
+    _check_stopped(tmp_path, env, running, jobs=2, done_at_signal=done)
 
 
 def test_a_state_folder_that_cannot_be_written_stops_the_start(tmp_path):

@@ -23,7 +23,8 @@ from repo_data import SAMPLE_DIR
 from service.params import PredictParams, TrainParams
 from service.runtime import Runtime
 from scoring.images import decode_image
-from scoring.pixel_cache import HEADER, DevicePixels, PixelCache, file_identity, object_identity
+from scoring.pixel_cache import (HEADER, PIL_DECODER, TORCHVISION_DECODER, DevicePixels, PixelCache, decoder_name,
+                                  file_identity, object_identity)
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS, COLS = 67, 83
@@ -59,6 +60,59 @@ def test_a_hit_is_the_decoded_pixels_bit_for_bit_and_keyed_by_size(tmp_path):
     assert cache.get(identity, ROWS + 1, COLS) is None  # another size is another entry
     assert cache.get(object_identity("other", 1, "etag-1"), ROWS, COLS) is None
     assert events.counts == {("miss", None): 3, ("decode", None): 1, ("hit", "disk"): 1}
+
+
+def test_each_decoder_reads_only_the_pixels_it_decoded_itself(tmp_path):
+    """The decoder is part of the key: PIL's entries never answer for torchvision nor the other way
+    round, though their pixels are the same bits; each decoder then hits its own entries."""
+    from scoring.stream import stream_batches
+    from scoring.torch_decode import decode_png_torch
+    from scoring.torch_scoring import TorchScorer
+
+    events = Events()
+    cache = PixelCache(tmp_path / "pixels", 10**8, record=events)
+    paths = PNGS[:3]
+
+    def pixels(decode):
+        batches = stream_batches(paths, None, ROWS, COLS, 2, decode=decode, cache=cache, identity=file_identity)
+        return np.concatenate([np.asarray(batch.pixels) for batch in batches])
+
+    def entries():
+        return len(list((tmp_path / "pixels").rglob("*.px")))
+
+    pil = pixels(decode_image)
+    assert events.counts == {("miss", None): 3, ("decode", None): 3} and entries() == 3
+    torchvision = pixels(decode_png_torch)
+    assert events.counts[("decode", None)] == 6 and entries() == 6  # two decoders, two entries per clip
+    assert np.array_equal(torchvision, pil)
+    for decode in (decode_png_torch, TorchScorer.decode, decode_image):  # each finds its own
+        assert np.array_equal(pixels(decode), pil)
+    assert events.counts[("decode", None)] == 6 and events.counts[("hit", "disk")] == 9 and entries() == 6
+
+    identity = file_identity(paths[0])
+    assert decoder_name(decode_image) == PIL_DECODER != TORCHVISION_DECODER
+    assert decoder_name(decode_png_torch) == decoder_name(TorchScorer.decode) == TORCHVISION_DECODER
+    assert cache.contains(identity, ROWS, COLS, decoder=PIL_DECODER)
+    assert cache.contains(identity, ROWS, COLS, decoder=TORCHVISION_DECODER)
+    assert not cache.contains(identity, ROWS, COLS, decoder="another decoder")
+    assert cache.get(identity, ROWS, COLS, decoder="another decoder") is None
+
+    def wrapped(source, rows, cols):  # any other function is a decoder of its own
+        return decode_image(source, rows, cols)
+
+    assert decoder_name(wrapped).endswith("test_each_decoder_reads_only_the_pixels_it_decoded_itself.<locals>.wrapped")
+    assert np.array_equal(pixels(wrapped), pil) and events.counts[("decode", None)] == 9 and entries() == 9
+
+
+@pytest.mark.parametrize("backend, decoder", [("onnxruntime", PIL_DECODER), ("torch", TORCHVISION_DECODER)])
+def test_scorers_name_the_decoder_of_the_scorers_they_build(tmp_path, srkw_h5, backend, decoder):
+    """/predict asks the cache with `Scorers.decoder` before its scorer is built, and /query decodes with
+    `Scorers.decode`: both must be the decoder of the scorer /predict then gets."""
+    from scoring.scorers import Scorers
+
+    scorers = Scorers(tmp_path / "onnx", device="cpu", backend=backend)
+    assert scorers.decoder == decoder
+    assert decoder_name(scorers.get(srkw_h5).decode) == decoder_name(scorers.decode) == decoder
 
 
 def test_the_bytes_held_follow_every_write_not_only_the_scans(tmp_path):
@@ -283,6 +337,25 @@ def test_predict_with_a_new_model_decodes_nothing_and_answers_as_without_the_cac
         assert (_without_addresses(answer.skipped) == _without_addresses(expected.skipped)
                 and len(answer.skipped) == 1)  # the corrupt clip, every time
     assert b"orca_pixel_decodes_total 5.0" in cached.metrics.render()[0]
+
+
+def test_on_the_torch_backend_predict_and_query_decode_each_clip_once(tmp_path, unlabeled, srkw_h5,
+                                                                         spread_srkw_h5):
+    """The CUDA path's decoding (torchvision), run on the CPU: a /predict with a new model and the
+    embedding pass of a /query read the pixels the first /predict decoded; none is decoded twice."""
+    from scoring.scorers import Scorers
+    from service.selection import probe_pool
+
+    cache = tmp_path / "cache"
+    runtime = Runtime.from_config({"LOCAL_ROOT": None, "DEVICE": "cpu", "CACHE_DIR": str(cache),
+                                   "PIXEL_CACHE_BYTES": 10**9, "PRECISION": "fp32"},
+                                  scorers=Scorers(cache / "onnx", device="cpu", backend="torch"))
+    first = runtime.run_predict(runtime, PredictParams(srkw_h5, str(unlabeled), ROWS, COLS))
+    assert len(first) == 5 and _counted(runtime, "orca_pixel_decodes_total") == 5
+    probed = probe_pool(runtime, PredictParams(spread_srkw_h5, str(unlabeled), ROWS, COLS), embeddings=True)
+    assert len(probed.items) == 5 and probed.embeddings.shape == (5, 256)
+    assert _counted(runtime, "orca_pixel_decodes_total") == 5
+    assert _counted(runtime, "orca_pixel_cache_lookups_total", result="hit", tier="disk") == 10  # /predict's, the probe's
 
 
 @pytest.mark.slow

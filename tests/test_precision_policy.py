@@ -65,13 +65,34 @@ def test_the_bf16_validation_pass_differs_from_fp32_but_only_by_rounding(srkw_h5
 
 
 @pytest.mark.slow
-def test_a_bf16_training_writes_float32_weights_and_records_its_precision(tmp_path):
+def test_a_bf16_training_writes_float32_weights_and_records_its_precision(tmp_path, monkeypatch):
+    """The forward passes of a bf16 /train compute in bf16, seen by hooks on the layers with weights in the
+    training steps and in the validation pass: every convolution answers bfloat16 and feeds the first
+    Dense layer bfloat16 (whose float32 bias then promotes its sum), while the weights written stay float32."""
+    import training.loop
+
     labeled = tmp_path / "labeled"
     shutil.copytree(SAMPLE_DIR, labeled, ignore=shutil.ignore_patterns("test", "*.md", "LICENSE"))
     model = write_fresh_h5(tmp_path / "models" / "srkw_cnn_0.h5", ROWS, COLS, seed=3)
+    calls = []  # (layer class, training?, input dtype, output dtype) of every call of a layer with weights
+    real_load_model = training.loop.load_model
+
+    def load_model_with_hooks(model_h5, device):
+        loaded = real_load_model(model_h5, device)
+        for layer in loaded.modules():
+            if list(layer.parameters(recurse=False)):  # srkw_cnn's four Conv2D and two Dense
+                layer.register_forward_hook(lambda module, args, out: calls.append(
+                    (type(module).__name__, module.training, args[0].dtype, out.dtype)))
+        return loaded
+
+    monkeypatch.setattr(training.loop, "load_model", load_model_with_hooks)
     runtime = Runtime.from_config({"LOCAL_ROOT": None, "DEVICE": "cpu", "CACHE_DIR": str(tmp_path / "cache"),
                                    "PRECISION": "bf16"})
     answer = runtime.run_train(runtime, TrainParams(str(model), str(labeled), ROWS, COLS, epochs=1, seed=0))
+    assert {(name, mode) for name, mode, _, _ in calls} == {("Conv", True), ("Conv", False), ("Dense", True),
+                                                           ("Dense", False)}  # training steps, validation
+    assert {out for name, _, _, out in calls if name == "Conv"} == {torch.bfloat16}, calls
+    assert {mode for name, mode, fed, _ in calls if name == "Dense" and fed == torch.bfloat16} == {True, False}
     written = tmp_path / "models" / "srkw_cnn_1.h5"
     assert answer["model_url"].endswith("srkw_cnn_1.h5") and np.isfinite(answer["loss"][0])
     sidecar = json.loads((tmp_path / "models" / "srkw_cnn_1.json").read_text())

@@ -122,12 +122,31 @@ def test_query_bald_is_reproducible_with_a_seed_and_changes_with_passes(served, 
 
 
 def test_query_coreset_picks_distinct_clips_away_from_the_labeled_set(served, pool):
+    """Greedy k-center from the labeled set: each pick is the clip farthest from every labeled image and
+    earlier pick, its score that distance (in /embed's space; the labeled images' embeddings from tf_keras).
+    With labeled_url ignored the first score would be inf and the four unlabeled copies of labeled
+    validation clips (distance 0) could be picked."""
     status, chosen = _get(served, "/query", **_args(pool, strategy="coreset", k=4,
                                                       labeled_url=str(pool / "labeled") + "/"))
     assert status == 200 and len({row["audio_url"] for row in chosen}) == 4
-    assert all(row["score"] > 0 for row in chosen)
-    scores = [row["score"] for row in chosen]
-    assert scores == sorted(scores, reverse=True)
+    _, embedded = _get(served, "/embed", **_args(pool))
+    pool_embeddings = {row["audio_url"]: np.array(row["embedding"], np.float64) for row in embedded}
+    labeled_paths = sorted((pool / "labeled").glob("*/*/*.png"))
+    centers = list(_keras_hidden(pool / "models" / "srkw_cnn_0.h5", labeled_paths).astype(np.float64))
+
+    def distance_to_centers(x):
+        return min(float(np.linalg.norm(x - c)) for c in centers)
+
+    spread = max(distance_to_centers(x) for x in pool_embeddings.values())
+    copies = {url for url, x in pool_embeddings.items() if distance_to_centers(x) < 1e-3 * spread}
+    assert len(copies) == 4  # the validation clips the pool shares with the labeled set
+    for row in chosen:
+        distances = {url: distance_to_centers(x) for url, x in pool_embeddings.items()
+                     if url not in {c["audio_url"] for c in chosen[:row["rank"] - 1]}}
+        assert distances[row["audio_url"]] == pytest.approx(max(distances.values()), rel=1e-4)  # the farthest
+        assert row["score"] == pytest.approx(distances[row["audio_url"]], rel=1e-4) and row["score"] > 0
+        centers.append(pool_embeddings[row["audio_url"]])
+    assert not copies & {row["audio_url"] for row in chosen}
 
 
 def test_query_badge_and_random_on_a_torch_model(served, pool):

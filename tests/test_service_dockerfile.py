@@ -224,8 +224,10 @@ def test_documented_docker_lines_match_the_dockerfile():
 def test_under_the_images_command_health_stays_fast_while_more_trains_wait_than_there_are_threads(tmp_path):
     """The image's gunicorn command, a small real model: more concurrent GET /train than request
     threads. At most ORCA_MAX_TRAIN_WAITERS wait for their training (one after the other on the
-    worker), the rest get 503 + Retry-After at once; meanwhile /health answers well under a second
-    every time and /predict is served. The figures go to docs/operations.md."""
+    worker), the rest get 503 + Retry-After at once (before the first training ends); meanwhile /health
+    keeps answering (some probe sent and answered between one training's answer and the next) and
+    /predict is served. Only the order of events is asserted, never a duration: the 2 cores are shared.
+    The figures it prints go to docs/operations.md."""
     import shutil
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -251,6 +253,7 @@ def test_under_the_images_command_health_stays_fast_while_more_trains_wait_than_
     base = f"http://127.0.0.1:{port}"
 
     def get(path, query=None, timeout=600):
+        """(status, headers, started, answered): the two times from time.monotonic(), for ordering."""
         url = f"{base}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
         started = time.monotonic()
         try:
@@ -258,10 +261,11 @@ def test_under_the_images_command_health_stays_fast_while_more_trains_wait_than_
                 status, headers = response.status, response.headers
         except urllib.error.HTTPError as error:
             status, headers = error.code, error.headers
-        return status, headers, time.monotonic() - started
+        return status, headers, started, time.monotonic()
 
+    waiters = int(os.environ.get("ORCA_MAX_TRAIN_WAITERS", "8"))
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while True:
             try:
                 get("/health", timeout=5)
@@ -277,35 +281,49 @@ def test_under_the_images_command_health_stays_fast_while_more_trains_wait_than_
 
         def probe():
             while not stop.is_set():
-                status, _, seconds = get("/health", timeout=30)
-                health.append((status, seconds))
+                health.append(get("/health", timeout=300))
                 time.sleep(0.1)
 
         prober = threading.Thread(target=probe)
         prober.start()
         with ThreadPoolExecutor(trains + 1) as pool:
             waiting = [pool.submit(get, "/train", {**args, "epochs": 1}) for _ in range(trains)]
-            time.sleep(1.0)  # the trains are in: 8 wait, one after the other on the worker
+
+            def trains_in():  # the refused ones answered, the others' jobs in the queue
+                refused = sum(1 for f in waiting if f.done() and f.result()[0] == 503)
+                jobs = json.loads(urllib.request.urlopen(f"{base}/jobs", timeout=300).read())["jobs"]
+                return refused == trains - waiters and len(jobs) == waiters
+
+            deadline = time.monotonic() + 300
+            while not trains_in():
+                assert time.monotonic() < deadline and process.poll() is None, "the trains did not get in"
+                time.sleep(0.05)
+            trains_are_in = time.monotonic()
             predict = pool.submit(get, "/predict", {
                 "model_url": args["model_url"], "unlabeled_url": str(tmp_path / "data" / "unlabeled") + "/",
                 "img_width": args["img_width"], "img_height": args["img_height"]}).result()
             answers = [future.result() for future in waiting]
-            predict_overlapped = sum(1 for status, _, seconds in answers if status == 200
-                                     and seconds > 1.0 + predict[2])  # trains still waiting when it answered
         stop.set()
         prober.join()
     finally:
         process.terminate()
         process.wait(timeout=60)
-    statuses = sorted(status for status, _, _ in answers)
-    waiters = int(os.environ.get("ORCA_MAX_TRAIN_WAITERS", "8"))
+    statuses = sorted(status for status, *_ in answers)
     assert statuses == [200] * waiters + [503] * (trains - waiters), statuses
-    assert all(headers["Retry-After"] for status, headers, _ in answers if status == 503)
-    assert max(seconds for status, _, seconds in answers if status == 503) < 2
-    assert predict[0] == 200 and predict_overlapped >= 1, (predict, predict_overlapped)
-    latencies = [seconds for _, seconds in health]
-    assert all(status == 200 for status, _ in health) and len(latencies) >= 10
+    assert all(headers["Retry-After"] for status, headers, *_ in answers if status == 503)
+    trained = sorted(answered for status, _, _, answered in answers if status == 200)
+    # at once: every refusal answered before the first training finished
+    assert max(answered for status, _, _, answered in answers if status == 503) < trained[0]
+    assert predict[0] == 200 and predict[3] < trained[-1], (predict, trained)  # served while trains waited
+    assert all(status == 200 for status, *_ in health) and len(health) >= 10
+    # /health stays live: after the trains got in, between one training's answer and the next, some probe
+    # was sent and answered (a server whose threads all waited would answer one only as a training ends)
+    edges = [trains_are_in] + [answered for answered in trained if answered > trains_are_in]
+    print("seconds between the trainings' answers:", [round(b - a, 2) for a, b in zip(edges, edges[1:])])
+    for begin, end in zip(edges, edges[1:]):
+        assert any(begin < sent and answered < end for _, _, sent, answered in health), (begin, end)
+    latencies = [answered - sent for *_, sent, answered in health]
     print(f"/health during {waiters} waiting trains: {len(latencies)} probes, max {max(latencies) * 1000:.0f} ms, "
           f"median {sorted(latencies)[len(latencies) // 2] * 1000:.0f} ms; trains took "
-          f"{max(seconds for _, _, seconds in answers):.1f} s; /predict answered in {predict[2]:.2f} s meanwhile")
-    assert max(latencies) < 1.0
+          f"{max(answered - sent for _, _, sent, answered in answers):.1f} s; /predict answered in "
+          f"{predict[3] - predict[2]:.2f} s meanwhile")

@@ -77,10 +77,21 @@ def test_orcasoundlab_clip_is_haro_strait_with_an_http_date():
         "duration": 3, "location": "Haro Strait", "timestamp": "Tue, 07 Jul 2020 20:35:18 GMT"}
 
 
-@pytest.mark.parametrize("node", sorted(LOCATIONS))
-def test_every_known_node_has_its_location(node):
+NODES = [  # Orcasound's hydrophones and the place names the client shows, written out here
+    ("orcasoundlab", "Haro Strait"), ("port_townsend", "Port Townsend"), ("bush_point", "Bush Point"),
+    ("sunset_bay", "Sunset Bay"), ("andrews_bay", "Andrews Bay"), ("north_sjc", "North San Juan Channel"),
+    ("mast_center", "Mast Center"), ("point_robinson", "Point Robinson"),
+]
+
+
+@pytest.mark.parametrize("node, location", NODES)
+def test_every_known_node_has_its_location(node, location):
     assert parse_stem(f"{node}_1594154118") == (node, 1594154118)
-    assert describe_clip(f"{node}_1594154118")["location"] == LOCATIONS[node]
+    assert describe_clip(f"{node}_1594154118")["location"] == location
+
+
+def test_the_nodes_known_are_these_eight():
+    assert sorted(LOCATIONS) == sorted(node for node, _ in NODES)
 
 
 def test_unknown_node_is_reported_by_its_name():

@@ -17,7 +17,7 @@ import numpy as np
 
 from scoring.errors import ImageError
 from scoring.images import decode_image, list_images
-from scoring.pixel_cache import is_tensor
+from scoring.pixel_cache import decoder_name, is_tensor
 
 from .errors import TrainingError
 
@@ -107,17 +107,18 @@ def decode_split(split: Split, rows: int, cols: int, workers: int | None = None,
     tier = cache.device_tier if cache is not None else None
     pixels = [None] * len(split) if tier is not None else np.empty((len(split), rows, cols, 3), dtype=np.uint8)
     failures: dict[int, str] = {}
+    decoder = decoder_name(decode_image)  # decode_sized's default decode: the pixel cache's PIL entries
 
     def decode(i: int) -> None:
         key = identity(split.paths[i]) if cache is not None and identity is not None else None
-        found = cache.get(key, rows, cols) if key is not None else None
+        found = cache.get(key, rows, cols, decoder=decoder) if key is not None else None
         if found is None:
             try:
                 if key is None:
                     found = decode_image(split.paths[i], rows, cols)
                 else:
                     array, source_pixels = decode_sized(split.paths[i], rows, cols)
-                    found = cache.put(key, rows, cols, array, source_pixels)
+                    found = cache.put(key, rows, cols, array, source_pixels, decoder=decoder)
             except ImageError as e:
                 if not skip_corrupt:
                     raise TrainingError(f"{split.name} image {split.paths[i]}: {e}") from e
