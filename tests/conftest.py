@@ -97,6 +97,18 @@ def aws_env(monkeypatch):
     _point_boto3_at(monkeypatch, None)
 
 
+@pytest.fixture
+def bucket(aws_env):
+    """An S3 client (boto3) on moto's in-process mock, with an empty bucket `orca`."""
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="orca")
+        yield client
+
+
 @pytest.fixture(scope="session")
 def use_s3_endpoint():
     """A function (monkeypatch, endpoint_url) pointing boto3 at an S3 endpoint with dummy

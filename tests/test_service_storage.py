@@ -2,21 +2,11 @@
 
 import os
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, NoCredentialsError
-from moto import mock_aws
 
 from service.errors import AlreadyExists, BadRequest, Forbidden, NotFound, StorageError, StorageUnavailable
 from service.storage import LocalStorage, S3Storage, locate, map_s3_error
-
-
-@pytest.fixture
-def bucket(aws_env):
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="orca")
-        yield client
 
 
 @pytest.mark.slow  # ~7 s: 1000+ objects put into moto

@@ -15,10 +15,8 @@ import urllib.parse
 import urllib.request
 
 import torch  # noqa: F401  (before anything may import TensorFlow)
-import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
-from moto import mock_aws
 
 from ops_support import COLS, ROWS, Served, upload_stack
 from service import create_app
@@ -75,14 +73,6 @@ class NoConditionalWrites:
 
     def puts(self):
         return [(path, conditional) for method, path, conditional in self.seen if method == "PUT"]
-
-
-@pytest.fixture
-def bucket(aws_env):
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="orca")
-        yield client
 
 
 @pytest.fixture
