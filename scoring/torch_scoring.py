@@ -19,6 +19,7 @@ import torch
 
 from conversion.formats import load_trainable
 
+from .clips import decoder_for
 from .device import pick_device, resolve_precision
 from .errors import ScoringError
 from .tensors import autocast, check_input_size, to_batch
@@ -46,6 +47,12 @@ def score_pixels(model, pixels: np.ndarray, device: torch.device, precision: str
     return probabilities.float().cpu().tolist()
 
 
+def _decode_png(source, rows: int, cols: int) -> np.ndarray:
+    from .torch_decode import decode_png_torch
+
+    return decode_png_torch(source, rows, cols)
+
+
 class TorchScorer:
     """P(class 1) of images with an eval-mode torch module on one device (a `Scorer`)."""
 
@@ -55,13 +62,9 @@ class TorchScorer:
         self.model = load_trainable(model) if isinstance(model, (str, os.PathLike)) else model
         self.model.to(self.device).eval()
         self.batch_size = max(batch_size, CUDA_SCORING_BATCH) if self.device.type == "cuda" else batch_size
-
-    @staticmethod
-    def decode(source, rows: int, cols: int) -> np.ndarray:
-        """torchvision's PNG decoding: the pixels of PIL's, with less CPU (on CUDA the GPU waits on it)."""
-        from .torch_decode import decode_png_torch
-
-        return decode_png_torch(source, rows, cols)
+        # torchvision's PNG decoding (PIL's pixels, less CPU: on CUDA the GPU waits on it); audio clips'
+        # spectrograms rendered a batch at a time on CUDA, one clip at a time on the CPU (scoring.clips)
+        self.decode = decoder_for(_decode_png, self.device)
 
     def check_size(self, rows: int, cols: int) -> None:
         check_input_size(self.model, rows, cols)
