@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .acquisition import names, needs, select
-from scoring.images import decode_image
+from scoring.stream import decode_checked
 from training.data import find_classes, list_split
 from training.errors import TrainingError
 
@@ -107,8 +107,11 @@ def _probe_pool(model_path: str, pixels: np.ndarray, rest: list[int], strategy: 
 
 
 def run_strategy(config: SimulationConfig, strategy: str, seed: int, pool_paths, labels, pixels,
-                 classes, validation_dir: Path, work: Path, on_round=None) -> list[dict]:
-    """One learning curve: a row per round (labels used, validation metrics, seconds)."""
+                 classes, validation_dir: Path, work: Path, on_round=None, pixel_cache=None) -> list[dict]:
+    """One learning curve: a row per round (labels used, validation metrics, seconds). `pixel_cache`
+    (a `scoring.pixel_cache.PixelCache`): each round's training reads the clips decoded before from it
+    (keyed by the real file behind the round's links), so an audio clip's spectrogram is drawn once."""
+    from scoring.clips import file_clip_identity
     from training.loop import train
 
     labeled = initial_picks(labels, config.initial, seed)
@@ -120,7 +123,8 @@ def run_strategy(config: SimulationConfig, strategy: str, seed: int, pool_paths,
         _lay_out(folder, classes, pool_paths, labels, labeled, validation_dir)
         out = work / f"{strategy}-{seed}-round{round_number}{Path(config.model).suffix}"
         result = train(model, folder, config.rows, config.cols, config.epochs, out, device=config.device,
-                       seed=seed, batch_size=config.batch_size, log=log)
+                       seed=seed, batch_size=config.batch_size, log=log, pixel_cache=pixel_cache,
+                       identity=file_clip_identity if pixel_cache is not None else None)
         row = {"round": round_number, "labels": len(labeled), "val_acc": result.model_acc,
                "val_loss": result.model_loss, "roc_auc": result.roc_auc,
                "average_precision": result.average_precision}
@@ -149,13 +153,17 @@ def simulate(config: SimulationConfig, on_round=None) -> dict:
     _check(config, len(pool), len(classes))
     if not len(validation):
         raise TrainingError(f"{root / 'validation'} holds no images")
-    pixels = np.stack([decode_image(p, config.rows, config.cols) for p in pool.paths])  # decoded once
+    # decoded once: images, and audio clips drawn as their spectrogram (scoring.clips)
+    pixels = np.stack([decode_checked(p, config.rows, config.cols) for p in pool.paths])
     runs = []
     with tempfile.TemporaryDirectory(prefix="orca-simulate-") as tmp:
+        from scoring.pixel_cache import PixelCache
+
+        cache = PixelCache(Path(tmp) / "pixels", max_bytes=(len(pool) + len(validation) + 1) * config.rows * config.cols * 4)
         for seed in config.seeds:
             for strategy in config.strategies:
                 rows = run_strategy(config, strategy, seed, pool.paths, pool.labels, pixels, classes,
-                                    root / "validation", Path(tmp), on_round)
+                                    root / "validation", Path(tmp) / "runs", on_round, pixel_cache=cache)
                 runs.append({"strategy": strategy, "seed": seed, "rounds": rows})
     return {"config": asdict(config), "classes": classes, "pool": len(pool), "validation": len(validation),
             "runs": runs}

@@ -154,7 +154,7 @@ def score_archive(model_url: str, source_url: str, dest_url: str, *, rows: int |
                   num_cpus: int | None = None, progress: bool = True, public_base: str | None = None,
                   service_url: str | None = None, served_root: str | None = None,
                   allow_unconditional_writes: bool = False) -> Summary:
-    """Score every spectrogram under `source_url` (/predict's `unlabeled_url`: `spectrograms/<stem>.png`)
+    """Score every clip under `source_url` (/predict's `unlabeled_url`: `spectrograms/<stem>.png`, else `mp3/<stem>.mp3`)
     with the model at `model_url` into Parquet parts under `dest_url`; see the module docstring.
 
     `device`: "auto" (GPU actors where Ray has GPUs, else ONNX Runtime CPU actors), "cpu" or "cuda".

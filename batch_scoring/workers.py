@@ -5,7 +5,8 @@ A batch of the plan (columns index, part, key, size) goes through:
 - `ClipReader`: fetches each clip's bytes from the source (S3 GetObject or a local read, on a few
   threads) and decodes them as /predict's scorer does (`decode="pil"`: `scoring.images`, what
   ONNX Runtime's path uses; `"torch"`: `scoring.torch_decode`, bit-identical, what the CUDA path
-  uses), adding `pixels` (uint8, rows x cols x 3) and `error` ("" when decoded);
+  uses; an audio clip, `mp3/<stem>.mp3` without its PNG, is drawn as its 2020 spectrogram straight to
+  the same pixels: `scoring.clips`), adding `pixels` (uint8, rows x cols x 3) and `error` ("" when decoded);
 - `GpuScorer` (an actor with one GPU): `scoring.torch_scoring.TorchScorer` on CUDA;
 - `CpuScorer` (an actor on CPUs only): reads and decodes with a `ClipReader`, then scores with
   `scoring.onnx_scoring.OnnxScorer`, in one process: on a CPU node the pixels need not cross the
@@ -43,7 +44,9 @@ class ClipReader:
             from scoring.torch_decode import decode_png_torch as decoder
         else:
             from scoring.images import decode_image as decoder
-        self.decoder = decoder
+        from scoring.clips import ClipDecoder
+
+        self.decoder = ClipDecoder(decoder)  # audio clips (mp3/, no PNG) drawn one at a time on this CPU
         self.scratch = tempfile.mkdtemp(prefix="orca-score-read-")
 
     def __del__(self):
@@ -58,7 +61,8 @@ class ClipReader:
 
         url = self.storage.url(key)
         local = isinstance(self.storage, LocalStorage)
-        path = key if local else os.path.join(self.scratch, f"clip-{slot}")
+        suffix = os.path.splitext(key)[1].lower()  # the decoder tells audio from images by it
+        path = key if local else os.path.join(self.scratch, f"clip-{slot}{suffix}")
         try:
             if not local:
                 self.storage.download(key, path, expected_size=int(size))

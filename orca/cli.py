@@ -407,7 +407,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     _image_args(train)
     train.set_defaults(run=cmd_train)
-    predict = sub.add_parser("predict", help="score every unlabeled spectrogram, print /predict's JSON")
+    predict = sub.add_parser("predict", help="score every unlabeled clip (its PNG, else its mp3), print /predict's JSON")
     predict.add_argument("--model_url", "--model-url", required=True)
     predict.add_argument("--unlabeled_url", "--unlabeled-url", required=True)
     _image_args(predict)
@@ -434,7 +434,8 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--tolerance", type=float)
     verify.set_defaults(run=cmd_verify)
     score = sub.add_parser("score", help="score an archive of spectrograms on Ray into Parquet (needs [scale])",
-                           description="Score every SOURCE/spectrograms/<stem>.png with MODEL on Ray Data (a local "
+                           description="Score every SOURCE/spectrograms/<stem>.png (or, without it, SOURCE/mp3/<stem>.mp3) with MODEL "
+                           "on Ray Data (a local "
                            "Ray, or the cluster at --address / RAY_ADDRESS) into DEST/part-NNNNNN.parquet, one row "
                            "per clip with /predict's fields. Re-running completes what a failed run left. "
                            "See docs/scoring.md.")

@@ -1,5 +1,6 @@
 """Scoring spectrograms with a model: image decoding bit-identical to the original Keras pipeline
-(`scoring.images`), batches streamed from files (`scoring.stream`), the pixel cache
+(`scoring.images`), audio clips drawn straight to the same pixels (`scoring.clips`), batches streamed
+from files (`scoring.stream`), the pixel cache
 (`scoring.pixel_cache`), the engines (`scoring.onnx_scoring` on the CPU, `scoring.torch_scoring` on
 CUDA, one interface in `scoring.scorer`), the app's cache of ready scorers (`scoring.scorers`), and
 the one place that picks the device (`scoring.device`). No HTTP, no storage.

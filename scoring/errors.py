@@ -9,3 +9,9 @@ class ScoringError(ValueError):
 
 class ImageError(ValueError):
     """A file is not a readable image; the message names the file."""
+
+
+class AudioClipError(ImageError):
+    """An audio file of a dataset that gives no spectrogram: not audio, corrupt or truncated, silent, or
+    not a 3-second clip. An ImageError, so every path that skips an unreadable image skips it alike; the
+    message is "<file>: <reason>"."""

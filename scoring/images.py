@@ -10,6 +10,7 @@ last bit), so `load_image` multiplies too. The original passed `(img_width, img_
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from pathlib import Path
@@ -64,6 +65,19 @@ def decode_image(source: Source, rows: int, cols: int) -> np.ndarray:
 
 
 decode_image.pixel_decoder = "pil"  # its name in the pixel cache's keys (pixel_cache.PIL_DECODER)
+
+
+@functools.lru_cache(maxsize=64)
+def nearest_indices(width: int, height: int, cols: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(source row of each output row, source column of each output column) of PIL's NEAREST resize
+    from width x height to cols x rows, read off PIL itself (32-bit index images resized once), so a
+    gather with them equals `Image.resize(..., NEAREST)`. Read-only int64 arrays, memoized."""
+    across = Image.fromarray(np.arange(width, dtype=np.int32)[None, :], "I").resize((cols, 1), Image.Resampling.NEAREST)
+    down = Image.fromarray(np.arange(height, dtype=np.int32)[:, None], "I").resize((1, rows), Image.Resampling.NEAREST)
+    maps = (np.asarray(down, dtype=np.int64)[:, 0].copy(), np.asarray(across, dtype=np.int64)[0].copy())
+    for a in maps:
+        a.setflags(write=False)
+    return maps
 
 
 def to_float(pixels: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ import numpy as np
 from conversion.atomic import write_bytes_atomically
 
 from .errors import ScoringError
+from .clips import ClipDecoder
 from .images import decode_image, to_float
 
 LOG = logging.getLogger("training")
@@ -162,7 +163,7 @@ def with_pixel_input(onnx_path: str | os.PathLike):
 class OnnxScorer:
     """P(class 1) of images with ONNX Runtime on the CPU, for one model file (a `Scorer`)."""
 
-    decode = staticmethod(decode_image)  # PIL: the CPU path
+    decode = ClipDecoder(decode_image)  # PIL: the CPU path; audio drawn one clip at a time (scoring.clips)
 
     def __init__(self, model_path: str | os.PathLike, cache_dir: str | os.PathLike, threads: int | None = None,
                  isolate: bool | None = None, digest: str | None = None):

@@ -42,7 +42,11 @@ Corrupt files are never stored: they are decoded (and skipped, with the same rea
 
 Events go to `record(event, tier, amount)` (the app's `Metrics.record_pixels`): "hit" (tier),
 "miss", "decode" (an image decoded and stored), "bytes" (tier: bytes held now), "evict" (tier),
-"unwritten" (an image not written to disk: no room above `min_free`, or the write failed).
+"unwritten" (an image not written to disk: no room above `min_free`, or the write failed); and, from
+the callers that draw spectrograms (`scoring.stream`, `training.data`), "render" (spectrograms drawn).
+
+Audio clips are cached like images, by `scoring.clips.clip_identity`: the object's identity plus the
+spectrogram renderer's key (`audio.spectrogram.renderer_key()`, a digest of all its settings).
 """
 
 from __future__ import annotations

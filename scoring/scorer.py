@@ -4,7 +4,8 @@ A `Scorer` (ONNX Runtime: `scoring.onnx_scoring.OnnxScorer`; torch: `scoring.tor
 
     scorer.batch_size                  the batch its engine prefers
     scorer.check_size(rows, cols)      ScoringError when the model takes another image size
-    scorer.decode(source, rows, cols)  uint8 pixels bit-identical to `images.decode_image`
+    scorer.decode(source, rows, cols)  uint8 pixels bit-identical to `images.decode_image` (a
+                                       `clips.ClipDecoder`: audio files give their PNG's pixels)
     scorer.score_pixels(pixels)        P(class 1) of uint8 images (n, rows, cols, 3)
     scorer.score(paths, rows, cols)    the same for image files, streamed (`score_files`)
 """

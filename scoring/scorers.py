@@ -50,16 +50,19 @@ class Scorers:
 
     @property
     def decode(self):
-        """The decode function of the scorers built here (their `decode`): torchvision's for torch, PIL's
-        for ONNX Runtime. Other readers of the same clips (/query's probe) decode with it too, so the
-        pixels /predict cached are theirs."""
-        if self.backend == "torch":
-            from .torch_scoring import TorchScorer
+        """The decoder of the scorers built here (their `decode`, a `clips.ClipDecoder`): torchvision's PNG
+        decoding for torch, PIL's for ONNX Runtime, audio's spectrogram for both. Other readers of the same
+        clips (/query's probe) decode with it too, so the pixels /predict cached are theirs."""
+        from .clips import ClipDecoder
 
-            return TorchScorer.decode
+        if self.backend == "torch":
+            from .device import pick_device
+            from .torch_scoring import clip_decoder
+
+            return clip_decoder(pick_device(self.device))
         from .images import decode_image  # OnnxScorer.decode, without importing ONNX Runtime
 
-        return decode_image
+        return ClipDecoder(decode_image)
 
     def digest(self, path: str | os.PathLike) -> str:
         """SHA-256 of a file, memoized by (real path, size, mtime)."""

@@ -7,12 +7,16 @@ input order. So while the caller scores batch k (ONNX Runtime and torch release 
 downloads and decodes batches k+1…k+prefetch: on a cold call I/O and compute overlap, and memory
 stays at a few batches whatever the number of files.
 
-Decoding is `images.decode_image` (bit-identical to the original Keras preprocessing); at most
+Decoding is `images.decode_image` (bit-identical to the original Keras preprocessing), or for an
+audio file (.mp3/.wav/.flac) its 2020 spectrogram straight to the same pixels (`scoring.clips`); at most
 `decode_workers` decodes run at once (PIL releases the GIL while it inflates a PNG), while up to
 `workers` threads may wait on downloads. With `skip_unreadable=True` a file that is not a
 readable image (corrupt PNG, not an image at all) or has more than `max_pixels` pixels (a
 decompression bomb) is reported in `Batch.skipped` as `(item, reason)` instead of raising
-`ImageError`; errors of `fetch` (storage) always propagate.
+`ImageError`; errors of `fetch` (storage) always propagate. When `decode` is a batched
+`clips.ClipDecoder` (CUDA), audio is decoded to samples on the threads and each batch's spectrograms
+are rendered together on its device. With a `cache`, each spectrogram drawn is counted as
+`cache.record("render", None, n)` (the app's `orca_spectrograms_rendered_total`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from . import clips
 from .errors import ImageError
 from .images import decode_image, read_source
 from .pixel_cache import decoder_name
@@ -48,7 +53,11 @@ def decode_sized(source, rows: int, cols: int, max_pixels: int | None = None, de
                  need_size: bool = True) -> tuple[np.ndarray, int]:
     """(`decode_checked`'s pixels, the source image's width x height); the size is read from the
     image's header (0 when not needed and no limit asks for it). The pixel cache keeps the size, so
-    an entry is never served to a request whose ORCA_MAX_PIXELS would refuse its source."""
+    an entry is never served to a request whose ORCA_MAX_PIXELS would refuse its source.
+    An audio file (`clips.is_audio`) is drawn as its spectrogram (`clips.ClipDecoder`, around `decode`);
+    its size is the picture's."""
+    if clips.is_audio(source):
+        return clips.decoder_for(decode).audio(source, rows, cols), clips.spectrogram_pixels()
     if (max_pixels and max_pixels > 0) or need_size:
         data = source if isinstance(source, (bytes, bytearray, memoryview)) else read_source(source)
         name = "<bytes>" if data is source else os.fspath(source)
@@ -90,6 +99,27 @@ class Batch:
 _SKIP = object()
 
 
+@dataclass
+class _Samples:
+    """An audio clip decoded on a thread, waiting to be rendered with its batch (batched ClipDecoder)."""
+    decoded: Any
+    key: tuple | None
+
+
+def _skipped(result) -> bool:
+    return isinstance(result, tuple) and bool(result) and result[0] is _SKIP
+
+
+def _stack(arrays: list):
+    """One batch of pixels: numpy, or a tensor on the device of the first tensor among them."""
+    if not any(clips.is_tensor(a) for a in arrays):
+        return np.stack(arrays)
+    import torch
+
+    device = next(a for a in arrays if clips.is_tensor(a)).device
+    return torch.stack([a if clips.is_tensor(a) else torch.from_numpy(np.array(a)).to(device) for a in arrays])
+
+
 def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: int, cols: int,
                    batch_size: int, *, workers: int = 8, decode_workers: int | None = None,
                    prefetch: int = PREFETCH_BATCHES, skip_unreadable: bool = False,
@@ -108,9 +138,15 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
     fetching = threading.BoundedSemaphore(workers)  # downloads at once (≤ the S3 client's connections)
     decoding = threading.BoundedSemaphore(decode_workers)
     iterator = iter(items)
-    stack = cache.stack if cache is not None else np.stack
+    stack = cache.stack if cache is not None and cache.device_tier is not None else _stack
     ahead = max(1, prefetch) * batch_size + batch_size  # items in flight: this batch + `prefetch` more
     decoder = decoder_name(decode)
+
+    batched = isinstance(decode, clips.ClipDecoder) and decode.batched
+
+    def rendered(n: int) -> None:
+        if cache is not None and n:
+            cache.record("render", None, n)
 
     def work(item):
         key = identity(item) if cache is not None and identity is not None else None
@@ -120,16 +156,41 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
                 return hit
         with fetching:
             source = fetch(item)
+        audio = clips.is_audio(source)
         with decoding:
             try:
+                if audio and batched:
+                    return _Samples(decode.samples(source), key)  # rendered with its batch
                 if key is None:
-                    return decode_checked(source, rows, cols, max_pixels, decode)
+                    pixels = decode_checked(source, rows, cols, max_pixels, decode)
+                    rendered(int(audio))
+                    return pixels
                 pixels, source_pixels = decode_sized(source, rows, cols, max_pixels, decode)
             except ImageError as error:
                 if not skip_unreadable:
                     raise
                 return (_SKIP, str(error))
+        rendered(int(audio))
         return cache.put(key, rows, cols, pixels, source_pixels, decoder=decoder)
+
+    def render(results: list) -> None:
+        """The batch's decoded audio (`_Samples`) drawn together on the decoder's device, in place."""
+        slots = [i for i, result in enumerate(results) if isinstance(result, _Samples)]
+        if not slots:
+            return
+        drawn = decode.render([results[i].decoded for i in slots], rows, cols)
+        for i, pixels in zip(slots, drawn):
+            if isinstance(pixels, ImageError):
+                if not skip_unreadable:
+                    raise pixels
+                results[i] = (_SKIP, str(pixels))
+                continue
+            rendered(1)
+            key = results[i].key
+            if key is not None:
+                kept = cache.put(key, rows, cols, pixels.cpu().numpy(), clips.spectrogram_pixels(), decoder=decoder)
+                pixels = kept if clips.is_tensor(kept) else pixels
+            results[i] = pixels
 
     # threads waiting on downloads must not hold back decoding: room for both at once
     pool = ThreadPoolExecutor(workers + decode_workers, thread_name_prefix="orca-fetch")
@@ -145,16 +206,20 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
 
         fill()
         while pending:
-            batch_items, arrays, skipped = [], [], []
-            while pending and len(batch_items) < batch_size:
+            taken, results = [], []
+            while pending and sum(not _skipped(r) for r in results) < batch_size:
                 item, future = pending.popleft()
-                result = future.result()
-                if isinstance(result, tuple) and result and result[0] is _SKIP:
+                taken.append(item)
+                results.append(future.result())
+                fill()
+            render(results)
+            batch_items, arrays, skipped = [], [], []
+            for item, result in zip(taken, results):
+                if _skipped(result):
                     skipped.append((item, result[1]))
                 else:
                     batch_items.append(item)
                     arrays.append(result)
-                fill()
             yield Batch(batch_items, stack(arrays) if arrays else None, skipped)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -8,7 +8,7 @@ while the GPU scores ≈ 9,500/s). `decode_png_torch(source, rows, cols)`:
   skips and their reasons never differ from the PIL path;
 - decodes with `torchvision.io.decode_png(mode=RGB)`: PNG is lossless, and dropping alpha is what
   PIL's convert("RGB") does for RGBA;
-- resizes with PIL's own NEAREST mapping: the source row and column of every output pixel are read
+- resizes with PIL's own NEAREST mapping (`images.nearest_indices`): the source row and column of every output pixel are read
   off PIL by resizing an image of indices once per (source size, target size), then gathered.
 Imports torch: the CPU service does not use it (it scores with ONNX Runtime and decodes with PIL).
 """
@@ -19,10 +19,9 @@ import functools
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.io import ImageReadMode, decode_png
 
-from .images import decode_image, read_source
+from .images import decode_image, nearest_indices, read_source
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -35,13 +34,9 @@ def is_plain_png(data: bytes) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def nearest_index_maps(width: int, height: int, cols: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(source row per output row, source column per output column) of PIL's NEAREST resize from
-    width x height to cols x rows, taken from PIL itself (32-bit index images resized once).
-    A pure function of its four sizes, so memoized (read-only tensors; nothing an app configures)."""
-    across = Image.fromarray(np.arange(width, dtype=np.int32)[None, :], "I").resize((cols, 1), Image.Resampling.NEAREST)
-    down = Image.fromarray(np.arange(height, dtype=np.int32)[:, None], "I").resize((1, rows), Image.Resampling.NEAREST)
-    return (torch.from_numpy(np.asarray(down, dtype=np.int64)[:, 0].copy()),
-            torch.from_numpy(np.asarray(across, dtype=np.int64)[0].copy()))
+    """`images.nearest_indices` as tensors: PIL's NEAREST mapping from width x height to cols x rows."""
+    down, across = nearest_indices(width, height, cols, rows)
+    return torch.from_numpy(down.copy()), torch.from_numpy(across.copy())
 
 
 def decode_png_torch(source, rows: int, cols: int) -> np.ndarray:

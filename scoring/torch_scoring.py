@@ -19,6 +19,7 @@ import torch
 
 from conversion.formats import load_trainable
 
+from .clips import ClipDecoder, decoder_for
 from .device import pick_device, resolve_precision
 from .errors import ScoringError
 from .pixel_cache import TORCHVISION_DECODER
@@ -47,6 +48,22 @@ def score_pixels(model, pixels: np.ndarray, device: torch.device, precision: str
     return probabilities.float().cpu().tolist()
 
 
+def _decode_png(source, rows: int, cols: int) -> np.ndarray:
+    from .torch_decode import decode_png_torch
+
+    return decode_png_torch(source, rows, cols)
+
+
+_decode_png.pixel_decoder = TORCHVISION_DECODER  # decode_png_torch's entries in the pixel cache
+
+
+def clip_decoder(device) -> ClipDecoder:
+    """How torch scoring decodes clips on `device`: PNGs with torchvision (PIL's pixels, less CPU: on CUDA
+    the GPU waits on it), audio clips' spectrograms a batch at a time on CUDA, one clip at a time on
+    the CPU (scoring.clips)."""
+    return decoder_for(_decode_png, device)
+
+
 class TorchScorer:
     """P(class 1) of images with an eval-mode torch module on one device (a `Scorer`)."""
 
@@ -56,15 +73,7 @@ class TorchScorer:
         self.model = load_trainable(model) if isinstance(model, (str, os.PathLike)) else model
         self.model.to(self.device).eval()
         self.batch_size = max(batch_size, CUDA_SCORING_BATCH) if self.device.type == "cuda" else batch_size
-
-    @staticmethod
-    def decode(source, rows: int, cols: int) -> np.ndarray:
-        """torchvision's PNG decoding: the pixels of PIL's, with less CPU (on CUDA the GPU waits on it)."""
-        from .torch_decode import decode_png_torch
-
-        return decode_png_torch(source, rows, cols)
-
-    decode.__func__.pixel_decoder = TORCHVISION_DECODER  # decode_png_torch's entries in the pixel cache
+        self.decode = clip_decoder(self.device)
 
     def check_size(self, rows: int, cols: int) -> None:
         check_input_size(self.model, rows, cols)

@@ -1,11 +1,13 @@
 """What /train and /predict share about datasets in storage: listing them, downloading many objects
-at once, recognising images, and error messages that name storage URLs instead of scratch paths."""
+at once, recognising images and audio clips, and error messages that name storage URLs instead of
+scratch paths."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from scoring.images import IMAGE_EXTENSIONS  # what `training` reads
+from scoring.clips import AUDIO_EXTENSIONS, CLIP_EXTENSIONS  # what `training` and `scoring` read
+from scoring.images import IMAGE_EXTENSIONS
 
 from .errors import NotFound, Unprocessable
 from .storage import Location, ObjectInfo
@@ -13,6 +15,15 @@ from .storage import Location, ObjectInfo
 
 def is_image(key: str) -> bool:
     return key.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def is_audio(key: str) -> bool:
+    return key.lower().endswith(AUDIO_EXTENSIONS)
+
+
+def is_clip(key: str) -> bool:
+    """An image or an audio clip: what a labeled set's `train/<class>/` and `validation/<class>/` may hold."""
+    return key.lower().endswith(CLIP_EXTENSIONS)
 
 
 def safe_parts(relative: str) -> list[str] | None:

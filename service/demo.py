@@ -5,9 +5,14 @@ Lays out, under `./local/` (or `--dir`), without touching files that already exi
     local/models/srkw_cnn_0.h5                     a fresh, untrained srkw_cnn (607×617)
     local/labeled/{train,validation}/{calls,nocalls}/*.png   from sample_data/orcasound
     local/unlabeled/spectrograms/orcasoundlab_<unix seconds>.png   sample_data/orcasound/test, renamed
-    local/unlabeled/mp3/                           (empty: the sample data has no audio)
+    local/unlabeled/mp3/                           (empty: these spectrograms come without their audio)
+    local/unlabeled_audio/mp3/orcasoundlab_<unix seconds>.mp3   the 4 real clips of sample_data/orcasound_audio
+    local/labeled_audio/{train,validation}/{calls,nocalls}/*.mp3   the same 4 clips, 2 calls + 2 nocalls:
+                                                   the first of each class (by name) trains, the second validates
 
-then serves the endpoint on it and prints ready-to-paste curl lines.
+then serves the endpoint on it and prints ready-to-paste curl lines: /train and /predict on the PNG sets,
+then on the audio sets (scored straight from the mp3s: docs/audio.md, "Audio datasets"). The audio sets
+are small: 4 clips, 2 of them to train on; they show the audio path works, not a trained model.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 from .config import from_env
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "orcasound"
+SAMPLE_AUDIO = Path(__file__).resolve().parent.parent / "sample_data" / "orcasound_audio"  # mp3/{calls,nocalls}/
 FIRST_TIMESTAMP = 1594154118  # the first clip of the original README's example
 ROWS, COLS = 607, 617
 
@@ -30,7 +36,7 @@ def _copy_missing(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def prepare(root: str | os.PathLike = "local", sample: Path = SAMPLE) -> dict[str, str]:
+def prepare(root: str | os.PathLike = "local", sample: Path = SAMPLE, sample_audio: Path = SAMPLE_AUDIO) -> dict[str, str]:
     """Create the demo layout under `root`; return the URLs to call the endpoint with."""
     root = Path(root)
     model = root / "models" / "srkw_cnn_0.h5"
@@ -46,18 +52,30 @@ def prepare(root: str | os.PathLike = "local", sample: Path = SAMPLE) -> dict[st
     for i, png in enumerate(tests):
         _copy_missing(png, root / "unlabeled" / "spectrograms" / f"orcasoundlab_{FIRST_TIMESTAMP + 3 * i}.png")
     (root / "unlabeled" / "mp3").mkdir(parents=True, exist_ok=True)
+    for cls in ("calls", "nocalls"):
+        clips = sorted((sample_audio / "mp3" / cls).glob("*.mp3"))
+        for i, mp3 in enumerate(clips):
+            _copy_missing(mp3, root / "unlabeled_audio" / "mp3" / mp3.name)
+            split = "train" if i % 2 == 0 else "validation"
+            _copy_missing(mp3, root / "labeled_audio" / split / cls / mp3.name)
     return {
         "model_url": f"{root.as_posix()}/models/srkw_cnn_0.h5",
         "labeled_url": f"{root.as_posix()}/labeled/",
         "unlabeled_url": f"{root.as_posix()}/unlabeled/",
+        "labeled_audio_url": f"{root.as_posix()}/labeled_audio/",
+        "unlabeled_audio_url": f"{root.as_posix()}/unlabeled_audio/",
     }
 
 
 def curl_lines(base: str, urls: dict[str, str]) -> list[str]:
+    """/train and /predict on the PNG sets, then the same on the audio sets."""
     size = f"img_width={ROWS}&img_height={COLS}"
+    model = urls["model_url"]
     return [
-        f"curl '{base}/train?model_url={urls['model_url']}&labeled_url={urls['labeled_url']}&{size}&epochs=1'",
-        f"curl '{base}/predict?model_url={urls['model_url']}&unlabeled_url={urls['unlabeled_url']}&{size}'",
+        f"curl '{base}/train?model_url={model}&labeled_url={urls['labeled_url']}&{size}&epochs=1'",
+        f"curl '{base}/predict?model_url={model}&unlabeled_url={urls['unlabeled_url']}&{size}'",
+        f"curl '{base}/train?model_url={model}&labeled_url={urls['labeled_audio_url']}&{size}&epochs=1'",
+        f"curl '{base}/predict?model_url={model}&unlabeled_url={urls['unlabeled_audio_url']}&{size}'",
     ]
 
 
@@ -94,7 +112,8 @@ def run(args: argparse.Namespace) -> None:
     server = make(create_app({"LOCAL_ROOT": str(Path(args.dir).resolve())}), args.host, args.port)
     host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
     print(f"orca ML endpoint listening on http://{host}:{server.server_port}/", flush=True)
-    print("try (the first line trains one epoch and writes srkw_cnn_1.h5 beside srkw_cnn_0.h5):")
+    print("try (the first line trains one epoch and writes srkw_cnn_1.h5 beside srkw_cnn_0.h5; the last two "
+          "train and score from the mp3 clips):")
     for line in curl_lines(f"http://{host}:{server.server_port}", urls):
         print("  " + line, flush=True)
     run(server)

@@ -18,7 +18,8 @@ there is no module-level metric state, so two apps in one process (tests) never 
 | `orca_queue_length` | gauge | | training jobs waiting |
 | `orca_jobs_running` | gauge | | training jobs running (0 or 1 per process) |
 | `orca_pixel_cache_lookups_total` | counter | result, tier | decoded-pixel cache lookups: hit (tier disk/device) or miss (tier none) |
-| `orca_pixel_decodes_total` | counter | | images decoded into the pixel cache |
+| `orca_pixel_decodes_total` | counter | | images decoded (or spectrograms drawn from audio) into the pixel cache |
+| `orca_spectrograms_rendered_total` | counter | | spectrograms drawn from audio clips (scoring/clips.py: /predict, /train, /query, /embed) |
 | `orca_pixel_cache_evictions_total` | counter | tier | pixel cache entries evicted, least recently used first |
 | `orca_pixel_cache_bytes` | gauge | tier | bytes of decoded pixels held (disk at the last scan, device in this process) |
 | `orca_pixel_cache_unwritten_total` | counter | | decoded images not written to the disk tier: ORCA_PIXEL_CACHE_MIN_FREE, or the write failed |
@@ -109,6 +110,9 @@ class Metrics:
                                      "none for a miss).", ("result", "tier"), **on)
         self.pixel_decodes = Counter("orca_pixel_decodes_total",
                                      "Images decoded from PNG (or JPEG) into the pixel cache.", **on)
+        self.spectrograms_rendered = Counter("orca_spectrograms_rendered_total",
+                                             "Spectrograms drawn from audio clips (mp3, wav, flac) for a model's input.",
+                                             **on)
         self.pixel_evictions = Counter("orca_pixel_cache_evictions_total",
                                        "Pixel cache entries evicted (least recently used), by tier.", ("tier",), **on)
         self.pixel_unwritten = Counter("orca_pixel_cache_unwritten_total",
@@ -132,13 +136,16 @@ class Metrics:
             self.images_scored.inc(n)
 
     def record_pixels(self, event: str, tier: str | None, amount: float) -> None:
-        """The pixel cache's events (scoring.pixel_cache): hit / miss / decode / evict / unwritten / bytes."""
+        """The pixel cache's events (scoring.pixel_cache): hit / miss / decode / evict / unwritten / bytes, and
+        render (a spectrogram drawn from audio: scoring.stream, training.data)."""
         if event == "hit":
             self.pixel_lookups.labels(result="hit", tier=tier).inc(amount)
         elif event == "miss":
             self.pixel_lookups.labels(result="miss", tier="none").inc(amount)
         elif event == "decode":
             self.pixel_decodes.inc(amount)
+        elif event == "render":
+            self.spectrograms_rendered.inc(amount)
         elif event == "evict":
             self.pixel_evictions.labels(tier=tier).inc(amount)
         elif event == "unwritten":

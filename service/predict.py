@@ -1,11 +1,13 @@
 """The work behind /predict: score every unlabeled spectrogram with the runtime's scorer for the model
 (ONNX Runtime on the CPU, torch on CUDA: `scoring.scorers`), and describe each clip as the
-original did.
+original did. A clip without `spectrograms/<stem>.png` is scored from its audio, `mp3/<stem>.mp3`
+(.wav, .flac): its 2020 spectrogram drawn straight to the model's input (`scoring.clips`), the same
+pixels as that PNG; the answer is the same list in the same order either way.
 
-The model comes from the model cache (URL + ETag), S3 spectrograms from the prefix's local mirror
-(`service.cache`), streamed: downloads and decoding run on threads a few batches ahead of the
-scorer (`scoring.stream`). Unreadable images and images over ORCA_MAX_PIXELS are skipped, logged
-and listed in the answer's `skipped`. Clips scored before by the same model file are answered from
+The model comes from the model cache (URL + ETag), S3 clips from the prefix's local mirrors of
+`spectrograms/` and `mp3/` (`service.cache`), streamed: downloads and decoding run on threads a few batches ahead of the
+scorer (`scoring.stream`). Unreadable images, images over ORCA_MAX_PIXELS and audio that gives no
+spectrogram (corrupt, not audio, silent, not 3 s) are skipped, logged and listed in the answer's `skipped`. Clips scored before by the same model file are answered from
 the score cache without being read again. The mirror follows deletions, so a clip deleted from the
 unlabeled set is never scored again.
 """
@@ -19,11 +21,11 @@ import posixpath
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from scoring.pixel_cache import object_identity
+from scoring.clips import AUDIO_EXTENSIONS, clip_identity
 from scoring.stream import stream_batches
 
 from .cache import ScoreCache
-from .datasets import is_image, list_dataset, model_errors, name_urls, unprocessable
+from .datasets import is_audio, is_image, list_dataset, model_errors, name_urls, unprocessable
 from .nodes import describe_clip
 from .params import PredictParams
 from .storage import LocalStorage, Location, ObjectInfo
@@ -46,41 +48,93 @@ class PredictItems(list):
 
 
 def clip_item(unlabeled: Location, name: str) -> dict:
-    """/predict's fields of the clip `spectrograms/<name>`, but its score: where its audio is (the storage's
-    public URL of `mp3/<stem>.mp3`: S3's, or for local data the service's own `/clips/…`), its node and time
-    (`describe_clip`)."""
+    """/predict's fields of the clip `spectrograms/<name>` (or `mp3/<name>`), but its score: where its audio is
+    (the storage's public URL of `mp3/<stem>.mp3`: S3's, or for local data the service's own `/clips/…`), its
+    node and time (`describe_clip`)."""
     stem = posixpath.splitext(name)[0]
     item = describe_clip(stem)
     item["audio_url"] = unlabeled.storage.public_url(f"{unlabeled.prefix}mp3/{stem}.mp3")
     return item
 
 
+def _in_folder(info: ObjectInfo, folder: str) -> str | None:
+    """The file name of `info` directly in `folder` (a key prefix), or None (elsewhere, nested, hidden)."""
+    relative = info.key[len(folder):] if info.key.startswith(folder) else None
+    if relative is None or "/" in relative or not relative or relative.startswith("."):
+        return None
+    return relative
+
+
+def sort_name(name: str) -> str:
+    """What /predict sorts a clip by: its spectrogram's file name (`<stem>.png` for a clip scored from its
+    audio), so an answer is in the same order whether a clip came from its PNG or its mp3."""
+    return posixpath.splitext(name)[0] + ".png" if is_audio(name) else name
+
+
 def unlabeled_clips(unlabeled: Location) -> list[tuple[str, ObjectInfo]]:
-    """(file name, object) of `spectrograms/<stem>.<png|jpg>` under `unlabeled`, sorted by name."""
-    spectrograms = unlabeled.prefix + "spectrograms/"
-    clips = []
+    """(file name, object) of each clip under `unlabeled`, sorted by name: `spectrograms/<stem>.<png|jpg>`,
+    and for a stem without a spectrogram its audio `mp3/<stem>.<mp3|wav|flac>` (the first of those
+    suffixes when several are there); the rest of the prefix is ignored."""
+    spectrograms, audio = unlabeled.prefix + "spectrograms/", unlabeled.prefix + "mp3/"
+    pictures, sounds = [], {}
     for info in list_dataset(unlabeled, "unlabeled_url"):
-        relative = info.key[len(spectrograms):] if info.key.startswith(spectrograms) else None
-        if relative is None or "/" in relative or not is_image(relative) or relative.startswith("."):
-            continue  # only spectrograms/<stem>.<png|jpg>; mp3/ and the rest are ignored
-        clips.append((relative, info))
-    clips.sort(key=lambda clip: clip[0])  # sorted by file name, as the original returned them
+        name = _in_folder(info, spectrograms)
+        if name is not None and is_image(name):
+            pictures.append((name, info))
+            continue
+        name = _in_folder(info, audio)
+        if name is not None and is_audio(name):
+            stem, suffix = posixpath.splitext(name)
+            known = sounds.get(stem)
+            if known is None or AUDIO_EXTENSIONS.index(suffix.lower()) < AUDIO_EXTENSIONS.index(
+                    posixpath.splitext(known[0])[1].lower()):
+                sounds[stem] = (name, info)
+    drawn = {posixpath.splitext(name)[0] for name, _ in pictures}
+    clips = pictures + [clip for stem, clip in sounds.items() if stem not in drawn]
+    clips.sort(key=lambda clip: sort_name(clip[0]))  # sorted by file name, as the original returned them
     return clips
 
 
 def pixel_identity(clip: tuple[str, ObjectInfo]) -> tuple | None:
-    """The identity of a clip's bytes for the pixel cache: ETag and size on S3, the file's stat locally."""
+    """The identity of a clip's bytes for the pixel cache: ETag and size on S3, the file's stat locally
+    (and, for audio, the spectrogram renderer's key: `scoring.clips.clip_identity`)."""
     info = clip[1]
-    return object_identity(info.key, info.size, info.etag)
+    return clip_identity(info.key, info.size, info.etag)
 
 
-def _prefetch(clips, fetch_name, threads: int, until) -> None:
+@contextlib.contextmanager
+def clip_files(runtime, unlabeled: Location, listing, replacements: dict):
+    """`fetch(clip) → local path` for clips of `unlabeled_clips`: the file itself for local storage, else
+    the S3 mirrors of `spectrograms/` and `mp3/` (`service.cache.PrefixMirror`), each kept in step with
+    `listing` (every clip listed, scored or not: a clip deleted from the bucket leaves its mirror);
+    `replacements` gains each mirror's folder → its storage URL (error messages name the bucket)."""
+    if isinstance(unlabeled.storage, LocalStorage):
+        yield lambda clip: clip[1].key
+        return
+    with contextlib.ExitStack() as stack:
+        fetchers = {}
+        for folder, wanted in (("spectrograms/", lambda n: not is_audio(n)), ("mp3/", is_audio)):
+            names = {name: info for name, info in listing if wanted(name)}
+            mirror = runtime.cache.mirror(unlabeled, unlabeled.prefix + folder)
+            if not names and not mirror.folder.exists():
+                continue  # no audio in this set, and none mirrored before: no folder made
+            replacements[str(mirror.folder) + os.sep] = unlabeled.prefix_url + folder
+            fetchers[folder] = (stack.enter_context(mirror.synced(names)), mirror)
+
+        def fetch(clip):
+            return fetchers["mp3/" if is_audio(clip[0]) else "spectrograms/"][0](clip[0])
+
+        fetch.mirrors = {folder: mirror for folder, (_, mirror) in fetchers.items()}  # for the log
+        yield fetch
+
+
+def _prefetch(clips, fetch, threads: int, until) -> None:
     """Download clips into the mirror while the future `until` runs; stop starting new ones when it is
     done (the scoring stream fetches the rest). Download errors surface there, in order."""
     def one(clip):
         if not until.done():
             with contextlib.suppress(Exception):
-                fetch_name(clip[0])
+                fetch(clip)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         list(pool.map(one, clips))
@@ -108,26 +162,20 @@ def run_predict(runtime, params: PredictParams, on_progress=None) -> PredictItem
     pending = [clip for clip in clips if clip[0] not in values]
     skipped = []
     try:
-        if isinstance(unlabeled.storage, LocalStorage):
-            mirror, synced = None, contextlib.nullcontext(None)
-        else:
-            mirror = runtime.cache.mirror(unlabeled, unlabeled.prefix + "spectrograms/")
-            synced = mirror.synced({name: info for name, info in clips})
-            replacements[str(mirror.folder) + os.sep] = unlabeled.prefix_url + "spectrograms/"
-        with synced as fetch_name, ThreadPoolExecutor(1) as starter:
+        with clip_files(runtime, unlabeled, clips, replacements) as fetch, ThreadPoolExecutor(1) as starter:
+            mirrors = getattr(fetch, "mirrors", None)
             scorer = None
             if pending:
                 # A model seen for the first time is exported to ONNX or loaded onto the device (seconds):
                 # meanwhile the S3 mirror is brought up to date.
                 getting = starter.submit(runtime.scorers.get, model_path)
-                if fetch_name is not None:  # clips whose pixels are cached need no download
+                if mirrors is not None:  # clips whose pixels are cached need no download
                     missing = [clip for clip in pending
                                if not runtime.pixels.contains(pixel_identity(clip), params.rows, params.cols,
                                                               decoder=runtime.scorers.decoder)]
-                    _prefetch(missing, fetch_name, config["DOWNLOAD_THREADS"], until=getting)
+                    _prefetch(missing, fetch, config["DOWNLOAD_THREADS"], until=getting)
                 scorer = getting.result()
                 scorer.check_size(params.rows, params.cols)
-            fetch = (lambda clip: clip[1].key) if fetch_name is None else (lambda clip: fetch_name(clip[0]))
             # torch (CUDA) scores in its own larger batches; ONNX Runtime in at most its own
             batch = (scorer.batch_size if pending and runtime.scorers.backend == "torch"
                      else min(config["BATCH_SIZE"], scorer.batch_size) if pending else 1)
@@ -161,6 +209,6 @@ def run_predict(runtime, params: PredictParams, on_progress=None) -> PredictItem
         on_progress(len(clips), len(clips))
     log.info("predict: %d scored (%d from the score cache), %d skipped with %s in %.1f s%s", len(items),
              len(clips) - len(pending), len(skipped), runtime.scorers.backend, time.monotonic() - started,
-             f" (mirror: {mirror.downloaded} downloaded, {mirror.reused} reused, {mirror.removed} removed)"
-             if mirror is not None else "")
+             "".join(f" (mirror of {folder}: {m.downloaded} downloaded, {m.reused} reused, {m.removed} removed)"
+                     for folder, m in (mirrors or {}).items()))
     return PredictItems(items, skipped, clips, names)

@@ -13,7 +13,6 @@ output layer) and Monte Carlo dropout passes. The strategies themselves are `act
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
@@ -22,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from scoring.clips import ClipDecoder
+from scoring.images import decode_image
 from scoring.stream import stream_batches
 
 from .datasets import model_errors, name_urls, unprocessable
 from .errors import BadRequest, Conflict
 from .params import EmbedParams, PredictParams
-from .predict import pixel_identity
-from .storage import LocalStorage, Location
+from .predict import clip_files, pixel_identity
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def probe_pool(runtime, params: PredictParams, *, embeddings: bool, passes: int 
     try:
         probe = _model_probe(runtime, model_path)
         probe.check_size(params.rows, params.cols)
-        with _clip_files(runtime, unlabeled, items.clips, replacements) as fetch:
+        with clip_files(runtime, unlabeled, items.clips, replacements) as fetch:
             batches = stream_batches(clips, fetch, params.rows, params.cols, probe.batch_size,
                                      workers=runtime.config["DOWNLOAD_THREADS"], skip_unreadable=True,
                                      max_pixels=runtime.config["MAX_PIXELS"], decode=runtime.scorers.decode,
@@ -119,21 +119,15 @@ def probe_pool(runtime, params: PredictParams, *, embeddings: bool, passes: int 
                       np.concatenate(scored, axis=1) if scored else None, labeled)
 
 
-@contextlib.contextmanager
-def _clip_files(runtime, unlabeled: Location, listing, replacements: dict):
-    """`fetch(clip) → local path`: the file itself for local storage, else the prefix's S3 mirror,
-    kept in step with `listing` (every clip /predict listed, scored or skipped)."""
-    if isinstance(unlabeled.storage, LocalStorage):
-        yield lambda clip: clip[1].key
-        return
-    mirror = runtime.cache.mirror(unlabeled, unlabeled.prefix + "spectrograms/")
-    replacements[str(mirror.folder) + os.sep] = unlabeled.prefix_url + "spectrograms/"
-    with mirror.synced(dict(listing)) as fetch_name:
-        yield lambda clip: fetch_name(clip[0])
+def _decoder(probe) -> ClipDecoder:
+    """What training decodes the labeled set with (PIL for images, so the pixels a /train cached are
+    found); audio rendered a batch at a time on the probe's device where it is CUDA."""
+    device = getattr(probe, "device", None)
+    return ClipDecoder(decode_image, device=device if getattr(device, "type", None) == "cuda" else None)
 
 
 def _labeled_embeddings(runtime, probe, params: PredictParams, labeled_url: str, replacements: dict) -> np.ndarray:
-    """Embeddings of the `train/<class>/` and `validation/<class>/` images of `labeled_url` (coreset's
+    """Embeddings of the `train/<class>/` and `validation/<class>/` images and audio of `labeled_url` (coreset's
     already-labeled centers), in the order of their keys; pixels a /train decoded come from the cache."""
     from .train import fetch_labeled
 
@@ -146,9 +140,10 @@ def _labeled_embeddings(runtime, probe, params: PredictParams, labeled_url: str,
         out = []
         for batch in stream_batches(paths, None, params.rows, params.cols, probe.batch_size,
                                     skip_unreadable=True, max_pixels=runtime.config["MAX_PIXELS"],
-                                    cache=runtime.pixels, identity=lambda path: identities.get(os.path.normpath(path))):
+                                    decode=_decoder(probe), cache=runtime.pixels,
+                                    identity=lambda path: identities.get(os.path.normpath(path))):
             for _, reason in batch.skipped:
-                log.warning("query: skipped a labeled image: %s", name_urls(reason, replacements))
+                log.warning("query: skipped a labeled clip: %s", name_urls(reason, replacements))
             if batch.items:
                 out.append(probe.embed(batch.pixels)[0])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -6,7 +6,9 @@ Runs on the job queue's worker (`service.jobqueue`: one training at a time on th
 runtime's `train_lock` also serializes direct callers such as the CLI, so each gets its own
 version. The model comes from the runtime's model cache (URL + ETag; read in place for local
 files); an S3 labeled prefix is mirrored (`service.cache.PrefixMirror`), so a training round
-downloads only the new labels, and labels deleted from the bucket are not trained on. Images decoded
+downloads only the new labels, and labels deleted from the bucket are not trained on. A labeled set
+may hold audio clips (.mp3/.wav/.flac) beside or instead of images: they train on their 2020
+spectrogram, drawn straight to the model's input (`scoring.clips`). Images (and spectrograms) decoded
 before (by an earlier round's /train or /predict: same bytes, same size) come from the runtime's
 pixel cache; the training precision is ORCA_PRECISION (`training.precision.training_precision`).
 """
@@ -25,9 +27,9 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
-from scoring.pixel_cache import object_identity
+from scoring.clips import clip_identity
 
-from .datasets import each_in_parallel, is_image, list_dataset, model_errors, name_urls, safe_parts, unprocessable
+from .datasets import each_in_parallel, is_clip, list_dataset, model_errors, name_urls, safe_parts, unprocessable
 from .errors import Unprocessable
 from .params import TrainParams
 from .storage import LocalStorage, Location, ObjectInfo
@@ -40,26 +42,27 @@ SPLITS = ("train", "validation")
 
 def fetch_labeled(runtime, labeled: Location, folder: str, listing: list[ObjectInfo] | None = None,
                   identities: dict | None = None) -> dict[str, int]:
-    """Put the `train/<class>/…` and `validation/<class>/…` images of `labeled` into `folder`.
+    """Put the `train/<class>/…` and `validation/<class>/…` images and audio clips (.mp3/.wav/.flac) of
+    `labeled` into `folder`.
     `listing`, if given, receives the objects used (for the provenance sidecar); `identities`, if
     given, local path → the identity of the stored object's bytes (for the pixel cache)."""
     prefix = labeled.prefix
     jobs, counts = [], {split: 0 for split in SPLITS}
     for info in list_dataset(labeled, "labeled_url"):
         parts = safe_parts(info.key[len(prefix):])
-        if not parts or len(parts) < 3 or parts[0] not in SPLITS or not is_image(info.key):
+        if not parts or len(parts) < 3 or parts[0] not in SPLITS or not is_clip(info.key):
             continue  # mp3/, stray files, unsafe names
         jobs.append((info, os.path.join(folder, *parts)))
         counts[parts[0]] += 1
     for split in SPLITS:
         os.makedirs(os.path.join(folder, split), exist_ok=True)
         if not counts[split]:
-            raise Unprocessable(f"labeled_url has no {split} images "
-                                f"(expected {split}/<class>/*.png): {labeled.url}")
+            raise Unprocessable(f"labeled_url has no {split} images or audio "
+                                f"(expected {split}/<class>/*.png or *.mp3): {labeled.url}")
     if listing is not None:
         listing.extend(info for info, _ in jobs)
     if identities is not None:
-        identities.update((os.path.normpath(path), object_identity(info.key, info.size, info.etag))
+        identities.update((os.path.normpath(path), clip_identity(info.key, info.size, info.etag))
                           for info, path in jobs)
     threads = runtime.config["DOWNLOAD_THREADS"]
     if isinstance(labeled.storage, LocalStorage):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ops_support import COLS, ROWS, upload_stack
-from repo_data import SAMPLE_DIR, json_client
+from repo_data import AUDIO_DIR, SAMPLE_DIR, json_client
 
 import pyarrow.parquet  # noqa: E402,F401  (ray and pyarrow are pinned in requirements.txt: missing, the run fails)
 import ray  # noqa: E402
@@ -106,6 +106,41 @@ def test_scores_equal_predict_in_order_and_a_corrupt_clip_is_recorded(ray_addres
     again = _score(bucket, out, part_size=2, workers=1)  # everything written: nothing to do, Ray not used
     assert (again.parts_skipped, again.parts_written, again.scored) == (3, 0, 0)
     assert _scores(out) == rows
+
+
+def test_an_audio_only_source_scores_like_its_pngs_and_records_bad_audio(ray_address, s3_env, srkw_h5, tmp_path):
+    """unlabeled/mp3/<stem>.mp3 without spectrograms/: each clip's score equals /predict's on the PNG that
+    `orca spectrogram` writes for it (≤ 1e-6); a file that is not audio is a row with its reason."""
+    from audio.spectrogram import spectrogram_png
+
+    s3, bucket = s3_env.client(), s3_env.bucket
+    s3.upload_file(str(srkw_h5), bucket, "models/srkw_cnn_0.h5")
+    for clip in sorted(AUDIO_DIR.glob("mp3/*/*.mp3"))[:3]:
+        s3.upload_file(str(clip), bucket, f"unlabeled/mp3/{clip.name}")
+        png = spectrogram_png(clip, tmp_path / "png" / f"{clip.stem}.png")
+        s3.upload_file(str(png), bucket, f"pngs/spectrograms/{png.name}")
+    s3.put_object(Bucket=bucket, Key="unlabeled/mp3/orcasoundlab_1594154400.mp3", Body=b"not audio" * 50)
+    out = f"s3://{bucket}/scores/"
+
+    summary = _score(bucket, out, part_size=2, workers=1)
+    rows = _scores(out)
+    from service.app import create_app
+
+    app = create_app({"LOCAL_ROOT": "", "DEVICE": "cpu", "STATE_DIR": str(tmp_path / "state"),
+                      "CACHE_DIR": str(tmp_path / "cache")})
+    predicted = json_client(app).get("/predict", query_string={
+        "model_url": f"s3://{bucket}/models/srkw_cnn_0.h5", "unlabeled_url": f"s3://{bucket}/pngs/",
+        "img_width": ROWS, "img_height": COLS}).get_json()
+
+    assert (summary.clips, summary.scored, summary.failed) == (4, 3, 1)
+    good = [row for row in rows if row["error"] is None]
+    assert [row["audio_url"].rsplit("/", 1)[1] for row in good] == [i["audio_url"].rsplit("/", 1)[1] for i in predicted]
+    assert good[0]["audio_url"].startswith(f"https://{bucket}.s3.amazonaws.com/unlabeled/mp3/")
+    for row, item in zip(good, predicted):
+        assert abs(row["predicted_value"] - item["predicted_value"]) <= 1e-6, (row, item)
+    bad = [row for row in rows if row["error"] is not None]
+    assert bad[0]["spectrogram_url"] == f"s3://{bucket}/unlabeled/mp3/orcasoundlab_1594154400.mp3"
+    assert "not an audio file" in bad[0]["error"] and bad[0]["spectrogram_url"] in bad[0]["error"]
 
 
 def test_a_killed_run_resumes_and_writes_each_clip_once(ray_address, s3_env, srkw_h5):

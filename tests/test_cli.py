@@ -191,11 +191,14 @@ def test_demo_prepare_only_lays_out_the_sample_data(tmp_path, capsys):
     assert main(["demo", "--dir", str(tmp_path / "local"), "--prepare-only", "--port", "5099"]) == 0
     out = capsys.readouterr().out
     curls = [line.strip() for line in out.splitlines() if line.strip().startswith("curl ")]
-    assert len(curls) == 2 and "127.0.0.1:5099/train?" in curls[0] and "/predict?" in curls[1]
+    assert len(curls) == 4 and "127.0.0.1:5099/train?" in curls[0] and "/predict?" in curls[1]
+    assert "/train?" in curls[2] and "labeled_audio/" in curls[2] and "unlabeled_audio/" in curls[3]
     local = tmp_path / "local"
     assert (local / "models" / "srkw_cnn_0.h5").is_file()
     assert len(list((local / "labeled").rglob("*.png"))) == 14
     assert len(list((local / "unlabeled" / "spectrograms").glob("orcasoundlab_*.png"))) == 9
+    assert len(list((local / "unlabeled_audio" / "mp3").glob("orcasoundlab_*.mp3"))) == 4
+    assert len(list((local / "labeled_audio").rglob("*.mp3"))) == 4
 
 
 @pytest.mark.slow

@@ -10,7 +10,9 @@ import import_graph
 def test_the_project_has_no_import_cycle():
     graph = import_graph.import_graph()
     assert {"service.app", "scoring.stream", "training.loop", "active_learning.acquisition"} <= set(graph)
-    assert "scoring.images" in graph["training.data"]  # edges are read: training decodes with scoring
+    assert "scoring.clips" in graph["training.data"]  # edges are read: training decodes with scoring
+    assert "audio.spectrogram" in graph["scoring.clips"]  # service → scoring → audio, never back
+    assert not any(name.startswith(("scoring", "service", "training")) for name in graph["audio.spectrogram"])
     assert import_graph.cycles(graph) == []
 
 

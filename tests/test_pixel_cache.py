@@ -67,7 +67,7 @@ def test_each_decoder_reads_only_the_pixels_it_decoded_itself(tmp_path):
     round, though their pixels are the same bits; each decoder then hits its own entries."""
     from scoring.stream import stream_batches
     from scoring.torch_decode import decode_png_torch
-    from scoring.torch_scoring import TorchScorer
+    from scoring.torch_scoring import clip_decoder
 
     events = Events()
     cache = PixelCache(tmp_path / "pixels", 10**8, record=events)
@@ -85,13 +85,13 @@ def test_each_decoder_reads_only_the_pixels_it_decoded_itself(tmp_path):
     torchvision = pixels(decode_png_torch)
     assert events.counts[("decode", None)] == 6 and entries() == 6  # two decoders, two entries per clip
     assert np.array_equal(torchvision, pil)
-    for decode in (decode_png_torch, TorchScorer.decode, decode_image):  # each finds its own
+    for decode in (decode_png_torch, clip_decoder("cpu"), decode_image):  # each finds its own
         assert np.array_equal(pixels(decode), pil)
     assert events.counts[("decode", None)] == 6 and events.counts[("hit", "disk")] == 9 and entries() == 6
 
     identity = file_identity(paths[0])
     assert decoder_name(decode_image) == PIL_DECODER != TORCHVISION_DECODER
-    assert decoder_name(decode_png_torch) == decoder_name(TorchScorer.decode) == TORCHVISION_DECODER
+    assert decoder_name(decode_png_torch) == decoder_name(clip_decoder("cpu")) == TORCHVISION_DECODER
     assert cache.contains(identity, ROWS, COLS, decoder=PIL_DECODER)
     assert cache.contains(identity, ROWS, COLS, decoder=TORCHVISION_DECODER)
     assert not cache.contains(identity, ROWS, COLS, decoder="another decoder")

@@ -28,12 +28,18 @@ def test_demo_serves_the_sample_data_and_its_curl_lines_work(tmp_path):
             lines.append(line)
             if line.strip().startswith("curl "):
                 curls.append(re.search(r"'([^']+)'", line)[1])
-            if len(curls) == 2:
+            if len(curls) == 4:
                 break
-        assert len(curls) == 2, "".join(lines)
+        assert len(curls) == 4, "".join(lines)
         threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()  # keep the pipe drained
-        train_url, predict_url = curls
+        train_url, predict_url, train_audio_url, predict_audio_url = curls
         assert "/train?" in train_url and "/predict?" in predict_url
+        assert "labeled_audio/" in train_audio_url and "unlabeled_audio/" in predict_audio_url
+        with urllib.request.urlopen(predict_audio_url, timeout=300) as response:
+            from_audio = json.loads(response.read())
+        assert [item["audio_url"].rsplit("/", 1)[1] for item in from_audio] == [
+            "orcasoundlab_1594154118.mp3", "orcasoundlab_1594154121.mp3", "orcasoundlab_1594154127.mp3",
+            "orcasoundlab_1594154202.mp3"]
         with urllib.request.urlopen(predict_url, timeout=300) as response:
             items = json.loads(response.read())
         assert len(items) == 9
@@ -52,3 +58,47 @@ def test_demo_serves_the_sample_data_and_its_curl_lines_work(tmp_path):
         process.wait(timeout=30)
     # the licence notice travels with the sample spectrograms
     assert "MIT License" in (ROOT / "sample_data/orcasound/LICENSE").read_text()
+
+
+def test_demo_lays_out_audio_sets_that_predict_like_the_2020_pngs(tmp_path):
+    """The audio-only unlabeled set and the audio labeled set beside the PNG ones (existing files kept), a curl
+    line for each set, and /predict on the audio set answering, at srkw_cnn's 607x617, the scores of the
+    real 2020 PNGs of the same clips (sample_data/orcasound_audio/png)."""
+    import shutil
+
+    from repo_data import AUDIO_DIR, json_client
+    from service import create_app
+    from service.demo import curl_lines, prepare
+
+    root = tmp_path / "local"
+    kept = root / "unlabeled_audio" / "mp3" / "orcasoundlab_1594154118.mp3"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"mine")
+    urls = prepare(root)
+    assert kept.read_bytes() == b"mine"  # files already there are left alone
+    kept.unlink()
+    urls = prepare(root)
+    clips = sorted(p.name for p in AUDIO_DIR.glob("mp3/*/*.mp3"))
+    assert sorted(p.name for p in (root / "unlabeled_audio" / "mp3").iterdir()) == clips
+    laid = sorted(p.relative_to(root / "labeled_audio").as_posix() for p in (root / "labeled_audio").rglob("*.mp3"))
+    assert laid == ["train/calls/orcasoundlab_1594154121.mp3", "train/nocalls/orcasoundlab_1594154118.mp3",
+                    "validation/calls/orcasoundlab_1594154202.mp3", "validation/nocalls/orcasoundlab_1594154127.mp3"]
+    lines = curl_lines("http://h", urls)
+    assert len(lines) == 4
+    assert f"labeled_url={root.as_posix()}/labeled_audio/&" in lines[2] and "/train?" in lines[2]
+    assert f"unlabeled_url={root.as_posix()}/unlabeled_audio/&" in lines[3] and "/predict?" in lines[3]
+
+    pngs = tmp_path / "pngs" / "spectrograms"  # the real 2020 pictures of the same clips
+    pngs.mkdir(parents=True)
+    for png in AUDIO_DIR.glob("png/*/*.png"):
+        shutil.copy(png, pngs / png.name)
+    client = json_client(create_app({"LOCAL_ROOT": str(tmp_path), "DEVICE": "cpu",
+                                     "CACHE_DIR": str(tmp_path / "cache"), "STATE_DIR": str(tmp_path / "state")}))
+    query = lines[3].split("?", 1)[1].rstrip("'")
+    from_audio = client.get(f"/predict?{query}").get_json()
+    from_png = client.get(f"/predict?{query.replace(urls['unlabeled_audio_url'], str(tmp_path / 'pngs') + '/')}").get_json()
+    assert [i["audio_url"].rsplit("/", 1)[1] for i in from_audio] == [c for c in clips]
+    assert from_audio[0]["audio_url"].endswith("/local/unlabeled_audio/mp3/orcasoundlab_1594154118.mp3")
+    assert len(from_png) == 4
+    for a, b in zip(from_audio, from_png):
+        assert abs(a["predicted_value"] - b["predicted_value"]) <= 1e-6, (a, b)

@@ -3,7 +3,8 @@
 Layout (what the service downloads from `labeled_url`): `train/<class>/*.png` and
 `validation/<class>/*.png`; other top-level folders (`mp3/`) are ignored. Class index = position
 of the folder name in sorted order (calls = 0, nocalls = 1), as Keras' flow_from_directory.
-Only .png/.jpg/.jpeg files count.
+.png/.jpg/.jpeg files count, and audio clips (.mp3/.wav/.flac), which train on their 2020
+spectrogram drawn straight to the same pixels as its PNG (`scoring.clips`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from scoring.clips import is_audio, list_clips
 from scoring.errors import ImageError
-from scoring.images import decode_image, list_images
+from scoring.images import decode_image
 from scoring.pixel_cache import decoder_name, is_tensor
 
 from .errors import TrainingError
@@ -47,12 +49,12 @@ def _class_folders(split_dir: Path) -> list[str]:
 
 
 def find_classes(labeled_dir: str | os.PathLike) -> list[str]:
-    """Sorted names of the class folders under train/ and validation/ that hold at least one image."""
+    """Sorted names of the class folders under train/ and validation/ that hold at least one image or clip."""
     root = Path(labeled_dir)
     names = set()
     for split in ("train", "validation"):
         for name in _class_folders(root / split):
-            if list_images(root / split / name):
+            if list_clips(root / split / name):
                 names.add(name)
     return sorted(names)
 
@@ -61,7 +63,7 @@ def list_split(labeled_dir: str | os.PathLike, split: str, classes: list[str]) -
     root = Path(labeled_dir) / split
     paths, labels = [], []
     for index, name in enumerate(classes):
-        files = list_images(root / name)
+        files = list_clips(root / name)
         paths.extend(files)
         labels.extend([index] * len(files))
     return Split(split, paths, np.asarray(labels, dtype=np.int64))
@@ -77,9 +79,10 @@ def load_labeled(labeled_dir: str | os.PathLike) -> tuple[list[str], Split, Spli
     classes = find_classes(root)
     train, validation = list_split(root, "train", classes), list_split(root, "validation", classes)
     if len(train) == 0:
-        raise TrainingError(f"the training set is empty: no .png/.jpg/.jpeg files under {root / 'train'}/<class>/")
+        raise TrainingError(f"the training set is empty: no .png/.jpg/.jpeg/.mp3/.wav/.flac files under "
+                            f"{root / 'train'}/<class>/")
     if len(validation) == 0:
-        raise TrainingError(f"the validation set is empty: no .png/.jpg/.jpeg files under "
+        raise TrainingError(f"the validation set is empty: no .png/.jpg/.jpeg/.mp3/.wav/.flac files under "
                             f"{root / 'validation'}/<class>/")
     if len(classes) != 2:
         raise TrainingError(f"a binary model needs images of exactly 2 classes, found {len(classes)}: {classes}")
@@ -92,16 +95,18 @@ def load_labeled(labeled_dir: str | os.PathLike) -> tuple[list[str], Split, Spli
 
 def decode_split(split: Split, rows: int, cols: int, workers: int | None = None,
                  skip_corrupt: bool = False, cache=None, identity=None) -> Split:
-    """Decode every file of the split once (threads: PIL releases the GIL) into `split.pixels`.
+    """Decode every file of the split once (threads: PIL releases the GIL) into `split.pixels`; an
+    audio clip is drawn as its spectrogram (one at a time on the CPU threads; counted as the cache's
+    "render" event).
 
-    A file that is not a readable image raises TrainingError naming it, or, with `skip_corrupt`,
+    A file that is not a readable image (or audio that gives no spectrogram) raises TrainingError naming it, or, with `skip_corrupt`,
     is dropped from the split (paths, labels) and recorded in `split.skipped` as (path, reason).
     `cache` (a `scoring.pixel_cache.PixelCache`) with `identity(path)` (the identity of the file's
     bytes, or None): files found there are not decoded, files decoded are stored. `split.pixels` is a
     numpy array (N, rows, cols, 3), or, where the cache keeps a device tier, a uint8 tensor on that
     device (the training set then never leaves the GPU).
     """
-    from scoring.stream import decode_sized
+    from scoring.stream import decode_checked, decode_sized
 
     workers = workers or min(8, os.cpu_count() or 1)
     tier = cache.device_tier if cache is not None else None
@@ -115,7 +120,7 @@ def decode_split(split: Split, rows: int, cols: int, workers: int | None = None,
         if found is None:
             try:
                 if key is None:
-                    found = decode_image(split.paths[i], rows, cols)
+                    found = decode_checked(split.paths[i], rows, cols)  # an image, or audio's spectrogram
                 else:
                     array, source_pixels = decode_sized(split.paths[i], rows, cols)
                     found = cache.put(key, rows, cols, array, source_pixels, decoder=decoder)
@@ -124,6 +129,8 @@ def decode_split(split: Split, rows: int, cols: int, workers: int | None = None,
                     raise TrainingError(f"{split.name} image {split.paths[i]}: {e}") from e
                 failures[i] = str(e)
                 return
+            if cache is not None and is_audio(split.paths[i]):
+                cache.record("render", None, 1)
         pixels[i] = tier.to_device(found) if tier is not None and not is_tensor(found) else found
 
     with ThreadPoolExecutor(workers) as pool:

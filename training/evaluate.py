@@ -1,6 +1,6 @@
 """Scores of a model on a labeled folder: accuracy at 0.5, ROC AUC and average precision.
 
-`evaluate_folder(model, folder, rows, cols)` reads `folder/<class>/*` images (exactly two class
+`evaluate_folder(model, folder, rows, cols)` reads `folder/<class>/*` images and audio clips (exactly two class
 folders; class index = position in sorted order, as for training) and scores them with
 `scoring.torch_scoring.predict`. Used by `orca evaluate`.
 """
@@ -16,7 +16,7 @@ def evaluate_folder(model_path: str, folder: str, rows: int, cols: int, device=N
     """Accuracy at 0.5, ROC AUC and average precision of a model on `folder/<class>/*` images.
 
     Raises TrainingError when `folder` does not hold exactly two class folders."""
-    from scoring.images import list_images
+    from scoring.clips import list_clips
     from scoring.torch_scoring import predict
 
     from .loop import average_precision, roc_auc
@@ -26,7 +26,7 @@ def evaluate_folder(model_path: str, folder: str, rows: int, cols: int, device=N
         raise TrainingError(f"{folder} must hold exactly two class folders, found {classes}")
     paths, labels = [], []
     for label, name in enumerate(classes):
-        found = [str(p) for p in list_images(os.path.join(folder, name))]
+        found = [str(p) for p in list_clips(os.path.join(folder, name))]
         paths += found
         labels += [label] * len(found)
     scores = predict(model_path, paths, rows, cols, device=device)
