@@ -6,7 +6,8 @@ is when that streaming session started; the node names the hydrophone (`rpi_orca
 
 - `segment_order(names)`: the playing order of segment names: numbers compared as numbers (`live9.ts` before
   `live10.ts`, `live999.ts` before `live1000.ts`), so a session past its thousandth segment stays in order.
-- `parse_playlist(text)`: the segment URIs of an HLS media playlist (`#EXTM3U`), in playlist order.
+- `parse_playlist(text)`: the segment URIs of an HLS media playlist (`#EXTM3U`), in playlist order;
+  `media_sequence(text)`: the number of its first segment (a live playlist lists only the latest few).
 - `resolve(base, uri)`: a playlist entry relative to the playlist's own URL or path.
 - `orcasound_defaults(url)`: (location, starting timestamp) from `.../<node>/hls/<unix time>/...`, the
   defaults of `orca preprocess --location` and `--starting-timestamp`.
@@ -67,6 +68,18 @@ def parse_playlist(text: str, name: str = "playlist") -> list[str]:
         raise PlaylistError(f"{name}: a master playlist (it lists variant streams); give one of its media "
                             f"playlists: {', '.join(uris[:3])}")
     return uris
+
+
+def media_sequence(text: str) -> int:
+    """The playlist's `#EXT-X-MEDIA-SEQUENCE` (the number of its first segment; 0 when absent). A live
+    playlist is a sliding window: a sequence above 0 means it does not start where the session started."""
+    for line in text.splitlines():
+        if line.strip().startswith("#EXT-X-MEDIA-SEQUENCE:"):
+            try:
+                return int(line.split(":", 1)[1].strip())
+            except ValueError:
+                return 0
+    return 0
 
 
 def resolve(base: str, uri: str) -> str:

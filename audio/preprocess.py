@@ -249,24 +249,26 @@ def choose_files(names: Iterable[str]) -> tuple[list[str], list[str]]:
     return segment_order(chosen), sorted(n for n in names if n not in chosen_set)
 
 
-def local_inputs(path: str) -> tuple[list[Input], list[str]]:
-    """(the Inputs of a local INPUT: a folder, an .m3u8 playlist or one audio file; names left out).
-    Raises FileNotFoundError / hls.PlaylistError for an INPUT that cannot be read at all."""
-    from .hls import parse_playlist, resolve
+def local_inputs(path: str) -> tuple[list[Input], list[str], int]:
+    """(the Inputs of a local INPUT: a folder, an .m3u8 playlist or one audio file; the names left out; the
+    playlist's media sequence, else 0). Raises FileNotFoundError / hls.PlaylistError / ValueError for an INPUT
+    that cannot be read at all."""
+    from .hls import media_sequence, parse_playlist, resolve
 
     if os.path.isdir(path):
         files = [f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)) and not f.startswith(".")]
         chosen, left = choose_files(files)
-        return [Input(os.path.join(path, f)) for f in chosen], left
+        return [Input(os.path.join(path, f)) for f in chosen], left, 0
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or folder")
     if path.lower().endswith(PLAYLIST_SUFFIX):
         with open(path, encoding="utf-8", errors="replace") as f:
-            uris = parse_playlist(f.read(), path)
+            text = f.read()
+        uris = parse_playlist(text, path)
         entries = [resolve(path, uri) for uri in uris]
         remote = [e for e in entries if "://" in e]
         if remote:
             raise ValueError(f"{path}: a local playlist with remote entries ({remote[0]}); give the remote "
                              "playlist's URL instead")
-        return [Input(e) for e in entries], []
-    return [Input(path)], []
+        return [Input(e) for e in entries], [], media_sequence(text)
+    return [Input(path)], [], 0

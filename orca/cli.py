@@ -334,7 +334,7 @@ def cmd_score(args) -> int:
 # `orca preprocess`: the work is in audio.preprocess; here only where the input lives (local, S3) and printing.
 
 def _s3_preprocess_inputs(url: str):
-    """(Inputs, names left out, a close function) of an s3:// INPUT: a prefix of segments (or audio files),
+    """(Inputs, names left out, the playlist's media sequence, a close function) of an s3:// INPUT: a prefix of segments (or audio files),
     an .m3u8 playlist, or one file. Segments download to a temporary folder a few ahead of the one being
     read, each deleted once read."""
     import contextlib
@@ -344,7 +344,7 @@ def _s3_preprocess_inputs(url: str):
     import tempfile
     from concurrent.futures import ThreadPoolExecutor
 
-    from audio.hls import parse_playlist, resolve
+    from audio.hls import media_sequence, parse_playlist, resolve
     from audio.preprocess import PLAYLIST_SUFFIX, choose_files
     from audio.timeline import Input
     from service.storage import locate
@@ -352,8 +352,10 @@ def _s3_preprocess_inputs(url: str):
     location = locate(url, "INPUT", local_root=None)
     storage = location.storage
     left: list[str] = []
+    sequence = 0
     if location.key.lower().endswith(PLAYLIST_SUFFIX):
         text = storage.read_bytes(location.key).decode("utf-8", errors="replace")
+        sequence = media_sequence(text)
         keys = []
         for uri in parse_playlist(text, url):
             entry = locate(resolve(url, uri), "INPUT", local_root=None)
@@ -396,7 +398,7 @@ def _s3_preprocess_inputs(url: str):
         shutil.rmtree(folder, ignore_errors=True)
 
     inputs = [Input(storage.url(key), fetch=functools.partial(fetch, i)) for i, (key, _) in enumerate(keys)]
-    return inputs, left, close
+    return inputs, left, sequence, close
 
 
 def cmd_preprocess(args) -> int:
@@ -416,13 +418,16 @@ def cmd_preprocess(args) -> int:
     close = None
     try:
         if args.input.startswith("s3://"):
-            inputs, left, close = _s3_preprocess_inputs(args.input)
+            inputs, left, sequence, close = _s3_preprocess_inputs(args.input)
             total = None
         else:
-            inputs, left = local_inputs(args.input)
+            inputs, left, sequence = local_inputs(args.input)
             total = estimated_clips([i.path or i.name for i in inputs], args.duration, not args.drop_partial)
     except (OSError, PlaylistError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
+    if sequence and args.starting_timestamp is None:
+        print(f"warning: the playlist starts at segment {sequence}, not at the start of its session: the names "
+              f"count from {start} as if it did (give --starting-timestamp for the true times)", file=sys.stderr)
     if left:
         shown = ", ".join(left[:5]) + (" …" if len(left) > 5 else "")
         print(f"note: {len(left)} file(s) of INPUT are not read: {shown}", file=sys.stderr)
