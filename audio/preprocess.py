@@ -62,11 +62,15 @@ class Summary:
     channels: int | None = None
 
     @property
+    def inputs_with_problems(self) -> int:
+        return len({p.name for p in self.problems})
+
+    @property
     def ok(self) -> bool:
         return not self.failed and not self.problems
 
     def line(self) -> str:
-        inputs = f", {len(self.problems)} input problem(s)" if self.problems else ""
+        inputs = f", {self.inputs_with_problems} input(s) with problems" if self.problems else ""
         return (f"{self.written} written, {self.completed} completed, {self.kept} kept, "
                 f"{self.failed} failed{inputs}")
 
