@@ -270,3 +270,46 @@ def test_mp3_refuses_a_rate_it_does_not_have(tmp_path):
         encode_mp3(np.zeros((1, 96_000), np.float32), 96_000, str(tmp_path / "x.mp3"))
     with pytest.raises(ClipError, match="1 or 2 channels"):
         encode_mp3(np.zeros((4, 48_000), np.float32), 48_000, str(tmp_path / "x.mp3"))
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.integers(1, 70), st.tuples(st.just("gap"), st.integers(1, 90))), min_size=1,
+                max_size=8).filter(lambda e: not isinstance(e[0], tuple) and not isinstance(e[-1], tuple)),
+       st.integers(1, 4), st.booleans())
+def test_cut_agrees_with_cutting_the_whole_timeline(entries, duration, partial):
+    """Against the obvious reference: the whole timeline as one array, gaps as NaN, sliced clip by clip.
+    (A timeline starts and ends with audio: a gap is only ever found before a chunk.)"""
+    rate = 10
+    total = sum(e[1] if isinstance(e, tuple) else e for e in entries)
+    whole = np.full(total, np.nan, np.float32)
+    for item in chunks(entries, rate):
+        if isinstance(item, Chunk):
+            whole[item.start:item.end] = item.samples[0]
+    length = duration * rate
+    starts = range(0, total // rate, duration) if partial else range(0, (total // length) * duration, duration)
+    expected = {}
+    for s in starts:
+        part = whole[s * rate:min((s + duration) * rate, total)]
+        expected[s // duration] = ("missing" if np.isnan(part).all() else "gap" if np.isnan(part).any()
+                                   else part)
+    got = {}
+    items = list(cut(chunks(entries, rate), duration, partial))
+    assert isinstance(items[-1], Tail) and items[-1].total == total
+    for item in items[:-1]:
+        if isinstance(item, Missing):
+            got.update({k: "missing" for k in range(item.first, item.last + 1)})
+        else:
+            assert item.index not in got
+            got[item.index] = "gap" if item.samples is None else item.samples[0]
+    assert list(got) == sorted(got)  # in order
+    assert set(got) == set(expected), (entries, duration, partial)
+    for k, value in expected.items():
+        if isinstance(value, str):
+            assert isinstance(got[k], str) and got[k] == value, (k, entries)
+        else:
+            np.testing.assert_array_equal(got[k], value)
+    spans = sum(min((s + duration) * rate, total) - s * rate for s in starts)
+    assert items[-1].dropped == total - spans
