@@ -117,6 +117,7 @@ class _State:
     anchor: tuple[int, int, float] | None = None  # (timeline sample, pts, time base) of a placed MPEG-TS frame
     lost_before: list[str] = field(default_factory=list)  # inputs lost since the last audio
     placed_in_input: bool = False  # a frame of the current input is on the timeline
+    last_input: tuple | None = None  # (name, time base) of the last MPEG-TS input fed to the shared decoder
 
 
 class Timeline:
@@ -159,6 +160,23 @@ class Timeline:
                 self._state.lost_before.append(os.path.basename(item.name) or item.name)
             else:
                 self._state.lost_before.clear()
+        yield from self._flush()
+
+    def _flush(self) -> Iterator[Chunk | Gap]:
+        """The frames still inside the decoder shared by the MPEG-TS inputs (none for AAC, which has no
+        delay; a codec with one would otherwise lose the end)."""
+        import av.error
+
+        state = self._state
+        if state.decoder is None or state.last_input is None:
+            return
+        name, time_base = state.last_input
+        try:
+            for frame in state.decoder.decode(None):
+                yield from _place(name, frame, time_base, True, state, self.on_problem)
+        except av.error.FFmpegError:
+            pass  # nothing more to get out of it
+        state.decoder = state.decoder_key = None
 
 
 def _describe(exc: Exception) -> str:
@@ -220,7 +238,10 @@ def _read_one(name: str, path: str, state: _State, problem: Callable[[Problem], 
             if ctx.layout is not None and fmt.channels:
                 decoder.layout = ctx.layout
             state.anchor = None
-        state.decoder, state.decoder_key = (decoder, key) if ts else (None, None)
+        if ts:
+            state.decoder, state.decoder_key, state.last_input = decoder, key, (name, stream.time_base)
+        else:  # a recording of its own between segments: the segments after it start a new stream
+            state.decoder = state.decoder_key = state.last_input = None
         bad_packets, first_error, demux_error = 0, None, None
         packets = container.demux(stream)
         while True:
@@ -240,11 +261,11 @@ def _read_one(name: str, path: str, state: _State, problem: Callable[[Problem], 
                 first_error = first_error or exc
                 continue
             for frame in frames:
-                yield from _place(name, frame, stream, ts, state, problem)
+                yield from _place(name, frame, stream.time_base, ts, state, problem)
         if not ts:  # a recording of its own: drain its decoder
             try:
                 for frame in decoder.decode(None):
-                    yield from _place(name, frame, stream, ts, state, problem)
+                    yield from _place(name, frame, stream.time_base, ts, state, problem)
             except av.error.FFmpegError as exc:
                 bad_packets += 1
                 first_error = first_error or exc
@@ -275,7 +296,7 @@ def _samples(frame) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def _place(name, frame, stream, ts, state: _State, problem) -> Iterator[Chunk | Gap]:
+def _place(name, frame, time_base, ts, state: _State, problem) -> Iterator[Chunk | Gap]:
     samples = _samples(frame)
     if samples.shape[1] == 0:
         return
@@ -287,7 +308,7 @@ def _place(name, frame, stream, ts, state: _State, problem) -> Iterator[Chunk | 
                         lost=False))
         return
     start = state.end
-    pts, time_base = frame.pts, stream.time_base
+    pts = frame.pts
     if ts and pts is not None and time_base is not None:
         if state.anchor is None:
             state.anchor = (start, pts, float(time_base))
