@@ -15,7 +15,6 @@ import pytest
 av = pytest.importorskip("av")
 spectrogram = pytest.importorskip("audio.spectrogram")
 
-import repo_data  # noqa: E402
 from audio.decode import decode  # noqa: E402
 from orca.cli import main  # noqa: E402
 from test_audio_clips import SEGMENT, split_segment, write_wav  # noqa: E402
