@@ -12,57 +12,18 @@ import pytest
 
 av = pytest.importorskip("av")
 
-import repo_data  # noqa: E402
+from audio_files import SEGMENT, split_segment, write_wav  # noqa: E402
 from audio.clips import Clip, Missing, Tail, clip_count, cut, encode_mp3, write_mp3  # noqa: E402
 from audio.decode import decode  # noqa: E402
 from audio.hls import (PlaylistError, location_of_node, natural_key, orcasound_defaults,  # noqa: E402
                        parse_playlist, resolve, segment_order)
 from audio.timeline import Chunk, Gap, Input, Timeline  # noqa: E402
 
-SEGMENT = repo_data.AUDIO_DIR / "hls" / "live000.ts"
 RATE = 48_000
 SEGMENT_SAMPLES = 470_016  # 459 AAC frames of 1024: 9.792 s
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-def split_segment(src: Path, names: list[str], dest: Path, keep=None) -> list[Path]:
-    """The real segment's AAC packets remuxed (not re-encoded) into len(names) consecutive MPEG-TS files,
-    timestamps kept, as an HLS segmenter cuts one stream. `keep`: indices of the parts to write."""
-    dest.mkdir(parents=True, exist_ok=True)
-    with av.open(str(src)) as inp:
-        stream = inp.streams.audio[0]
-        packets = [p for p in inp.demux(stream) if p.size]
-        bounds = np.linspace(0, len(packets), len(names) + 1).astype(int)
-        paths = []
-        for i, name in enumerate(names):
-            if keep is not None and i not in keep:
-                continue
-            path = dest / name
-            with av.open(str(path), "w", format="mpegts", options={"mpegts_copyts": "1"}) as out:
-                o = out.add_stream_from_template(stream)
-                for packet in packets[bounds[i]:bounds[i + 1]]:
-                    packet.stream = o
-                    out.mux(packet)
-            paths.append(path)
-    return paths
-
-
-def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
-    """float32 (channels, n) as a 16-bit wav, through PyAV."""
-    layout = "mono" if samples.shape[0] == 1 else "stereo"
-    pcm = np.round(np.clip(samples, -1, 32767 / 32768) * 32768).astype(np.int16)
-    with av.open(str(path), "w", format="wav") as out:
-        stream = out.add_stream("pcm_s16le", rate=rate, layout=layout)
-        frame = av.AudioFrame.from_ndarray(pcm.T.reshape(1, -1).copy(), format="s16", layout=layout)
-        frame.sample_rate = rate
-        frame.pts = 0
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
-
 
 def read(paths) -> tuple[list, list, Timeline]:
     problems = []

@@ -17,7 +17,7 @@ spectrogram = pytest.importorskip("audio.spectrogram")
 
 from audio.decode import decode  # noqa: E402
 from orca.cli import main  # noqa: E402
-from test_audio_clips import SEGMENT, split_segment, write_wav  # noqa: E402
+from audio_files import SEGMENT, split_segment, write_wav  # noqa: E402
 
 T = 1594150218  # orcaal's README example: preprocess_unlabeled.py testdata unlabeled_test -l orcasoundlab -s 1594150218
 STEMS = [f"orcasoundlab_{T + s}" for s in (0, 3, 6)]  # 9.79 s: clips at 0, 3, 6 s (the last 0.79 s in none)
