@@ -1,0 +1,172 @@
+"""Audio to the original tool's spectrogram picture (orcaal 2020, `preprocess/util.py`), bit for bit.
+
+The 2020 recipe (docs/audio.md is the specification), stage by stage:
+
+  decode (audio.decode: FFmpeg's fixed-point mp3 decoder, 16-bit samples / 32768)
+  -> mono (float32 mean of the channels)                               audio.features.mono
+  -> 22,050 Hz (resampy 0.2.2 kaiser_best, float32 running sums)        audio.resample.resample
+  -> |STFT| x 128 Slaney mel bands (n_fft 2048, hop 512, centred)       audio.features.mel_spectrogram
+  -> PCEN (librosa's defaults, filter started from zero)                audio.features.pcen
+  -> BayesShrink soft wavelet denoising (scikit-image's defaults)       audio.wavelet.denoise
+  -> viridis picture, 607 x 617 RGBA (matplotlib 3.2.2's layout)        audio.picture.picture
+
+Everything runs in torch, batched (clips of equal length), on the CPU or a CUDA device; float64 after
+the float32 resampled signal. Public API: `render_batch`, `pixels_from_samples`, `pixels_from_file`,
+`write_png`, `spectrogram_png`, `RENDERER` / `renderer_key()` (for caches), `stages` (intermediates).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from audio import features, picture as picture_mod, resample as resample_mod, wavelet
+from audio.decode import AudioError, decode
+
+__all__ = ["RENDERER", "renderer_key", "SpectrogramError", "render_batch", "pixels_from_samples",
+           "pixels_from_file", "write_png", "spectrogram_png", "stages", "HEIGHT", "WIDTH"]
+
+HEIGHT, WIDTH = picture_mod.HEIGHT, picture_mod.WIDTH
+
+# What the pixels depend on. Bump "version" whenever any stage's output can change.
+RENDERER = {
+    "name": "orcaal-2020-spectrogram",
+    "version": 1,
+    "decoder": "FFmpeg mp3 (fixed point) -> int16 / 32768; other codecs: their FFmpeg decoder",
+    "mono": "float32 mean of channels",
+    "resample": {"to": features.SAMPLE_RATE, "filter": "resampy 0.2.2 kaiser_best", **resample_mod.KAISER_BEST,
+                 "accumulate": "float32"},
+    "mel": {"n_fft": features.N_FFT, "hop": features.HOP, "n_mels": features.N_MELS, "window": "hann",
+            "center": True, "pad_mode": "reflect", "norm": "slaney", "htk": False, "power": 1},
+    "pcen": {**features.PCEN, "zi": "zero"},
+    "denoise": {"method": "BayesShrink", "mode": "soft", "wavelet": wavelet.WAVELET, "levels": "max - 3",
+                "sigma": "estimated"},
+    "picture": {"cmap": "viridis", "lut": "truncated bytes", "size": [HEIGHT, WIDTH], "layout": "matplotlib 3.2.2"},
+}
+
+
+def renderer_key() -> str:
+    """A short stable digest of RENDERER: equal keys, equal pixels for equal audio."""
+    return hashlib.sha256(json.dumps(RENDERER, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class SpectrogramError(ValueError):
+    """Samples the 2020 picture is not defined for: the wrong length (not 128 x 130 cells), or silence."""
+
+
+def _as_clips(samples, rate: int) -> torch.Tensor:
+    """(n,), (C, n) or (B, C, n) (float32, or int16 scaled by 1/32768) -> (B, C, n) float32 tensor."""
+    t = torch.as_tensor(samples) if not isinstance(samples, torch.Tensor) else samples
+    if t.dtype == torch.int16:
+        t = t.to(torch.float64) / 32768.0
+    if t.dtype != torch.float32:
+        t = t.to(torch.float32)
+    while t.dim() < 3:
+        t = t.unsqueeze(0)
+    if t.dim() != 3:
+        raise ValueError(f"samples must be (n,), (channels, n) or (clips, channels, n), got {tuple(t.shape)}")
+    return t
+
+
+def _check_length(n: int, rate: int) -> int:
+    n22 = n if rate == features.SAMPLE_RATE else resample_mod.plan(n, rate, features.SAMPLE_RATE).n_fixed
+    frames = features.frames_for(n22)
+    if frames != picture_mod.COLS:
+        lo = (picture_mod.COLS - 1) * features.HOP
+        raise SpectrogramError(
+            f"{n} samples at {rate} Hz give {frames} spectrogram frames; the 2020 picture has {picture_mod.COLS} "
+            f"(3-second clips: {lo}..{lo + features.HOP - 1} samples at {features.SAMPLE_RATE} Hz, "
+            f"{n / rate:.3f} s here)")
+    return n22
+
+
+def stages(samples, rate: int, device=None) -> dict[str, torch.Tensor]:
+    """Every intermediate of the recipe for (B, C, n) / (C, n) / (n,) samples at `rate`:
+    mono, resampled (float32), mel, pcen, denoised (float64), index (colour indices), pixels."""
+    x = _as_clips(samples, rate)
+    if device is not None:
+        x = x.to(device)
+    _check_length(int(x.shape[-1]), int(rate))
+    out = {"mono": features.mono(x)}
+    out["resampled"] = resample_mod.resample(out["mono"], int(rate), features.SAMPLE_RATE)
+    out["mel"] = features.mel_spectrogram(out["resampled"])
+    out["pcen"] = features.pcen(out["mel"])
+    out["denoised"] = wavelet.denoise(out["pcen"])
+    D = out["denoised"]
+    finite = torch.isfinite(D).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = [int(i) for i in torch.nonzero(~finite).flatten()]
+        raise SpectrogramError(f"clip(s) {bad}: the denoised spectrogram is not finite (silence: every "
+                               f"finest wavelet detail is 0, so the noise estimate is undefined)")
+    out["index"] = picture_mod.colour_index(D)
+    out["pixels"] = picture_mod.picture(D)
+    return out
+
+
+def render_batch(samples: torch.Tensor, rate: int, device=None) -> torch.Tensor:
+    """(B, n) mono or (B, C, n) clips of equal length at `rate` (float32, or int16 = k / 32768) ->
+    (B, 607, 617, 4) uint8 on `device` (default: the samples' device)."""
+    x = samples if isinstance(samples, torch.Tensor) else torch.as_tensor(samples)
+    if x.dim() == 2:
+        x = x.unsqueeze(1)
+    return stages(x, rate, device=device)["pixels"]
+
+
+def pixels_from_samples(samples, rate: int) -> np.ndarray:
+    """(C, n) or (n,) samples of one clip at `rate` -> (607, 617, 4) uint8, on the CPU."""
+    x = _as_clips(samples, rate)
+    if x.shape[0] != 1:
+        raise ValueError(f"pixels_from_samples takes one clip, got {x.shape[0]}: use render_batch")
+    return stages(x, rate)["pixels"][0].cpu().numpy()
+
+
+def pixels_from_file(path, *, strict: bool = True) -> np.ndarray:
+    """Decode one audio file (audio.decode) and draw its picture: (607, 617, 4) uint8. Any problem,
+    decoding or a clip the picture is not defined for, raises AudioError naming the file."""
+    d = decode(path, strict=strict)
+    try:
+        return pixels_from_samples(d.samples, d.rate)
+    except SpectrogramError as e:
+        raise AudioError(d.path, str(e)) from None
+
+
+def write_png(pixels: np.ndarray, path, *, overwrite: bool = False, compress_level: int = 1) -> Path:
+    """Write (H, W, 4) uint8 pixels as an RGBA PNG, atomically: a temporary file in the same folder,
+    renamed into place. An existing file is kept (FileExistsError) unless overwrite=True."""
+    from PIL import Image
+
+    path = Path(path)
+    pixels = np.ascontiguousarray(pixels)
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 4:
+        raise ValueError(f"write_png wants (height, width, 4) uint8 pixels, got {pixels.shape} {pixels.dtype}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (overwrite=False)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(pixels, "RGBA").save(f, format="PNG", compress_level=compress_level)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if the file appeared meanwhile: never replaces one
+            os.unlink(tmp)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def spectrogram_png(audio_path, png_path, *, overwrite: bool = False) -> Path:
+    """pixels_from_file(audio_path) written to png_path (write_png)."""
+    png_path = Path(png_path)
+    if png_path.exists() and not overwrite:
+        raise FileExistsError(f"{png_path} exists (overwrite=False)")
+    return write_png(pixels_from_file(audio_path), png_path, overwrite=overwrite)
