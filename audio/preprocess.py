@@ -16,6 +16,9 @@ draws from its mp3). A clip counts as
 - completed: one of the two was there (an earlier run stopped between them) and the other was made (from the
   existing mp3 when that is the one there);
 - kept: both were there: nothing is overwritten, a rerun only completes what is missing;
+- mp3_only: the mp3 is written (or kept) but no PNG: the 2020 picture (128 x 130 cells, 607 x 617 px) is
+  the spectrogram of a 3-second clip, and `audio.spectrogram` draws no other (the trailing partial clip,
+  or every clip of a `duration` other than 3); not a failure;
 - failed: not written, with the reason (a gap in the audio, digital silence, shorter than one spectrogram
   frame, an mp3 or spectrogram that could not be made). Nothing of a failed clip is left behind.
 
@@ -37,6 +40,7 @@ from .timeline import Input, Problem, Timeline
 
 SPECTROGRAM_RATE = 22_050  # the spectrogram resamples to this rate ...
 SPECTROGRAM_FRAME = 2048  # ... and needs one STFT frame (n_fft) of it at least
+PICTURE_SECONDS = 3  # the 2020 picture's 128 x 130 cells: the spectrogram of a 3-second clip
 
 
 @dataclass
@@ -44,7 +48,7 @@ class ClipResult:
     name: str  # stem: <location>_<T + start>
     start: float  # seconds from the recording's start
     seconds: float  # its length (0 for a failed clip whose audio is incomplete)
-    status: str  # "written", "completed", "kept" or "failed"
+    status: str  # "written", "completed", "kept", "mp3_only" or "failed"
     reason: str = ""
 
 
@@ -53,6 +57,7 @@ class Summary:
     written: int = 0
     completed: int = 0
     kept: int = 0
+    mp3_only: int = 0
     failed: int = 0
     problems: list[Problem] = field(default_factory=list)  # inputs that failed or were damaged
     failures: list[ClipResult] = field(default_factory=list)
@@ -71,11 +76,13 @@ class Summary:
 
     def line(self) -> str:
         inputs = f", {self.inputs_with_problems} input(s) with problems" if self.problems else ""
-        return (f"{self.written} written, {self.completed} completed, {self.kept} kept, "
+        mp3_only = f", {self.mp3_only} as mp3 only (no 2020 picture but for 3 s clips)" if self.mp3_only else ""
+        return (f"{self.written} written, {self.completed} completed, {self.kept} kept{mp3_only}, "
                 f"{self.failed} failed{inputs}")
 
     def to_dict(self) -> dict:
-        return {"written": self.written, "completed": self.completed, "kept": self.kept, "failed": self.failed,
+        return {"written": self.written, "completed": self.completed, "kept": self.kept,
+                "mp3_only": self.mp3_only, "failed": self.failed,
                 "input_problems": [str(p) for p in self.problems],
                 "failed_clips": [{"name": r.name, "reason": r.reason} for r in self.failures],
                 "seconds": round(self.seconds, 3), "dropped_seconds": round(self.dropped_seconds, 3),
@@ -94,7 +101,7 @@ def preprocess(inputs: Iterable[Input], output: str, *, duration: int = 3, locat
     """Write OUTPUT/mp3/ and OUTPUT/spectrograms/ from `inputs` (see the module). Returns the Summary;
     raises only for what makes the whole run impossible (an output folder that cannot be made, a duration
     that is not a whole number of seconds ≥ 1)."""
-    from .spectrogram import pixels_from_file, write_png
+    from . import spectrogram
 
     if int(duration) != duration or duration < 1:
         raise ValueError(f"duration must be a whole number of seconds ≥ 1, not {duration!r}")
@@ -141,11 +148,11 @@ def preprocess(inputs: Iterable[Input], output: str, *, duration: int = 3, locat
                 unwritable = ""
             except ClipError as exc:
                 unwritable = str(exc)
-        report(_write_clip(item, name, fmt.rate, duration, mp3_dir, png_dir, unwritable, pixels_from_file,
-                           write_png))
+        report(_write_clip(item, name, fmt.rate, duration, mp3_dir, png_dir, unwritable, spectrogram))
     if timeline.format is not None:
         summary.rate, summary.channels = timeline.format.rate, timeline.format.channels
-    if timeline.format is not None and not (summary.written + summary.completed + summary.kept + summary.failed):
+    clips = summary.written + summary.completed + summary.kept + summary.mp3_only + summary.failed
+    if timeline.format is not None and not clips:
         problem(Problem("the recording", f"{summary.seconds:.3f} s of audio gives no clip: the first clip starts "
                                          "at 0 s and needs at least 1 whole second of audio"
                                          + ("" if partial else f", and {duration} s without the partial clips")))
@@ -166,8 +173,17 @@ def _too_short(clip: Clip, rate: int) -> bool:
     return clip.length * SPECTROGRAM_RATE < SPECTROGRAM_FRAME * rate
 
 
+def _draw(mp3: str, spectrogram) -> np.ndarray:
+    """`orca spectrogram`'s pixels of the mp3 (spectrogram.pixels_from_file is this decode and this call;
+    here SpectrogramError stays typed)."""
+    from .decode import decode
+
+    decoded = decode(mp3)
+    return spectrogram.pixels_from_samples(decoded.samples, decoded.rate)
+
+
 def _write_clip(clip: Clip, name: str, rate: int, duration: int, mp3_dir: str, png_dir: str, unwritable: str,
-                pixels_from_file, write_png) -> ClipResult:
+                spectrogram) -> ClipResult:
     start = clip.index * duration
     mp3, png = os.path.join(mp3_dir, name + ".mp3"), os.path.join(png_dir, name + ".png")
 
@@ -187,19 +203,40 @@ def _write_clip(clip: Clip, name: str, rate: int, duration: int, mp3_dir: str, p
                       "one flat colour", seconds)
     if not np.all(np.isfinite(clip.samples)):
         return failed("the decoded audio holds NaN or infinite samples", seconds)
+    # The 2020 picture is defined for 3-second clips (128 x 130 cells): another length is written as mp3 only
+    picture_length = duration == PICTURE_SECONDS and clip.length == duration * rate
     had_mp3, had_png = os.path.exists(mp3), os.path.exists(png)
+
+    def mp3_only(exc: Exception) -> ClipResult:
+        return ClipResult(name, start, seconds, "mp3_only", f"mp3 {'kept' if had_mp3 else 'written'}, no "
+                          f"spectrogram: {exc}")
+
     try:
         if had_mp3:  # an earlier run stopped before the PNG: draw it from the mp3 that is there
-            write_png(pixels_from_file(mp3), png)
+            try:
+                pixels = _draw(mp3, spectrogram)
+            except spectrogram.SpectrogramError as exc:
+                if picture_length:
+                    raise
+                return mp3_only(exc)
+            spectrogram.write_png(pixels, png)
             return ClipResult(name, start, seconds, "completed")
         with temporary_mp3(clip.samples, rate, mp3_dir) as tmp:
-            pixels = None if had_png else pixels_from_file(tmp)
+            no_picture = None
+            try:
+                pixels = None if had_png else _draw(tmp, spectrogram)
+            except spectrogram.SpectrogramError as exc:
+                if picture_length:
+                    raise
+                pixels, no_picture = None, exc
             try:
                 publish(tmp, mp3)
             except FileExistsError:  # another run wrote it meanwhile: keep theirs, draw from it
-                pixels = None if had_png else pixels_from_file(mp3)
+                pixels = None if had_png or no_picture else _draw(mp3, spectrogram)
+            if no_picture is not None:
+                return mp3_only(no_picture)
             if pixels is not None:
-                write_png(pixels, png)
+                spectrogram.write_png(pixels, png)
     except FileExistsError:
         return ClipResult(name, start, seconds, "kept")
     except Exception as exc:  # noqa: BLE001 - one clip's failure is reported; the run goes on

@@ -409,6 +409,9 @@ def cmd_preprocess(args) -> int:
         raise SystemExit("error: OUTPUT is a local folder (upload it afterwards, e.g. aws s3 sync OUTPUT s3://...)")
     if args.duration < 1:
         raise SystemExit("error: --duration must be at least 1 (whole seconds)")
+    if args.duration != 3:
+        print(f"warning: --duration {args.duration}: the 2020 spectrogram is the picture of a 3-second clip, so "
+              "these clips are written as mp3 only (no PNG)", file=sys.stderr)
     node, folder_time = orcasound_defaults(args.input)
     location = args.location if args.location is not None else (node or "")
     start = args.starting_timestamp if args.starting_timestamp is not None else (folder_time or 0)

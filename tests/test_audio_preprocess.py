@@ -131,6 +131,15 @@ def test_drop_partial_writes_full_clips_only(tmp_path, capsys):
     assert layout(tmp_path / "all")["mp3"] == ["n_0.mp3", "n_3.mp3", "n_6.mp3"]
     last = decode(str(tmp_path / "all" / "mp3" / "n_6.mp3"))
     assert (last.rate, last.channels, last.frames) == (16_000, 2, 16_500)  # the trailing 1.03 s, as the original
+    # ... as mp3 only: the 2020 picture is the spectrogram of a 3-second clip, and no other is drawn
+    assert layout(tmp_path / "all")["spectrograms"] == ["n_0.png", "n_3.png"]
+    assert (summary["written"], summary["mp3_only"], summary["failed"]) == (2, 1, 0)
+    assert "1 as mp3 only" in err
+    for stem in ("n_0", "n_3"):
+        np.testing.assert_array_equal(png_pixels(tmp_path / "all" / "spectrograms" / f"{stem}.png"),
+                                      spectrogram.pixels_from_file(str(tmp_path / "all" / "mp3" / f"{stem}.mp3")))
+    status, summary, err = run(capsys, wav, tmp_path / "all", "-l", "n", "-s", "0")  # a rerun: all kept
+    assert status == 0 and (summary["written"], summary["kept"], summary["mp3_only"]) == (0, 2, 1)
     status, summary, err = run(capsys, wav, tmp_path / "full", "-l", "n", "--drop-partial")
     assert status == 0 and layout(tmp_path / "full")["mp3"] == ["n_0.mp3", "n_3.mp3"]
     assert summary["dropped_seconds"] == pytest.approx(16_500 / 16_000, abs=1e-3)
