@@ -17,10 +17,14 @@ Two measures per pipeline, seconds per clip:
 Ours also `batch` where `audio.spectrogram.render_batch` exists: the clips decoded, then the pixels of all of
 them in one batched call (seconds per clip for decode + batched pixels).
 
-Each pipeline first runs once on every distinct clip (numba's JIT compilation of librosa, torch's first
-calls), then `--repeats` times over `--clips` clips (the 4 real clips of sample_data/orcasound_audio/
-cycled); the figure is the median over repeats of the mean per clip. Both run in this one process, one after
-the other, with torch's threads as the process has them (printed). Prints a table, the ratios, the CPU model
+Each pipeline runs in its own process (the two sets of libraries do not share one well: OpenBLAS threads
+that busy-wait after the 2020 pipeline's numpy calls took the cores from torch's threads, which made ours
+5-10x slower than in a process of its own), in blocks: `--repeats` times each, the order alternating
+(2020, ours, ours, 2020, ...), over the same `--clips` clips (the 4 real clips of sample_data/orcasound_audio/
+cycled), so that both see, as far as a shared machine allows, the same load. Each block first runs once on
+every distinct clip (numba's JIT compilation of librosa, torch's first calls), untimed. Figures: the median
+over all clips of all blocks, wall time, and the process's CPU time (all its threads: torch uses
+`torch.get_num_threads()`, printed; the 2020 calls mostly one). Prints a table, the ratios, the CPU model
 (`lscpu`), and writes the JSON to --out.
 """
 
@@ -44,15 +48,17 @@ CLIPS_DIR = ROOT / "sample_data" / "orcasound_audio" / "mp3"
 
 
 def cpu_model() -> str:
-    """`lscpu`'s model name (else platform's processor)."""
+    """`lscpu`'s model name, with its family and model numbers (a virtual machine's model name may be as
+    short as "AMD EPYC"); else platform's processor."""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=30).stdout
-        for line in out.splitlines():
-            if line.strip().lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
     except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown"
+        return platform.processor() or "unknown"
+    fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
+    name = fields.get("model name") or platform.processor() or "unknown"
+    if fields.get("cpu family") and fields.get("model"):
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 # ------------------------------------------------------------------------------------- the 2020 pipeline
@@ -129,43 +135,79 @@ class Ours:
             return None
         from audio.decode import decode
 
+        import numpy as np
+        import torch
+
         decoded = [decode(p) for p in paths]
-        return render_batch([d.samples for d in decoded], [d.rate for d in decoded])
+        rates = {d.rate for d in decoded}
+        if len(rates) != 1 or len({d.samples.shape for d in decoded}) != 1:
+            return None  # one batch takes clips of one rate and length
+        return render_batch(torch.from_numpy(np.stack([d.samples for d in decoded])), rates.pop())
 
 
 # ------------------------------------------------------------------------------------------- timing
 
-def per_clip(run, paths, repeats: int) -> dict:
-    """Median over `repeats` of the mean seconds per clip of `run(path, i)` over `paths`."""
-    means = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for i, path in enumerate(paths):
-            run(path, i)
-        means.append((time.perf_counter() - started) / len(paths))
-    return {"seconds_per_clip": statistics.median(means), "repeats": [round(m, 6) for m in means]}
+def timed(call) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds, all threads) of call()."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    call()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def measure(pipeline, distinct, paths, repeats: int, out_dir: Path) -> dict:
+def summarize(walls: list[float], cpus: list[float]) -> dict:
+    return {"seconds_per_clip": statistics.median(walls), "mean_seconds_per_clip": statistics.fmean(walls),
+            "cpu_seconds_per_clip": statistics.median(cpus), "samples": len(walls)}
+
+
+PIPELINES = {"original": Original, "ours": Ours}
+
+
+def run_block(kind: str, distinct: list[str], paths: list[str], out_dir: Path) -> dict:
+    """One pipeline over `paths`, in this process: warm-up on the distinct clips first, then per clip the PNG
+    and the in-memory pixels; the batch (ours) last. Lists of (wall, cpu) seconds per clip."""
+    pipeline = PIPELINES[kind]()
     for i, path in enumerate(distinct):  # warm-up: JIT, first calls, page cache
         pipeline.png(path, str(out_dir / f"warm-{i}.png"))
         pipeline.pixels(path)
-    counter = iter(range(10**9))
+    times = {"png": [], "pixels": []}
+    for i, path in enumerate(paths):
+        target = str(out_dir / f"{i}.png")
+        times["png"].append(timed(lambda: pipeline.png(path, target)))
+        times["pixels"].append(timed(lambda: pipeline.pixels(path)))
+        os.unlink(target)
+    if kind == "ours" and pipeline.batch(distinct) is not None:
+        wall, cpu = timed(lambda: pipeline.batch(paths))
+        times["batch"] = [(wall / len(paths), cpu / len(paths))]
+    return {"name": pipeline.name, "times": times}
 
-    def png(path, i):
-        target = out_dir / f"{next(counter)}.png"
-        pipeline.png(path, str(target))
 
-    result = {"png": per_clip(png, paths, repeats),
-              "pixels": per_clip(lambda path, i: pipeline.pixels(path), paths, repeats)}
-    if hasattr(pipeline, "batch") and pipeline.batch(distinct) is not None:
-        means = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            pipeline.batch(paths)
-            means.append((time.perf_counter() - started) / len(paths))
-        result["batch"] = {"seconds_per_clip": statistics.median(means), "repeats": [round(m, 6) for m in means]}
-    return result
+def measure(distinct: list[str], paths: list[str], repeats: int, source: str) -> dict:
+    """Each pipeline in its own process, one block after the other, `repeats` times, the order alternating
+    (original, ours, ours, original, ...): the same clips and, as far as a shared machine allows, the same
+    load. Separate processes because the libraries of the two do not share a process well: OpenBLAS threads
+    that busy-wait after the 2020 pipeline's numpy calls steal the cores from torch's threads (measured: ours
+    took 5-10x longer right after the 2020 calls in one process than in its own)."""
+    collected = {kind: {} for kind in PIPELINES}
+    names = {}
+    for repeat in range(repeats):
+        order = list(PIPELINES) if repeat % 2 == 0 else list(reversed(list(PIPELINES)))
+        for kind in order:
+            done = subprocess.run([sys.executable, "-m", "bench.audio", "--worker", kind, "--clips", str(len(paths)),
+                                   "--source", source], capture_output=True, text=True, cwd=ROOT, timeout=3600,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+            if done.returncode != 0:
+                raise SystemExit(f"bench.audio: the {kind} block failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+            block = json.loads(done.stdout.strip().splitlines()[-1])
+            names[kind] = block["name"]
+            for measure_name, pairs in block["times"].items():
+                collected[kind].setdefault(measure_name, []).extend(pairs)
+            print(f"  repeat {repeat + 1}/{repeats}: {names[kind]}: done", flush=True)
+    results = {}
+    for kind, measures in collected.items():
+        results[kind] = {"name": names[kind]}
+        for measure_name, pairs in measures.items():
+            results[kind][measure_name] = summarize([w for w, _ in pairs], [c for _, c in pairs])
+    return results
 
 
 def main(argv=None) -> int:
@@ -174,6 +216,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="repeats, the median is reported (default 3)")
     parser.add_argument("--source", default=str(CLIPS_DIR), help="folder of mp3 clips (default: the sample clips)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "audio.json"), help="results JSON")
+    parser.add_argument("--worker", choices=sorted(PIPELINES), help=argparse.SUPPRESS)  # one block, JSON on stdout
     args = parser.parse_args(argv)
     if args.clips < 1 or args.repeats < 1:
         parser.error("--clips and --repeats must be at least 1")
@@ -181,6 +224,10 @@ def main(argv=None) -> int:
     if not distinct:
         parser.error(f"no .mp3 under {args.source}")
     paths = [distinct[i % len(distinct)] for i in range(args.clips)]
+    if args.worker:
+        with tempfile.TemporaryDirectory(prefix="orca-bench-audio-") as tmp:
+            print(json.dumps(run_block(args.worker, distinct, paths, Path(tmp))))
+        return 0
     import torch
 
     cpu = cpu_model()
@@ -190,26 +237,23 @@ def main(argv=None) -> int:
                           "cpu_model": cpu, "logical_cores": os.cpu_count(),
                           "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
                "pipelines": {}}
-    with tempfile.TemporaryDirectory(prefix="orca-bench-audio-") as tmp:
-        for key, cls in (("original", Original), ("ours", Ours)):
-            out_dir = Path(tmp) / key
-            out_dir.mkdir()
-            pipeline = cls()
-            results["pipelines"][key] = {"name": cls.name, **measure(pipeline, distinct, paths, args.repeats,
-                                                                      out_dir)}
-            print(f"  {cls.name}: done", flush=True)
+    results["pipelines"] = measure(distinct, paths, args.repeats, args.source)
     original, ours = results["pipelines"]["original"], results["pipelines"]["ours"]
     ratios = {m: original[m]["seconds_per_clip"] / ours[m]["seconds_per_clip"] for m in ("png", "pixels")}
     if "batch" in ours:
         ratios["batch_vs_original_pixels"] = original["pixels"]["seconds_per_clip"] / ours["batch"]["seconds_per_clip"]
     results["speedup"] = {k: round(v, 2) for k, v in ratios.items()}
-    print(f"\n{'seconds per clip':<40} {'2020':>10} {'ours':>10} {'ratio':>8}")
+    print(f"\n{'seconds per clip (median; CPU s in brackets)':<46} {'2020':>16} {'ours':>16} {'ratio':>7}")
+
+    def cell(m):
+        return f"{m['seconds_per_clip']:.4f} ({m['cpu_seconds_per_clip']:.3f})"
+
     for measure_name, label in (("png", "decode + spectrogram + PNG file"), ("pixels", "decode + spectrogram → pixels")):
-        print(f"{label:<40} {original[measure_name]['seconds_per_clip']:>10.4f} "
-              f"{ours[measure_name]['seconds_per_clip']:>10.4f} {ratios[measure_name]:>7.1f}x")
+        print(f"{label:<46} {cell(original[measure_name]):>16} {cell(ours[measure_name]):>16} "
+              f"{ratios[measure_name]:>6.1f}x")
     if "batch" in ours:
-        print(f"{'decode + batched pixels (ours)':<40} {original['pixels']['seconds_per_clip']:>10.4f} "
-              f"{ours['batch']['seconds_per_clip']:>10.4f} {ratios['batch_vs_original_pixels']:>7.1f}x")
+        print(f"{'decode + batched pixels (ours, ' + str(args.clips) + ' a batch)':<46} {cell(original['pixels']):>16} "
+              f"{cell(ours['batch']):>16} {ratios['batch_vs_original_pixels']:>6.1f}x")
     print(f"CPU: {cpu}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
