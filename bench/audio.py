@@ -1,6 +1,6 @@
 """The spectrogram pipeline against the 2020 one, side by side in one run on the same clips.
 
-    python -m bench.audio [--clips 40 --repeats 3 --out bench/results/audio.json]
+    python -m bench.audio [--clips 40 --repeats 3 --threads 1 --out bench/results/audio.json]
 
 The 2020 pipeline (orcaal `preprocess/util.py`: `select_spec_case(pcen=True, wavelet=True)` and
 `spec_plot_and_save`) is timed in its current-library form, with the fixes a user of today's libraries has to
@@ -23,9 +23,11 @@ that busy-wait after the 2020 pipeline's numpy calls took the cores from torch's
 (2020, ours, ours, 2020, ...), over the same `--clips` clips (the 4 real clips of sample_data/orcasound_audio/
 cycled), so that both see, as far as a shared machine allows, the same load. Each block first runs once on
 every distinct clip (numba's JIT compilation of librosa, torch's first calls), untimed. Figures: the median
-over all clips of all blocks, wall time, and the process's CPU time (all its threads: torch uses
-`torch.get_num_threads()`, printed; the 2020 calls mostly one). Prints a table, the ratios, the CPU model
-(`lscpu`), and writes the JSON to --out.
+over all clips of all blocks, wall time, and the process's CPU time. `--threads` (default 1) sets the
+threads of both pipelines' libraries (torch, OpenMP, OpenBLAS, MKL, numba): per clip on one core, which is
+also how a 2-core machine is best used (one clip per core; measured on this project's shared 2-core
+machines, torch with 2 threads took 1.3-3.5 s a clip under load against 0.16 s with 1, its threads waiting
+for each other). Prints a table, the ratios, the CPU model (`lscpu`), and writes the JSON to --out.
 """
 
 from __future__ import annotations
@@ -181,7 +183,10 @@ def run_block(kind: str, distinct: list[str], paths: list[str], out_dir: Path) -
     return {"name": pipeline.name, "times": times}
 
 
-def measure(distinct: list[str], paths: list[str], repeats: int, source: str) -> dict:
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def measure(distinct: list[str], paths: list[str], repeats: int, source: str, threads: int) -> dict:
     """Each pipeline in its own process, one block after the other, `repeats` times, the order alternating
     (original, ours, ours, original, ...): the same clips and, as far as a shared machine allows, the same
     load. Separate processes because the libraries of the two do not share a process well: OpenBLAS threads
@@ -192,9 +197,10 @@ def measure(distinct: list[str], paths: list[str], repeats: int, source: str) ->
     for repeat in range(repeats):
         order = list(PIPELINES) if repeat % 2 == 0 else list(reversed(list(PIPELINES)))
         for kind in order:
+            env = {**os.environ, "PYTHONPATH": str(ROOT), **{v: str(threads) for v in THREAD_VARIABLES}}
             done = subprocess.run([sys.executable, "-m", "bench.audio", "--worker", kind, "--clips", str(len(paths)),
-                                   "--source", source], capture_output=True, text=True, cwd=ROOT, timeout=3600,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                   "--source", source, "--threads", str(threads)], capture_output=True, text=True,
+                                  cwd=ROOT, timeout=3600, env=env)
             if done.returncode != 0:
                 raise SystemExit(f"bench.audio: the {kind} block failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
             block = json.loads(done.stdout.strip().splitlines()[-1])
@@ -216,15 +222,21 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="repeats, the median is reported (default 3)")
     parser.add_argument("--source", default=str(CLIPS_DIR), help="folder of mp3 clips (default: the sample clips)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "audio.json"), help="results JSON")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads of each pipeline's libraries: torch, OpenMP, OpenBLAS, MKL, numba (default 1: "
+                        "per clip on one core; more threads on a shared machine mostly wait for each other)")
     parser.add_argument("--worker", choices=sorted(PIPELINES), help=argparse.SUPPRESS)  # one block, JSON on stdout
     args = parser.parse_args(argv)
-    if args.clips < 1 or args.repeats < 1:
-        parser.error("--clips and --repeats must be at least 1")
+    if args.clips < 1 or args.repeats < 1 or args.threads < 1:
+        parser.error("--clips, --repeats and --threads must be at least 1")
     distinct = sorted(str(p) for p in Path(args.source).rglob("*.mp3"))
     if not distinct:
         parser.error(f"no .mp3 under {args.source}")
     paths = [distinct[i % len(distinct)] for i in range(args.clips)]
     if args.worker:
+        import torch
+
+        torch.set_num_threads(args.threads)
         with tempfile.TemporaryDirectory(prefix="orca-bench-audio-") as tmp:
             print(json.dumps(run_block(args.worker, distinct, paths, Path(tmp))))
         return 0
@@ -232,12 +244,13 @@ def main(argv=None) -> int:
 
     cpu = cpu_model()
     print(f"{args.clips} clips ({len(distinct)} distinct, {args.source}), {args.repeats} repeats; CPU: {cpu}, "
-          f"{os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}", flush=True)
+          f"{os.cpu_count()} logical cores; {args.threads} thread(s) per pipeline", flush=True)
     results = {"config": {"clips": args.clips, "distinct_clips": len(distinct), "repeats": args.repeats,
                           "cpu_model": cpu, "logical_cores": os.cpu_count(),
-                          "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
+                          "threads": args.threads, "torch_version": torch.__version__,
+                          "python": platform.python_version()},
                "pipelines": {}}
-    results["pipelines"] = measure(distinct, paths, args.repeats, args.source)
+    results["pipelines"] = measure(distinct, paths, args.repeats, args.source, args.threads)
     original, ours = results["pipelines"]["original"], results["pipelines"]["ours"]
     ratios = {m: original[m]["seconds_per_clip"] / ours[m]["seconds_per_clip"] for m in ("png", "pixels")}
     if "batch" in ours:
