@@ -440,6 +440,11 @@ def cmd_preprocess(args) -> int:
         raise SystemExit(f"error: {args.input}: no .ts segments or audio files to read")
     print(f"{len(inputs)} input file(s) → {args.output}/mp3/{location}_{start}.mp3 … "
           f"({args.duration} s clips{', full clips only' if args.drop_partial else ''})", file=sys.stderr)
+    import torch
+
+    # One clip's spectrogram is small work: torch's threads would mostly wait for each other, and on a shared
+    # 2-core machine two threads made a clip 7x costlier in CPU time than one (bench/README.md, bench.audio)
+    torch.set_num_threads(1)
     bar = _bar("clips", total, "clip")
 
     def on_clip(result):
