@@ -13,6 +13,7 @@
     query     --model_url M --unlabeled_url U ... --k K [--strategy S]   the K clips to label next
     simulate  LABELED_DIR --model M [--strategies ... --rounds N --k K]  compare query strategies, JSON + plot
     preprocess INPUT OUTPUT [--duration 3 --location L --starting-timestamp T]   HLS segments → mp3 clips + PNGs
+    spectrogram AUDIO... --out DIR                                       the 2020 spectrogram PNG of each clip
 
 URLs are local paths (anywhere: the CLI runs as you) or `s3://` URLs. `train` and `predict` print
 the same JSON as the HTTP endpoints (`--output FILE` writes it to a file instead) and show a
@@ -330,12 +331,56 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_spectrogram(args) -> int:
+    """DIR/<stem>.png for each audio file (or each one under a folder): audio.spectrogram's 2020 picture.
+    Existing PNGs are kept; a file that fails is reported (name: reason) and the others go on."""
+    from pathlib import Path
+
+    import torch
+
+    from audio.decode import AUDIO_SUFFIXES, AudioError
+    from audio.spectrogram import spectrogram_png
+
+    files = []
+    for item in map(Path, args.audio):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        else:
+            files.append(item)
+    out = Path(args.out)
+    torch.set_num_threads(1)  # one clip at a time: a second thread only costs (docs/audio.md)
+    wrote = kept = 0
+    failed, targets = [], {}
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(files), desc="spectrograms", unit="clip", file=sys.stderr, dynamic_ncols=True,
+               disable=len(files) < 2)
+    for path in files:
+        target = out / f"{path.stem}.png"
+        try:
+            if target in targets:
+                raise AudioError(str(path), f"{targets[target]} writes the same {target.name}")
+            targets[target] = path
+            if target.exists():
+                kept += 1
+            else:
+                spectrogram_png(path, target)
+                wrote += 1
+        except (AudioError, FileExistsError) as exc:
+            failed.append(path)
+            bar.write(f"error: {exc}", file=sys.stderr)
+        bar.update(1)
+    bar.close()
+    print(f"{wrote} written, {kept} kept (already there), {len(failed)} failed -> {out}", file=sys.stderr)
+    return 1 if failed or not files else 0
+
+
 # --------------------------------------------------------------------------- preprocess
 # `orca preprocess`: the work is in audio.preprocess; here only where the input lives (local, S3) and printing.
 
 def _s3_preprocess_inputs(url: str):
-    """(Inputs, names left out, the playlist's media sequence, a close function) of an s3:// INPUT: a prefix of segments (or audio files),
-    an .m3u8 playlist, or one file. Segments download to a temporary folder a few ahead of the one being
+    """(Inputs, names left out, the playlist's media sequence, a close function) of an s3:// INPUT: a prefix
+    of segments (or audio files), an .m3u8 playlist, or one file. Segments download to a temporary folder a few ahead of the one being
     read, each deleted once read."""
     import contextlib
     import functools
@@ -608,6 +653,12 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--img_height", "--img-height", type=int, required=True, help="image columns")
     sim.set_defaults(run=cmd_simulate)
     _preprocess_parser(sub)
+    spec = sub.add_parser("spectrogram", help="the 2020 spectrogram PNG of audio clips (docs/audio.md)",
+                          description="Writes OUT/<stem>.png for each audio file (mp3, wav, flac, .ts, ...) or "
+                          "for every audio file under a folder; existing PNGs are kept.")
+    spec.add_argument("audio", nargs="+", help="audio files or folders")
+    spec.add_argument("--out", required=True, help="folder for the PNGs")
+    spec.set_defaults(run=cmd_spectrogram)
     return p
 
 
