@@ -1,6 +1,6 @@
 """The spectrogram pipeline against the 2020 one, side by side in one run on the same clips.
 
-    python -m bench.audio [--clips 40 --repeats 3 --threads 1 --out bench/results/audio.json]
+    python -m bench.audio [--clips 40 --repeats 3 --threads 1 --batch 8 --out bench/results/audio.json]
 
 The 2020 pipeline (orcaal `preprocess/util.py`: `select_spec_case(pcen=True, wavelet=True)` and
 `spec_plot_and_save`) is timed in its current-library form, with the fixes a user of today's libraries has to
@@ -14,8 +14,8 @@ Two measures per pipeline, seconds per clip:
 - `png`: an mp3 file to a PNG file: decode + spectrogram + picture + PNG written;
 - `pixels`: an mp3 file to the picture's pixels in memory (2020: the figure drawn and its RGBA bytes taken,
   `savefig(format="rgba")` with the same bounding box; ours: `audio.spectrogram.pixels_from_file`).
-Ours also `batch` where `audio.spectrogram.render_batch` exists: the clips decoded, then the pixels of all of
-them in one batched call (seconds per clip for decode + batched pixels).
+Ours also `batch`: `--batch` clips decoded, then their pixels in one `audio.spectrogram.render_batch` call
+(seconds per clip for decode + batched pixels).
 
 Each pipeline runs in its own process (the two sets of libraries do not share one well: OpenBLAS threads
 that busy-wait after the 2020 pipeline's numpy calls took the cores from torch's threads, which made ours
@@ -126,7 +126,7 @@ class Ours:
         self.spectrogram = spectrogram
 
     def png(self, path, out_png):
-        self.spectrogram.write_png(self.spectrogram.pixels_from_file(path), out_png)
+        self.spectrogram.spectrogram_png(path, out_png)  # what `orca spectrogram` does per clip
 
     def pixels(self, path):
         return self.spectrogram.pixels_from_file(path)
@@ -164,29 +164,31 @@ def summarize(walls: list[float], cpus: list[float]) -> dict:
 PIPELINES = {"original": Original, "ours": Ours}
 
 
-def run_block(kind: str, distinct: list[str], paths: list[str], out_dir: Path) -> dict:
+def run_block(kind: str, distinct: list[str], paths: list[str], out_dir: Path, batch: int) -> dict:
     """One pipeline over `paths`, in this process: warm-up on the distinct clips first, then per clip the PNG
     and the in-memory pixels; the batch (ours) last. Lists of (wall, cpu) seconds per clip."""
     pipeline = PIPELINES[kind]()
     for i, path in enumerate(distinct):  # warm-up: JIT, first calls, page cache
         pipeline.png(path, str(out_dir / f"warm-{i}.png"))
         pipeline.pixels(path)
-    times = {"png": [], "pixels": []}
+    times = {"png": [], "pixels": [], "batch": []}
     for i, path in enumerate(paths):
         target = str(out_dir / f"{i}.png")
         times["png"].append(timed(lambda: pipeline.png(path, target)))
         times["pixels"].append(timed(lambda: pipeline.pixels(path)))
         os.unlink(target)
-    if kind == "ours" and pipeline.batch(distinct) is not None:
-        wall, cpu = timed(lambda: pipeline.batch(paths))
-        times["batch"] = [(wall / len(paths), cpu / len(paths))]
-    return {"name": pipeline.name, "times": times}
+    if kind == "ours" and pipeline.batch(distinct[:1] * batch) is not None:  # also the warm-up of the batch
+        for start in range(0, len(paths) - batch + 1, batch):
+            part = paths[start:start + batch]
+            wall, cpu = timed(lambda: pipeline.batch(part))
+            times["batch"].append((wall / batch, cpu / batch))
+    return {"name": pipeline.name, "times": {k: v for k, v in times.items() if v}}
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
-def measure(distinct: list[str], paths: list[str], repeats: int, source: str, threads: int) -> dict:
+def measure(distinct: list[str], paths: list[str], repeats: int, source: str, threads: int, batch: int) -> dict:
     """Each pipeline in its own process, one block after the other, `repeats` times, the order alternating
     (original, ours, ours, original, ...): the same clips and, as far as a shared machine allows, the same
     load. Separate processes because the libraries of the two do not share a process well: OpenBLAS threads
@@ -199,7 +201,8 @@ def measure(distinct: list[str], paths: list[str], repeats: int, source: str, th
         for kind in order:
             env = {**os.environ, "PYTHONPATH": str(ROOT), **{v: str(threads) for v in THREAD_VARIABLES}}
             done = subprocess.run([sys.executable, "-m", "bench.audio", "--worker", kind, "--clips", str(len(paths)),
-                                   "--source", source, "--threads", str(threads)], capture_output=True, text=True,
+                                   "--source", source, "--threads", str(threads), "--batch", str(batch)],
+                                  capture_output=True, text=True,
                                   cwd=ROOT, timeout=3600, env=env)
             if done.returncode != 0:
                 raise SystemExit(f"bench.audio: the {kind} block failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
@@ -225,10 +228,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="threads of each pipeline's libraries: torch, OpenMP, OpenBLAS, MKL, numba (default 1: "
                         "per clip on one core; more threads on a shared machine mostly wait for each other)")
+    parser.add_argument("--batch", type=int, default=8, help="clips per render_batch call (ours; default 8)")
     parser.add_argument("--worker", choices=sorted(PIPELINES), help=argparse.SUPPRESS)  # one block, JSON on stdout
     args = parser.parse_args(argv)
-    if args.clips < 1 or args.repeats < 1 or args.threads < 1:
-        parser.error("--clips, --repeats and --threads must be at least 1")
+    if min(args.clips, args.repeats, args.threads, args.batch) < 1:
+        parser.error("--clips, --repeats, --threads and --batch must be at least 1")
     distinct = sorted(str(p) for p in Path(args.source).rglob("*.mp3"))
     if not distinct:
         parser.error(f"no .mp3 under {args.source}")
@@ -238,7 +242,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
         with tempfile.TemporaryDirectory(prefix="orca-bench-audio-") as tmp:
-            print(json.dumps(run_block(args.worker, distinct, paths, Path(tmp))))
+            print(json.dumps(run_block(args.worker, distinct, paths, Path(tmp), min(args.batch, len(paths)))))
         return 0
     import torch
 
@@ -247,10 +251,11 @@ def main(argv=None) -> int:
           f"{os.cpu_count()} logical cores; {args.threads} thread(s) per pipeline", flush=True)
     results = {"config": {"clips": args.clips, "distinct_clips": len(distinct), "repeats": args.repeats,
                           "cpu_model": cpu, "logical_cores": os.cpu_count(),
-                          "threads": args.threads, "torch_version": torch.__version__,
+                          "threads": args.threads, "batch": min(args.batch, args.clips),
+                          "torch_version": torch.__version__,
                           "python": platform.python_version()},
                "pipelines": {}}
-    results["pipelines"] = measure(distinct, paths, args.repeats, args.source, args.threads)
+    results["pipelines"] = measure(distinct, paths, args.repeats, args.source, args.threads, args.batch)
     original, ours = results["pipelines"]["original"], results["pipelines"]["ours"]
     ratios = {m: original[m]["seconds_per_clip"] / ours[m]["seconds_per_clip"] for m in ("png", "pixels")}
     if "batch" in ours:
@@ -263,12 +268,14 @@ def main(argv=None) -> int:
     def cell(m):
         return f"{m['seconds_per_clip']:.4f} ({m['cpu_seconds_per_clip']:.3f})"
 
-    for measure_name, label in (("png", "decode + spectrogram + PNG file"), ("pixels", "decode + spectrogram → pixels")):
+    for measure_name, label in (("png", "decode + spectrogram + PNG file"),
+                                ("pixels", "decode + spectrogram → pixels")):
         print(f"{label:<46} {cell(original[measure_name]):>16} {cell(ours[measure_name]):>16} "
               f"{ratios[measure_name]:>6.1f}x")
     if "batch" in ours:
-        print(f"{'decode + batched pixels (ours, ' + str(args.clips) + ' a batch)':<46} {cell(original['pixels']):>16} "
-              f"{cell(ours['batch']):>16} {ratios['batch_vs_original_pixels']:>6.1f}x")
+        label = f"decode + batched pixels (ours, {min(args.batch, args.clips)} a batch)"
+        print(f"{label:<46} {cell(original['pixels']):>16} {cell(ours['batch']):>16} "
+              f"{ratios['batch_vs_original_pixels']:>6.1f}x")
     print(f"ratio of CPU seconds: PNG {ratios['cpu_png']:.1f}x, pixels {ratios['cpu_pixels']:.1f}x")
     print(f"CPU: {cpu}")
     out = Path(args.out)

@@ -380,8 +380,8 @@ def cmd_spectrogram(args) -> int:
 
 def _s3_preprocess_inputs(url: str):
     """(Inputs, names left out, the playlist's media sequence, a close function) of an s3:// INPUT: a prefix
-    of segments (or audio files), an .m3u8 playlist, or one file. Segments download to a temporary folder a few ahead of the one being
-    read, each deleted once read."""
+    of segments (or audio files), an .m3u8 playlist, or one file. Segments download to a temporary folder a
+    few ahead of the one being read, each deleted once read."""
     import contextlib
     import functools
     import posixpath

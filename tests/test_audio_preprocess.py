@@ -96,7 +96,8 @@ def test_each_png_is_the_spectrogram_of_its_written_mp3(reference, tmp_path):
         pytest.skip(f"orca spectrogram: {exc}")
     assert status == 0
     for stem in STEMS:
-        np.testing.assert_array_equal(png_pixels(tmp_path / f"{stem}.png"), png_pixels(out / "spectrograms" / f"{stem}.png"))
+        np.testing.assert_array_equal(png_pixels(tmp_path / f"{stem}.png"),
+                                      png_pixels(out / "spectrograms" / f"{stem}.png"))
 
 
 def test_numbered_segments_are_read_in_numeric_order_as_one_stream(reference, tmp_path, capsys):
