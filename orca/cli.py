@@ -504,6 +504,8 @@ def cmd_preprocess(args) -> int:
         summary = preprocess(inputs, args.output, duration=args.duration, location=location,
                              starting_timestamp=start, partial=not args.drop_partial, on_clip=on_clip,
                              on_problem=on_problem)
+    except OSError as exc:  # OUTPUT cannot be made (a file of that name, no permission, disk full)
+        raise SystemExit(f"error: {args.output}: {exc.strerror or exc}") from None
     finally:
         bar.close()
         if close:

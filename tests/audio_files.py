@@ -48,3 +48,18 @@ def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
         for packet in stream.encode(None):
             out.mux(packet)
     return path
+
+
+def write_video_only_ts(path: Path) -> Path:
+    """An MPEG-TS file with one short video stream and no audio (mpeg1video, 10 black frames)."""
+    with av.open(str(path), "w", format="mpegts") as out:
+        stream = out.add_stream("mpeg1video", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path

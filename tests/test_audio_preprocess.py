@@ -17,7 +17,7 @@ spectrogram = pytest.importorskip("audio.spectrogram")
 
 from audio.decode import decode  # noqa: E402
 from orca.cli import main  # noqa: E402
-from audio_files import SEGMENT, split_segment, write_wav  # noqa: E402
+from audio_files import SEGMENT, split_segment, write_video_only_ts, write_wav  # noqa: E402
 
 T = 1594150218  # orcaal's README example: preprocess_unlabeled.py testdata unlabeled_test -l orcasoundlab -s 1594150218
 STEMS = [f"orcasoundlab_{T + s}" for s in (0, 3, 6)]  # 9.79 s: clips at 0, 3, 6 s (the last 0.79 s in none)
@@ -244,6 +244,19 @@ def test_a_recording_too_short_for_a_clip_is_reported(tmp_path, capsys):
     (empty / "x.ts").write_bytes(b"")
     status, summary, err = run(capsys, empty, tmp_path / "out3", "-l", "lab")
     assert status == 1 and "x.ts: empty file" in err
+
+
+def test_a_segment_without_audio_and_an_output_that_cannot_be_made(tmp_path, capsys):
+    folder = tmp_path / "hls"
+    split_segment(SEGMENT, ["live0.ts", "live2.ts"], folder)  # two halves of the real segment ...
+    write_video_only_ts(folder / "live1.ts")  # ... and between them a segment with video only
+    status, summary, err = run(capsys, folder, tmp_path / "out", "-l", "lab", "-s", "0")
+    assert status == 1
+    assert any("live1.ts: no audio stream (streams: video)" in line for line in err.splitlines()), err
+    assert summary["written"] == 3 and summary["failed"] == 0  # no time lost: the halves follow each other
+    (tmp_path / "file").write_text("a file where OUTPUT's folder should be")
+    with pytest.raises(SystemExit, match="error: .*file"):
+        main(["preprocess", str(folder), str(tmp_path / "file"), "-l", "lab"])
 
 
 def test_an_orcasound_prefix_on_s3(aws_env, reference, tmp_path, capsys):
