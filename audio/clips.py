@@ -5,7 +5,7 @@ for every start below the recording's length in whole seconds (`range(0, int(len
 is `duration` seconds long except the last, which ends with the recording. So the trailing partial clip is
 written when at least one second of audio remains after the last full clip, and a shorter tail is in no clip
 (9.79 s at 3 s per clip: 0–3, 3–6, 6–9, and the last 0.79 s dropped; 10.2 s: also 9–10.2). `partial=False`
-keeps only full clips. Cuts are exact to the sample (the original's `ffmpeg -ss` seeks were to the frame).
+keeps only full clips. Cuts are exact to the sample.
 
 `cut(timeline_items, duration, partial)` yields, in order, `Clip`s (full ones as soon as their audio is
 there), `Missing` for runs of clips that lie wholly inside a gap of the timeline, and finally `Tail`
