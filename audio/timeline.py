@@ -9,7 +9,8 @@ sample, with no timestamps consulted.
 What the original could not do, and this does:
 
 - **One AAC decoder across segments.** HLS segments split one AAC stream; a decoder started afresh on each
-  segment would lose its overlap with the frame before, and the first frame of every segment would differ. Consecutive MPEG-TS inputs of the same stream feed one decoder, as FFmpeg's concat demuxer did.
+  segment would lose its overlap with the frame before, and the first frame of every segment would differ.
+  Consecutive MPEG-TS inputs of the same stream feed one decoder, as FFmpeg's concat demuxer did.
   Other inputs (wav, flac, mp3 recordings) are separate recordings, each decoded on its own.
 - **Gaps where audio is missing.** In MPEG-TS every AAC frame carries its presentation time (90 kHz clock,
   continuous over a streaming session's segments). A frame is placed right after the one before
