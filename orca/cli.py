@@ -12,6 +12,7 @@
     embed     --model_url M --unlabeled_url U --img_width R --img_height C   /predict's items + embeddings
     query     --model_url M --unlabeled_url U ... --k K [--strategy S]   the K clips to label next
     simulate  LABELED_DIR --model M [--strategies ... --rounds N --k K]  compare query strategies, JSON + plot
+    preprocess INPUT OUTPUT [--duration 3 --location L --starting-timestamp T]   HLS segments → mp3 clips + PNGs
     spectrogram AUDIO... --out DIR                                       the 2020 spectrogram PNG of each clip
 
 URLs are local paths (anywhere: the CLI runs as you) or `s3://` URLs. `train` and `predict` print
@@ -377,6 +378,175 @@ def cmd_spectrogram(args) -> int:
     return 1 if failed or not files else 0
 
 
+# --------------------------------------------------------------------------- preprocess
+# `orca preprocess`: the work is in audio.preprocess; here only where the input lives (local, S3) and printing.
+
+def _s3_preprocess_inputs(url: str):
+    """(Inputs, names left out, the playlist's media sequence, a close function) of an s3:// INPUT: a prefix
+    of segments (or audio files), an .m3u8 playlist, or one file. Segments download to a temporary folder a
+    few ahead of the one being read, each deleted once read."""
+    import contextlib
+    import functools
+    import posixpath
+    import shutil
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from audio.hls import media_sequence, parse_playlist, resolve
+    from audio.preprocess import PLAYLIST_SUFFIX, choose_files
+    from audio.timeline import Input
+    from service.storage import locate
+
+    location = locate(url, "INPUT", local_root=None)
+    storage = location.storage
+    left: list[str] = []
+    sequence = 0
+    if location.key.lower().endswith(PLAYLIST_SUFFIX):
+        text = storage.read_bytes(location.key).decode("utf-8", errors="replace")
+        sequence = media_sequence(text)
+        keys = []
+        for uri in parse_playlist(text, url):
+            entry = locate(resolve(url, uri), "INPUT", local_root=None)
+            if getattr(entry.storage, "bucket", None) != getattr(storage, "bucket", None):
+                raise SystemExit(f"error: {url}: the playlist names {entry.url}, in another bucket")
+            keys.append((entry.key, None))
+    elif location.key and not location.key.endswith("/") and storage.stat(location.key) is not None:
+        keys = [(location.key, None)]
+    else:
+        prefix = location.prefix
+        objects = {posixpath.basename(o.key): o for o in storage.list(prefix)
+                   if "/" not in o.key[len(prefix):]}  # the folder's own files, as for a local folder
+        chosen, left = choose_files(objects)
+        keys = [(objects[name].key, objects[name].size) for name in chosen]
+    folder = tempfile.mkdtemp(prefix="orca-preprocess-")
+    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="orca-s3-segments")
+    futures: dict[int, object] = {}
+    ahead = 4
+
+    def download(i: int) -> str:
+        key, size = keys[i]
+        path = os.path.join(folder, f"{i:08d}-{posixpath.basename(key)}")
+        storage.download(key, path, expected_size=size)
+        return path
+
+    @contextlib.contextmanager
+    def fetch(i: int):
+        for j in range(i, min(i + ahead + 1, len(keys))):
+            if j not in futures:
+                futures[j] = pool.submit(download, j)
+        path = futures.pop(i).result()
+        try:
+            yield path
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def close():
+        pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    inputs = [Input(storage.url(key), fetch=functools.partial(fetch, i)) for i, (key, _) in enumerate(keys)]
+    return inputs, left, sequence, close
+
+
+def cmd_preprocess(args) -> int:
+    from audio.hls import PlaylistError, orcasound_defaults
+    from audio.preprocess import estimated_clips, local_inputs, preprocess
+
+    if args.output.startswith("s3://"):
+        raise SystemExit("error: OUTPUT is a local folder (upload it afterwards, e.g. aws s3 sync OUTPUT s3://...)")
+    if args.duration < 1:
+        raise SystemExit("error: --duration must be at least 1 (whole seconds)")
+    if args.duration != 3:
+        print(f"warning: --duration {args.duration}: the 2020 spectrogram is the picture of a 3-second clip, so "
+              "these clips are written as mp3 only (no PNG)", file=sys.stderr)
+    node, folder_time = orcasound_defaults(args.input)
+    location = args.location if args.location is not None else (node or "")
+    start = args.starting_timestamp if args.starting_timestamp is not None else (folder_time or 0)
+    if not location:
+        print("warning: no --location (and INPUT is no Orcasound .../<node>/hls/<unix time>/ URL): the clips are "
+              f"named _{start}.mp3, ..., which /predict reports without a location", file=sys.stderr)
+    close = None
+    try:
+        if args.input.startswith("s3://"):
+            inputs, left, sequence, close = _s3_preprocess_inputs(args.input)
+            total = None
+        else:
+            inputs, left, sequence = local_inputs(args.input)
+            total = estimated_clips([i.path or i.name for i in inputs], args.duration, not args.drop_partial)
+    except (OSError, PlaylistError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if sequence and args.starting_timestamp is None:
+        print(f"warning: the playlist starts at segment {sequence}, not at the start of its session: the names "
+              f"count from {start} as if it did (give --starting-timestamp for the true times)", file=sys.stderr)
+    if left:
+        shown = ", ".join(left[:5]) + (" …" if len(left) > 5 else "")
+        print(f"note: {len(left)} file(s) of INPUT are not read: {shown}", file=sys.stderr)
+    if not inputs:
+        if close:
+            close()
+        raise SystemExit(f"error: {args.input}: no .ts segments or audio files to read")
+    print(f"{len(inputs)} input file(s) → {args.output}/mp3/{location}_{start}.mp3 … "
+          f"({args.duration} s clips{', full clips only' if args.drop_partial else ''})", file=sys.stderr)
+    import torch
+
+    # One clip's spectrogram is small work: torch's threads would mostly wait for each other, and on a shared
+    # 2-core machine two threads made a clip 7x costlier in CPU time than one (bench/README.md, bench.audio)
+    torch.set_num_threads(1)
+    bar = _bar("clips", total, "clip")
+
+    def on_clip(result):
+        bar.update(1)
+        if result.status == "failed":
+            bar.write(f"error: clip {result.name}: {result.reason}", file=sys.stderr)
+
+    def on_problem(problem):
+        bar.write(f"error: {problem}", file=sys.stderr)
+
+    try:
+        summary = preprocess(inputs, args.output, duration=args.duration, location=location,
+                             starting_timestamp=start, partial=not args.drop_partial, on_clip=on_clip,
+                             on_problem=on_problem)
+    except OSError as exc:  # OUTPUT cannot be made (a file of that name, no permission, disk full)
+        raise SystemExit(f"error: {args.output}: {exc.strerror or exc}") from None
+    finally:
+        bar.close()
+        if close:
+            close()
+    tail = (f"; the last {summary.dropped_seconds:.2f} s are in no clip (shorter than 1 s)"
+            if summary.dropped_seconds and not args.drop_partial else
+            f"; the last {summary.dropped_seconds:.2f} s are in no clip (--drop-partial)" if summary.dropped_seconds
+            else "")
+    print(f"{summary.line()} ({summary.seconds:.2f} s of audio{tail})", file=sys.stderr)
+    _emit(summary.to_dict(), args.summary)
+    return 0 if summary.ok else 1
+
+
+def _preprocess_parser(sub) -> None:
+    pre = sub.add_parser(
+        "preprocess", help="HLS segments (or long recordings) → OUTPUT/mp3/ clips + OUTPUT/spectrograms/ PNGs",
+        description="Read INPUT's audio in order as one recording, cut it into clips of --duration seconds "
+        "from 0 and write OUTPUT/mp3/<location>_<T + start>.mp3 (the source's rate and channels, 128 kb/s) and "
+        "OUTPUT/spectrograms/<same>.png (what `orca spectrogram` draws from that mp3): the layout /predict "
+        "reads, as orcaal's preprocess_unlabeled.py wrote it. As the original, the trailing partial clip is "
+        "written when at least 1 s remains after the last full clip (--drop-partial: full clips only). "
+        "Existing files are kept: a rerun completes what is missing. Bad inputs and clips are reported, the "
+        "rest goes on; the exit status is 1 if any failed. See docs/audio.md.")
+    pre.add_argument("input", help="a folder of liveNNN.ts segments (read in numeric order) or of wav/flac/mp3 "
+                     "recordings, an .m3u8 playlist, one audio file, or the same on S3 (s3://bucket/prefix/)")
+    pre.add_argument("output", help="local folder: OUTPUT/mp3/ and OUTPUT/spectrograms/")
+    pre.add_argument("-d", "--duration", type=int, default=3, help="seconds per clip (default: %(default)s)")
+    pre.add_argument("-l", "--location", help="the clips' name prefix (default: the node of an Orcasound URL "
+                     ".../<node>/hls/<unix time>/, rpi_orcasound_lab → orcasoundlab; else '', as the original)")
+    pre.add_argument("-s", "--starting-timestamp", "--starting_timestamp", dest="starting_timestamp", type=int,
+                     help="unix time of the first sample, the first clip's name (default: the <unix time> folder "
+                     "of an Orcasound URL, else 0)")
+    pre.add_argument("--drop-partial", action="store_true",
+                     help="write full clips only (default: also the trailing partial clip, as the original)")
+    pre.add_argument("--summary", help="write the JSON summary to this file instead of stdout")
+    pre.set_defaults(run=cmd_preprocess)
+
+
 # --------------------------------------------------------------------------- main
 
 def _image_args(p):
@@ -488,6 +658,7 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--img_width", "--img-width", type=int, required=True, help="image rows")
     sim.add_argument("--img_height", "--img-height", type=int, required=True, help="image columns")
     sim.set_defaults(run=cmd_simulate)
+    _preprocess_parser(sub)
     spec = sub.add_parser("spectrogram", help="the 2020 spectrogram PNG of audio clips (docs/audio.md)",
                           description="Writes OUT/<stem>.png for each audio file (mp3, wav, flac, .ts, ...) or "
                           "for every audio file under a folder; existing PNGs are kept.")

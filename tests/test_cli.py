@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 ROWS, COLS = 48, 60
 TRAIN_KEYS = {"acc", "val_acc", "loss", "val_loss", "cm", "labeled_files", "model_acc", "model_loss", "model_url"}
 COMMANDS = ("serve", "demo", "train", "predict", "evaluate", "new", "convert", "verify", "score", "embed", "query",
-            "simulate")
+            "simulate", "spectrogram", "preprocess")
 
 
 def orca_command() -> list[str]:

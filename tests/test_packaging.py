@@ -24,7 +24,7 @@ NOT_FOR_SERVING = {"tensorflow", "tf-keras", "tf2onnx", "keras", "moto", "pytest
 BRIDGE_IMPORTS = {"tensorflow", "tf_keras", "tf2onnx", "keras"}
 BRIDGE_MODULES = {"conversion/keras_reference.py"}  # imports TensorFlow at module level, by design
 COMMANDS = ("serve", "demo", "train", "predict", "evaluate", "new", "convert", "verify", "score", "embed", "query",
-            "simulate")
+            "simulate", "spectrogram", "preprocess")
 
 
 def normalize(name: str) -> str:
