@@ -133,7 +133,7 @@ def _call_kwargs(inbound_nodes) -> list[dict]:
             found.append(_kwarg_value(node.get("kwargs") or {}, keras3=True))
             continue
         first = node if node and isinstance(node[0], str) else (node[0] if node else [])
-        kwargs = first[3] if len(first) > 3 and isinstance(first[3], dict) else {}
+        kwargs = first[3] if isinstance(first, list) and len(first) > 3 and isinstance(first[3], dict) else {}
         found.append(_kwarg_value(kwargs, keras3=False))
     return found
 
@@ -272,6 +272,8 @@ class WeightPool:
             picked = self.entries
         else:
             picked = [e for e in self.entries if e[0] == leaf]
+            if not picked:  # a layer whose weights live in sublayers of its own (`mha/query/kernel`)
+                picked = [e for e in self.entries if e[2].split(":")[0].split("/")[-3:-2] == [leaf]]
         return LayerWeights(leaf, [SavedWeight(path, var, value) for _, var, path, value in picked])
 
 

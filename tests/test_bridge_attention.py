@@ -70,6 +70,7 @@ def _build(k):
     y, scores = L.MultiHeadAttention(2, 3, attention_axes=(2,), name="mha_axis")(grid, grid, return_attention_scores=True)
     out["mha_axis"], out["mha_axis_scores"] = y, scores
     out["mha_dropout"] = L.MultiHeadAttention(3, 6, dropout=0.3, name="mha_dropout")(q, v)
+    out["mha_inference_call"] = L.MultiHeadAttention(2, 3, dropout=0.5, name="mha_inference_call")(q, v, training=False)
     shared = L.MultiHeadAttention(2, 4, value_dim=3, name="mha_shared")
     out["mha_shared_plain"] = shared(q, q)
     out["mha_shared_causal"] = shared(q, q, use_causal_mask=True)
@@ -262,7 +263,33 @@ def test_dropout_is_active_in_training_only(tf_keras_file):
         torch.manual_seed(0)
         a, b = module(*arrays)[index], module(*arrays)[index]
         assert torch.equal(module(*arrays)[plain], module.eval()(*arrays)[plain])  # no dropout there
+        inference_call = names.index("mha_inference_call")  # called with training=False: never drops
+        assert torch.equal(module.train()(*arrays)[inference_call], module.eval()(*arrays)[inference_call])
     assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("flavour", ["tf_keras", "keras3"])
+def test_attention_inside_a_nested_model_converts_and_round_trips(flavour, tmp_path):
+    k = tf_keras if flavour == "tf_keras" else _keras3()
+    L = k.layers
+    x = k.Input((T, DIM))
+    block = k.Model(x, L.MultiHeadAttention(3, 6, value_dim=4, name="mha")(x, x, use_causal_mask=True), name="block")
+    outer = k.Input((T, DIM), name="outer")
+    model = _randomize(k.Model(outer, L.Dense(2, name="head")(block(outer))), np.random.default_rng(6))
+    path = tmp_path / "nested.h5"
+    model.save(path)
+    arrays = _inputs(np.random.default_rng(7))[:1]
+    module = keras_to_torch(path)
+    with torch.no_grad():
+        _close(module(torch.from_numpy(arrays[0])).numpy(), np.asarray(model(arrays[0])), flavour)
+    assert "graph.layers.block.layers.mha.query.kernel" in dict(module.named_parameters())
+    out = torch_to_keras(module, path, tmp_path / "copy.h5")
+    with h5py.File(path) as a, h5py.File(out) as b:
+        found = []
+        a["model_weights"].visititems(lambda n, o: found.append(n) if isinstance(o, h5py.Dataset) else None)
+        assert len(found) == 10
+        for n in found:
+            assert a["model_weights"][n][()].tobytes() == b["model_weights"][n][()].tobytes(), n
 
 
 def test_torch_onnx_export_matches_onnxruntime(tf_keras_file, tmp_path):
