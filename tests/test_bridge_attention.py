@@ -301,8 +301,9 @@ def test_torch_onnx_export_matches_onnxruntime(tf_keras_file, tmp_path):
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     other = _inputs(np.random.default_rng(9), batch=5)  # another batch size: the batch axis is dynamic
     got = session.run(None, {i.name: a for i, a in zip(session.get_inputs(), other)})
-    for name, g, e in zip(tf_keras_file.names, got, _torch_outputs(module, other)):
+    for name, g, e, k in zip(tf_keras_file.names, got, _torch_outputs(module, other), tf_keras_file.predict(other)):
         _close(g, e, f"onnx: {name}")
+        _close(g, k, f"onnx against tf_keras: {name}")
 
 
 def test_multi_axis_attention_and_activity_regularizer_are_refused_by_name(tmp_path):
