@@ -18,6 +18,7 @@ from .errors import ConversionError
 from .layers import CONVERTERS, ConvertContext, KerasLayer, LayerWeights, SavedWeight, supported_layers  # noqa: F401
 from .layout import to_internal, to_keras
 from .recurrent import MASK_MERGING, MASK_PASSING, masked_global_average, wrapped_layer  # registers its converters
+from . import attention  # noqa: F401  (registers its converters)
 
 MODEL_CLASSES = {"Sequential", "Model", "Functional"}
 
@@ -36,6 +37,7 @@ class LayerSpec:
     config: dict
     calls: list[list[TensorRef]] = field(default_factory=list)  # inputs of each call
     model: "ModelSpec | None" = None
+    call_kwargs: list[dict] = field(default_factory=list)  # keyword arguments of each call (Keras tensors as TensorRef)
 
 
 @dataclass
@@ -105,6 +107,47 @@ def _calls(inbound_nodes) -> list[list[TensorRef]]:
     return calls
 
 
+def _kwarg_value(value, keras3: bool):
+    """A call's keyword argument with its Keras tensors as TensorRefs: Keras 3 `__keras_tensor__`
+    entries, Keras 2 `[name, node, tensor]` triples."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            return _ref(value["config"]["keras_history"])
+        return {k: _kwarg_value(v, keras3) for k, v in value.items()}
+    if isinstance(value, list):
+        if (not keras3 and len(value) == 3 and isinstance(value[0], str)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value[1:])):
+            return _ref(value)
+        return [_kwarg_value(v, keras3) for v in value]
+    return value
+
+
+def _call_kwargs(inbound_nodes) -> list[dict]:
+    """The keyword arguments of each call, parallel to `_calls` (Keras 2 repeats them on every
+    tensor of the first argument; Keras 3 keeps them beside `args`)."""
+    found = []
+    if inbound_nodes and isinstance(inbound_nodes[0], str):
+        inbound_nodes = [[inbound_nodes]]
+    for node in inbound_nodes or []:
+        if isinstance(node, dict):
+            found.append(_kwarg_value(node.get("kwargs") or {}, keras3=True))
+            continue
+        first = node if node and isinstance(node[0], str) else (node[0] if node else [])
+        kwargs = first[3] if isinstance(first, list) and len(first) > 3 and isinstance(first[3], dict) else {}
+        found.append(_kwarg_value(kwargs, keras3=False))
+    return found
+
+
+def _map_refs(value, fn):
+    if isinstance(value, TensorRef):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_refs(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_refs(v, fn) for v in value]
+    return value
+
+
 def _input_shape(config: dict) -> tuple | None:
     for key in ("batch_input_shape", "batch_shape"):
         if config.get(key):
@@ -125,7 +168,7 @@ def parse_model(entry: dict) -> ModelSpec:
 
 def _layer_spec(entry: dict) -> LayerSpec:
     spec = LayerSpec(_layer_name(entry), entry.get("class_name", ""), entry.get("config") or {},
-                     _calls(entry.get("inbound_nodes")))
+                     _calls(entry.get("inbound_nodes")), call_kwargs=_call_kwargs(entry.get("inbound_nodes")))
     if spec.class_name in MODEL_CLASSES:
         spec.model = parse_model(entry)
     return spec
@@ -189,6 +232,7 @@ def _parse_functional(config) -> ModelSpec:
 
         for layer in layers:
             layer.calls = [[fix(r) for r in call] for call in layer.calls]
+            layer.call_kwargs = [_map_refs(kwargs, fix) for kwargs in layer.call_kwargs]
         outputs = [fix(r) for r in outputs]
     layers = _without_mask_ops(layers, outputs)
     shapes = [_input_shape(by_name[r.layer].config) if r.layer in by_name else None for r in inputs]
@@ -228,6 +272,8 @@ class WeightPool:
             picked = self.entries
         else:
             picked = [e for e in self.entries if e[0] == leaf]
+            if not picked:  # a layer whose weights live in sublayers of its own (`mha/query/kernel`)
+                picked = [e for e in self.entries if e[2].split(":")[0].split("/")[-3:-2] == [leaf]]
         return LayerWeights(leaf, [SavedWeight(path, var, value) for _, var, path, value in picked])
 
 
@@ -258,6 +304,31 @@ def _merged_mask(args, in_masks):
         if m is not None:
             merged = m if merged is None else merged & m
     return merged
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where a Keras tensor stood in a call's keyword arguments: index into the call's sources."""
+
+    index: int
+
+
+def _slotted(kwargs: dict, refs: list[TensorRef]) -> dict:
+    """kwargs with each TensorRef appended to `refs` and replaced by its _Slot."""
+    def slot(ref):
+        refs.append(ref)
+        return _Slot(len(refs) - 1)
+    return _map_refs(kwargs, slot)
+
+
+def _unslotted(value, sources: list):
+    if isinstance(value, _Slot):
+        return sources[value.index]
+    if isinstance(value, dict):
+        return {k: _unslotted(v, sources) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unslotted(v, sources) for v in value]
+    return value
 
 
 def _pick(value, index: int):
@@ -304,6 +375,7 @@ class KerasGraph(nn.Module):
                 weights.check_all_taken()
                 self.layers[key] = module
         self.mask_rules = {module_key(layer.name): _mask_rule(layer.class_name) for layer in spec.layers}
+        self.call_kwargs: dict[tuple[str, int], dict] = {}  # for layers that read them (`takes_call_kwargs`)
         self.inputs = [(module_key(r.layer), r.call) for r in spec.inputs]
         self.outputs = [(module_key(r.layer), r.call, r.index) for r in spec.outputs]
         self.steps = self._schedule(spec)
@@ -317,6 +389,10 @@ class KerasGraph(nn.Module):
             for i, inputs in enumerate(layer.calls):
                 if (key, i) in input_refs and layer.class_name == "InputLayer":
                     continue
+                if getattr(self.layers[key], "takes_call_kwargs", False):  # keyword tensors follow the call's inputs
+                    inputs = list(inputs)
+                    kwargs = layer.call_kwargs[i] if i < len(layer.call_kwargs) else {}
+                    self.call_kwargs[(key, i)] = (len(inputs), _slotted(kwargs, inputs))
                 pending.append((key, i, [(module_key(r.layer), r.call, r.index) for r in inputs]))
         ready, steps = set(input_refs), []
         while pending:
@@ -345,6 +421,12 @@ class KerasGraph(nn.Module):
             in_masks = [_pick(masks[s[:2]], s[2]) if masks.get(s[:2]) is not None else None for s in sources]
             rule = self.mask_rules.get(key)
             kwargs = {"mask": in_masks[0]} if getattr(layer, "takes_mask", False) and in_masks else {}
+            if (key, call) in self.call_kwargs:  # keyword arguments (their tensors and masks) for the layer to bind
+                count, template = self.call_kwargs[(key, call)]
+                kwargs = {"call_kwargs": _unslotted(template, args), "kwarg_masks": _unslotted(template, in_masks),
+                          "masks": in_masks[:count]}
+                args, in_masks = args[:count], in_masks[:count]
+                masks[(key, call)] = layer.call_output_mask(kwargs["masks"], kwargs["call_kwargs"])
             if rule == "average" and in_masks and in_masks[0] is not None:
                 value = masked_global_average(args[0], in_masks[0])
             elif logits and (key, call) in outputs:
