@@ -18,6 +18,7 @@ from .errors import ConversionError
 from .layers import CONVERTERS, ConvertContext, KerasLayer, LayerWeights, SavedWeight, supported_layers  # noqa: F401
 from .layout import to_internal, to_keras
 from .recurrent import MASK_MERGING, MASK_PASSING, masked_global_average, wrapped_layer  # registers its converters
+from .tf_ops import CALL_NODES, OP_LAYER_CLASSES, call_tensor_refs, unsupported_function  # registers TFOpLambda
 
 MODEL_CLASSES = {"Sequential", "Model", "Functional"}
 
@@ -124,8 +125,14 @@ def parse_model(entry: dict) -> ModelSpec:
 
 
 def _layer_spec(entry: dict) -> LayerSpec:
-    spec = LayerSpec(_layer_name(entry), entry.get("class_name", ""), entry.get("config") or {},
-                     _calls(entry.get("inbound_nodes")))
+    class_name, config, nodes = entry.get("class_name", ""), entry.get("config") or {}, entry.get("inbound_nodes")
+    if class_name in OP_LAYER_CLASSES and nodes:
+        # a TensorFlow op's call: tensors in its first argument and its keyword arguments, and constants
+        calls = [[_ref(r) for r in refs] for refs in call_tensor_refs(nodes)]
+        config = dict(config, **{CALL_NODES: nodes})
+    else:
+        calls = _calls(nodes)
+    spec = LayerSpec(_layer_name(entry), class_name, config, calls)
     if spec.class_name in MODEL_CLASSES:
         spec.model = parse_model(entry)
     return spec
@@ -203,6 +210,9 @@ def check_supported(spec: ModelSpec, source: str = "") -> None:
     unsupported += [f"{wrapped_layer(leaf.config)[0]} layer wrapped in {leaf.class_name} {leaf.name!r}"
                     for leaf in spec.leaves() if leaf.class_name in ("TimeDistributed", "Bidirectional")
                     and wrapped_layer(leaf.config)[0] not in CONVERTERS]
+    unsupported += [f"TensorFlow function {unsupported_function(leaf.class_name, leaf.config)!r} "
+                    f"({leaf.class_name} {leaf.name!r})" for leaf in spec.leaves()
+                    if unsupported_function(leaf.class_name, leaf.config)]
     if unsupported:
         where = f"{source}: " if source else ""
         raise ConversionError(f"{where}unsupported Keras layer(s): {', '.join(unsupported)}; "
