@@ -203,16 +203,25 @@ def _parse_functional(config) -> ModelSpec:
                      shapes, bool(config.get("trainable", True)))
 
 
-def check_supported(spec: ModelSpec, source: str = "") -> None:
-    """Raise one ConversionError naming every layer no converter handles (class and name)."""
+def _unsupported(spec: ModelSpec) -> list[str]:
     unsupported = [f"{leaf.class_name} layer {leaf.name!r}" for leaf in spec.leaves()
                    if leaf.class_name not in CONVERTERS]
     unsupported += [f"{wrapped_layer(leaf.config)[0]} layer wrapped in {leaf.class_name} {leaf.name!r}"
                     for leaf in spec.leaves() if leaf.class_name in ("TimeDistributed", "Bidirectional")
-                    and wrapped_layer(leaf.config)[0] not in CONVERTERS]
+                    and wrapped_layer(leaf.config)[0] not in CONVERTERS
+                    and not (leaf.class_name == "TimeDistributed" and wrapped_layer(leaf.config)[0] in MODEL_CLASSES)]
     unsupported += [f"TensorFlow function {unsupported_function(leaf.class_name, leaf.config)!r} "
                     f"({leaf.class_name} {leaf.name!r})" for leaf in spec.leaves()
                     if unsupported_function(leaf.class_name, leaf.config)]
+    for leaf in spec.leaves():  # a model wrapped in TimeDistributed: its own layers
+        if leaf.class_name == "TimeDistributed" and wrapped_layer(leaf.config)[0] in MODEL_CLASSES:
+            unsupported += [f"{u} in TimeDistributed {leaf.name!r}" for u in _unsupported(parse_model(leaf.config["layer"]))]
+    return unsupported
+
+
+def check_supported(spec: ModelSpec, source: str = "") -> None:
+    """Raise one ConversionError naming every layer no converter handles (class and name)."""
+    unsupported = _unsupported(spec)
     if unsupported:
         where = f"{source}: " if source else ""
         raise ConversionError(f"{where}unsupported Keras layer(s): {', '.join(unsupported)}; "

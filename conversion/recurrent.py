@@ -368,7 +368,8 @@ def convert_bidirectional(config, weights, ctx):
 # --------------------------------------------------------------------------- TimeDistributed
 
 class TimeDistributedLayer(KerasLayer):
-    """Applies the wrapped layer to every step: (batch, steps, …) → (batch·steps, …) and back."""
+    """Applies the wrapped layer (or a wrapped model's KerasGraph) to every step: (batch, steps, …) →
+    (batch·steps, …) and back."""
 
     takes_mask = True
 
@@ -399,10 +400,55 @@ def wrapped_layer(config: dict) -> tuple[str, dict]:
     return inner.get("class_name", ""), dict(inner.get("config") or {})
 
 
+WRAPPED_MODEL_CLASSES = frozenset({"Sequential", "Model", "Functional"})
+
+
+class _WrappedModelWeights:
+    """The weights of a model wrapped in TimeDistributed, for the KerasGraph that runs it: all of them
+    sit in the wrapper's group (`td/conv/kernel:0`, Keras 3 `td/cnn/conv/kernel`), picked by leaf
+    layer name; `mark_taken` records what the graph used in the wrapper's own list."""
+
+    def __init__(self, weights: LayerWeights):
+        from .graph import WeightPool, parse_weight_name
+
+        self.owner, self.handed = weights, []
+        self.pool = WeightPool([(parse_weight_name(w.h5_path)[0], w.var, w.h5_path, w.value) for w in weights.saved])
+
+    def leaf(self, name: str) -> LayerWeights:
+        picked = self.pool.for_leaf(name, whole_group=False)
+        self.handed.append(picked)
+        return picked
+
+    def nested(self, name: str) -> "_WrappedModelWeights":
+        return self
+
+    def mark_taken(self):
+        for w in self.handed:
+            for var, path in w.taken.items():
+                self.owner.taken[f"{w.layer}/{var}"] = path
+
+
+def _time_distributed_model(config, weights, ctx):
+    """TimeDistributed around a Sequential or functional model: the model's graph on every step."""
+    from .graph import KerasGraph, parse_model
+
+    name = config.get("name", "")
+    spec = parse_model(config["layer"])
+    if len(spec.inputs) != 1 or len(spec.outputs) != 1:
+        raise ConversionError(f"layer {name!r}: TimeDistributed around a model with {len(spec.inputs)} inputs "
+                              f"and {len(spec.outputs)} outputs (one of each supported)")
+    pool = _WrappedModelWeights(weights)
+    graph = KerasGraph(spec, pool, ctx, frozen=not config.get("trainable", True))
+    pool.mark_taken()
+    return TimeDistributedLayer(graph)
+
+
 @converter("TimeDistributed")
 def convert_time_distributed(config, weights, ctx):
     name = config.get("name", "")
     inner_class, inner_config = wrapped_layer(config)
+    if inner_class in WRAPPED_MODEL_CLASSES:
+        return _time_distributed_model(config, weights, ctx)
     if inner_class not in CONVERTERS or inner_class == "InputLayer":
         raise ConversionError(f"layer {name!r}: TimeDistributed around {inner_class or 'nothing'} is not supported")
     if inner_config.get("return_state"):
