@@ -15,9 +15,11 @@ import torch
 from torch import nn
 
 from .errors import ConversionError
-from .layers import CONVERTERS, ConvertContext, KerasLayer, LayerWeights, SavedWeight, supported_layers  # noqa: F401
+from .layers import CONVERTERS, ConvertContext, KerasLayer, LayerWeights, SavedWeight, converter, supported_layers  # noqa: F401
 from .layout import to_internal, to_keras
-from .recurrent import MASK_MERGING, MASK_PASSING, masked_global_average, wrapped_layer  # registers its converters
+from .recurrent import (MASK_MERGING, MASK_PASSING, TimeDistributedLayer, masked_global_average,  # registers its converters
+                        wrapped_layer)
+from .tf_ops import CALL_NODES, OP_LAYER_CLASSES, call_tensor_refs, unsupported_function  # registers TFOpLambda
 from . import attention  # noqa: F401  (registers its converters)
 
 MODEL_CLASSES = {"Sequential", "Model", "Functional"}
@@ -167,8 +169,14 @@ def parse_model(entry: dict) -> ModelSpec:
 
 
 def _layer_spec(entry: dict) -> LayerSpec:
-    spec = LayerSpec(_layer_name(entry), entry.get("class_name", ""), entry.get("config") or {},
-                     _calls(entry.get("inbound_nodes")), call_kwargs=_call_kwargs(entry.get("inbound_nodes")))
+    class_name, config, nodes = entry.get("class_name", ""), entry.get("config") or {}, entry.get("inbound_nodes")
+    if class_name in OP_LAYER_CLASSES and nodes:
+        # a TensorFlow op's call: tensors in its first argument and its keyword arguments, and constants
+        calls = [[_ref(r) for r in refs] for refs in call_tensor_refs(nodes)]
+        config = dict(config, **{CALL_NODES: nodes})
+    else:
+        calls = _calls(nodes)
+    spec = LayerSpec(_layer_name(entry), class_name, config, calls, call_kwargs=_call_kwargs(nodes))
     if spec.class_name in MODEL_CLASSES:
         spec.model = parse_model(entry)
     return spec
@@ -240,13 +248,25 @@ def _parse_functional(config) -> ModelSpec:
                      shapes, bool(config.get("trainable", True)))
 
 
-def check_supported(spec: ModelSpec, source: str = "") -> None:
-    """Raise one ConversionError naming every layer no converter handles (class and name)."""
+def _unsupported(spec: ModelSpec) -> list[str]:
     unsupported = [f"{leaf.class_name} layer {leaf.name!r}" for leaf in spec.leaves()
                    if leaf.class_name not in CONVERTERS]
     unsupported += [f"{wrapped_layer(leaf.config)[0]} layer wrapped in {leaf.class_name} {leaf.name!r}"
                     for leaf in spec.leaves() if leaf.class_name in ("TimeDistributed", "Bidirectional")
-                    and wrapped_layer(leaf.config)[0] not in CONVERTERS]
+                    and wrapped_layer(leaf.config)[0] not in CONVERTERS
+                    and not (leaf.class_name == "TimeDistributed" and wrapped_layer(leaf.config)[0] in MODEL_CLASSES)]
+    unsupported += [f"TensorFlow function {unsupported_function(leaf.class_name, leaf.config)!r} "
+                    f"({leaf.class_name} {leaf.name!r})" for leaf in spec.leaves()
+                    if unsupported_function(leaf.class_name, leaf.config)]
+    for leaf in spec.leaves():  # a model wrapped in TimeDistributed: its own layers
+        if leaf.class_name == "TimeDistributed" and wrapped_layer(leaf.config)[0] in MODEL_CLASSES:
+            unsupported += [f"{u} in TimeDistributed {leaf.name!r}" for u in _unsupported(parse_model(leaf.config["layer"]))]
+    return unsupported
+
+
+def check_supported(spec: ModelSpec, source: str = "") -> None:
+    """Raise one ConversionError naming every layer no converter handles (class and name)."""
+    unsupported = _unsupported(spec)
     if unsupported:
         where = f"{source}: " if source else ""
         raise ConversionError(f"{where}unsupported Keras layer(s): {', '.join(unsupported)}; "
@@ -497,3 +517,58 @@ class KerasModel(nn.Module):
         if total is None:
             return torch.zeros(())
         return total
+
+
+# --------------------------------------------------------------------------- TimeDistributed
+# Its converter lives here, not in recurrent.py with the layer it builds: around a nested model it
+# runs that model's own KerasGraph on every step, and the graph is this module.
+
+class _WrappedModelWeights:
+    """The weights of a model wrapped in TimeDistributed, for the KerasGraph that runs it: all of them
+    sit in the wrapper's group (`td/conv/kernel:0`, Keras 3 `td/cnn/conv/kernel`), picked by leaf
+    layer name; `mark_taken` records what the graph used in the wrapper's own list."""
+
+    def __init__(self, weights: LayerWeights):
+        self.owner, self.handed = weights, []
+        self.pool = WeightPool([(parse_weight_name(w.h5_path)[0], w.var, w.h5_path, w.value) for w in weights.saved])
+
+    def leaf(self, name: str) -> LayerWeights:
+        picked = self.pool.for_leaf(name, whole_group=False)
+        self.handed.append(picked)
+        return picked
+
+    def nested(self, name: str) -> "_WrappedModelWeights":
+        return self
+
+    def mark_taken(self):
+        for w in self.handed:
+            for var, path in w.taken.items():
+                self.owner.taken[f"{w.layer}/{var}"] = path
+
+
+def _time_distributed_model(config, weights, ctx):
+    """TimeDistributed around a Sequential or functional model: the model's graph on every step."""
+    name = config.get("name", "")
+    spec = parse_model(config["layer"])
+    if len(spec.inputs) != 1 or len(spec.outputs) != 1:
+        raise ConversionError(f"layer {name!r}: TimeDistributed around a model with {len(spec.inputs)} inputs "
+                              f"and {len(spec.outputs)} outputs (one of each supported)")
+    pool = _WrappedModelWeights(weights)
+    graph = KerasGraph(spec, pool, ctx, frozen=not config.get("trainable", True))
+    pool.mark_taken()
+    return TimeDistributedLayer(graph)
+
+
+@converter("TimeDistributed")
+def convert_time_distributed(config, weights, ctx):
+    name = config.get("name", "")
+    inner_class, inner_config = wrapped_layer(config)
+    if inner_class in MODEL_CLASSES:
+        return _time_distributed_model(config, weights, ctx)
+    if inner_class not in CONVERTERS or inner_class == "InputLayer":
+        raise ConversionError(f"layer {name!r}: TimeDistributed around {inner_class or 'nothing'} is not supported")
+    if inner_config.get("return_state"):
+        raise ConversionError(f"layer {name!r}: TimeDistributed around a layer with return_state is not supported")
+    if not config.get("trainable", True):
+        inner_config["trainable"] = False
+    return TimeDistributedLayer(CONVERTERS[inner_class](inner_config, weights, ctx))

@@ -142,23 +142,26 @@ class RecurrentLayer(KerasLayer):
     def state_count(self) -> int:
         return 2 if self.kind == "LSTM" else 1
 
-    def _input_projection(self, x):
+    def keras_weights(self):
+        """(kernel, recurrent_kernel, bias or None) in the standard layer's layout (CuDNN layers convert theirs)."""
+        return self.kernel, self.recurrent_kernel, getattr(self, "bias", None)
+
+    def _input_projection(self, x, kernel, bias):
         """x @ kernel (+ the input bias) for every step at once: (batch, steps, gates·units)."""
-        xw = x @ self.kernel
-        bias = getattr(self, "bias", None)
+        xw = x @ kernel
         if bias is not None:
             xw = xw + (bias[0] if bias.dim() == 2 else bias)
         return xw
 
-    def _step(self, xw_t, states, recurrent_keep):
+    def _step(self, xw_t, states, recurrent_keep, recurrent_kernel, bias):
         h = states[0]
         hr = h if recurrent_keep is None else h * recurrent_keep
         act, gate = self.cell_activation, self.gate_activation
         if self.kind == "SimpleRNN":
-            h_new = act(xw_t + hr @ self.recurrent_kernel)
+            h_new = act(xw_t + hr @ recurrent_kernel)
             return h_new, (h_new,)
         if self.kind == "LSTM":
-            z = xw_t + hr @ self.recurrent_kernel
+            z = xw_t + hr @ recurrent_kernel
             i, f, c_hat, o = z.chunk(4, dim=-1)
             c = gate(f) * states[1] + gate(i) * act(c_hat)
             h_new = gate(o) * act(c)
@@ -166,15 +169,14 @@ class RecurrentLayer(KerasLayer):
         u = self.units
         x_z, x_r, x_h = xw_t.chunk(3, dim=-1)
         if self.reset_after:
-            inner = hr @ self.recurrent_kernel
-            bias = getattr(self, "bias", None)
+            inner = hr @ recurrent_kernel
             if bias is not None and bias.dim() == 2:
                 inner = inner + bias[1]
             r_z, r_r, r_h = inner.chunk(3, dim=-1)
             z, r = gate(x_z + r_z), gate(x_r + r_r)
             h_hat = act(x_h + r * r_h)
         else:
-            kernel = self.recurrent_kernel
+            kernel = recurrent_kernel
             r_zr = hr @ kernel[:, :2 * u]
             z, r = gate(x_z + r_zr[..., :u]), gate(x_r + r_zr[..., u:])
             h_hat = act(x_h + (r * hr) @ kernel[:, 2 * u:])
@@ -195,7 +197,8 @@ class RecurrentLayer(KerasLayer):
         input_keep = self._dropout_keep(x[:, 0], self.dropout)
         if input_keep is not None:
             x = x * input_keep.unsqueeze(1)
-        xw = self._input_projection(x)
+        kernel, recurrent_kernel, bias = self.keras_weights()
+        xw = self._input_projection(x, kernel, bias)
         states = list(states)
         if not states:
             zero = x.new_zeros((batch, self.units))
@@ -206,7 +209,7 @@ class RecurrentLayer(KerasLayer):
         outputs = []
         previous = x.new_zeros((batch, self.units))
         for t in range(steps):
-            out, new_states = self._step(xw[:, t], states, recurrent_keep)
+            out, new_states = self._step(xw[:, t], states, recurrent_keep, recurrent_kernel, bias)
             if mask is not None:
                 keep = mask[:, t].unsqueeze(-1)
                 new_states = [torch.where(keep, n, s) for n, s in zip(new_states, states)]
@@ -268,6 +271,61 @@ def build_recurrent(class_name: str, config: dict, weights: LayerWeights, ctx: C
 
 for _class in GATES:
     converter(_class)(lambda config, weights, ctx, _class=_class: build_recurrent(_class, config, weights, ctx))
+
+
+# --------------------------------------------------------------------------- CuDNNLSTM, CuDNNGRU
+
+class CuDNNRecurrentLayer(RecurrentLayer):
+    """Keras 2's CuDNNLSTM / CuDNNGRU as the standard recurrence (tanh, sigmoid gates; GRU with
+    reset_after) on the weights as the CuDNN layer saved them, converted at each call as tf_keras
+    converts them when it loads them into LSTM / GRU (`_convert_rnn_weights`): the CuDNN layer hands
+    each gate's (in, units) kernel block to CuDNN as flat memory that CuDNN reads as a (units, in)
+    matrix, so the standard kernel of a gate is `block.reshape(units, in).T`; a recurrent block is
+    transposed; the LSTM's input and recurrent biases (8·units) are summed, the GRU's (6·units) are
+    the (2, 3·units) bias of reset_after. Parameters keep the file's layout, so the round trip is
+    a copy, and the conversion is differentiable."""
+
+    def keras_weights(self):
+        gates, units = GATES[self.kind], self.units
+
+        def blocks(w, fn):
+            return torch.cat([fn(b) for b in w.split(units, dim=1)], dim=1)
+
+        kernel = blocks(self.kernel, lambda b: b.reshape(units, b.shape[0]).t())
+        recurrent_kernel = blocks(self.recurrent_kernel, lambda b: b.t())
+        bias = self.bias.reshape(2, gates * units)
+        return kernel, recurrent_kernel, (bias.sum(dim=0) if self.kind == "LSTM" else bias)
+
+    def forward(self, x, *initial_states, mask=None):
+        if mask is not None:  # Keras: "Masking is not supported for CuDNN RNNs."
+            raise ConversionError(f"{self.kind} (CuDNN) receives a mask, which Keras refuses too")
+        return super().forward(x, *initial_states)
+
+
+def build_cudnn(class_name: str, config: dict, weights: LayerWeights, ctx: ConvertContext) -> RecurrentLayer:
+    name = config.get("name", "")
+    if config.get("time_major"):
+        raise ConversionError(f"layer {name!r}: time_major=True is not supported")
+    kind = class_name[len("CuDNN"):]
+    units = int(config["units"])
+    layer = CuDNNRecurrentLayer(kind, units, "tanh", "sigmoid", _flag(config, "return_sequences"),
+                                _flag(config, "return_state"), _flag(config, "go_backwards"), kind == "GRU",
+                                0.0, 0.0, ctx)
+    trainable = bool(config.get("trainable", True))
+    layer.add_weight(weights, "kernel", trainable, config, "kernel_regularizer")
+    layer.add_weight(weights, "recurrent_kernel", trainable, config, "recurrent_regularizer")
+    layer.add_weight(weights, "bias", trainable, config, "bias_regularizer")
+    gates = GATES[kind] * units
+    if (tuple(layer.kernel.shape[1:]) != (gates,) or tuple(layer.recurrent_kernel.shape) != (units, gates)
+            or tuple(layer.bias.shape) != (2 * gates,)):
+        raise ConversionError(f"layer {name!r}: {class_name} weights of shapes {tuple(layer.kernel.shape)}, "
+                              f"{tuple(layer.recurrent_kernel.shape)}, {tuple(layer.bias.shape)} do not fit {units} units")
+    return layer
+
+
+CUDNN_CLASSES = ("CuDNNLSTM", "CuDNNGRU")
+for _class in CUDNN_CLASSES:
+    converter(_class)(lambda config, weights, ctx, _class=_class: build_cudnn(_class, config, weights, ctx))
 
 
 # --------------------------------------------------------------------------- Bidirectional
@@ -336,11 +394,11 @@ def convert_bidirectional(config, weights, ctx):
     if merge_mode not in ("concat", "sum", "mul", "ave", None):
         raise ConversionError(f"layer {name!r}: merge_mode={merge_mode!r} is not supported")
     inner_class = inner.get("class_name")
-    if inner_class not in GATES:
+    if inner_class not in GATES and inner_class not in CUDNN_CLASSES:
         raise ConversionError(f"layer {name!r}: Bidirectional around {inner_class} is not supported "
-                              f"(supported: {', '.join(GATES)})")
+                              f"(supported: {', '.join((*GATES, *CUDNN_CLASSES))})")
     backward_entry = config.get("backward_layer")
-    if backward_entry is not None and backward_entry.get("class_name") not in GATES:
+    if backward_entry is not None and backward_entry.get("class_name") not in (*GATES, *CUDNN_CLASSES):
         raise ConversionError(f"layer {name!r}: backward layer {backward_entry.get('class_name')} is not supported")
     forward_config = dict(inner["config"])
     if backward_entry is not None:
@@ -355,7 +413,7 @@ def convert_bidirectional(config, weights, ctx):
                         (backward_class, backward_config, backward_weights)):
         if not trainable:
             cfg["trainable"] = False
-        layer = build_recurrent(cls, cfg, w, ctx)
+        layer = (build_cudnn if cls in CUDNN_CLASSES else build_recurrent)(cls, cfg, w, ctx)
         w.check_all_taken()
         layer.zero_output_for_mask = layer.return_sequences
         layers.append(layer)
@@ -368,7 +426,8 @@ def convert_bidirectional(config, weights, ctx):
 # --------------------------------------------------------------------------- TimeDistributed
 
 class TimeDistributedLayer(KerasLayer):
-    """Applies the wrapped layer to every step: (batch, steps, …) → (batch·steps, …) and back."""
+    """Applies the wrapped layer (or a wrapped model's KerasGraph) to every step: (batch, steps, …) →
+    (batch·steps, …) and back."""
 
     takes_mask = True
 
@@ -397,16 +456,3 @@ class TimeDistributedLayer(KerasLayer):
 def wrapped_layer(config: dict) -> tuple[str, dict]:
     inner = config.get("layer") or {}
     return inner.get("class_name", ""), dict(inner.get("config") or {})
-
-
-@converter("TimeDistributed")
-def convert_time_distributed(config, weights, ctx):
-    name = config.get("name", "")
-    inner_class, inner_config = wrapped_layer(config)
-    if inner_class not in CONVERTERS or inner_class == "InputLayer":
-        raise ConversionError(f"layer {name!r}: TimeDistributed around {inner_class or 'nothing'} is not supported")
-    if inner_config.get("return_state"):
-        raise ConversionError(f"layer {name!r}: TimeDistributed around a layer with return_state is not supported")
-    if not config.get("trainable", True):
-        inner_config["trainable"] = False
-    return TimeDistributedLayer(CONVERTERS[inner_class](inner_config, weights, ctx))
