@@ -3,6 +3,8 @@ caches (URL + ETag, deletions followed), streaming, and skipping unreadable / ov
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import subprocess
@@ -129,8 +131,11 @@ def test_predict_skips_corrupt_nonimage_and_oversized_files(tmp_path, model_h5, 
     assert len(items) == len(expected) == 3 and max(expected) - min(expected) >= 0.2
     assert max(abs(i["predicted_value"] - e) for i, e in zip(items, expected)) <= 1e-4
 
-    work = runtime(cache_dir, MAX_PIXELS=500_000)
-    result = work.run_predict(work, _params(str(model), str(unlabeled)))
+    # the same use case without HTTP: the same items, given the URL the test client reached the service at
+    work = runtime(cache_dir, MAX_PIXELS=500_000, LOCAL_ROOT=str(tmp_path / "data"))
+    params = dataclasses.replace(_params(str(model), str(unlabeled)), service_url="http://localhost")
+    result = work.run_predict(work, params)
+    assert items[0]["audio_url"].startswith("http://localhost/clips/")
     assert result == items and len(result.skipped) == 3
     assert all(s["url"].startswith(str(unlabeled)) and s["reason"] for s in result.skipped)
     assert "more than the limit" in result.skipped[-1]["reason"]
