@@ -284,3 +284,10 @@ def test_the_readiness_command_passes_with_the_token_and_fails_without(tmp_path)
     finally:
         server.shutdown()
         thread.join()
+
+
+def test_the_operations_guide_says_how_to_apply_them_with_the_same_grace_period():
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    assert "kubectl apply -k deploy/kubernetes/" in guide
+    grace = one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert set(re.findall(r"terminationGracePeriodSeconds: (\d+)", guide)) == {str(grace)}
