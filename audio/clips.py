@@ -30,6 +30,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from conversion.atomic import published_mode
+
 from .timeline import Chunk, Gap
 
 MP3_BIT_RATE = 128_000
@@ -192,7 +194,9 @@ def temporary_mp3(samples: np.ndarray, rate: int, folder: str):
 
 def publish(tmp: str, path: str) -> None:
     """Give the finished file `tmp` the name `path` unless that name exists (FileExistsError): a hard link
-    is atomic and never replaces. Where links are not possible, an exclusive create and a copy."""
+    is atomic and never replaces. Where links are not possible, an exclusive create and a copy. The file
+    gets an ordinary write's mode (0644 under umask 022), not mkstemp's 0600."""
+    os.chmod(tmp, published_mode())
     try:
         os.link(tmp, path)
     except FileExistsError:

@@ -28,6 +28,7 @@ import torch
 
 from audio import features, picture as picture_mod, resample as resample_mod, wavelet
 from audio.decode import AudioError, decode
+from conversion.atomic import published_mode
 
 __all__ = ["RENDERER", "renderer_key", "SpectrogramError", "render_batch", "pixels_from_samples",
            "pixels_from_file", "write_png", "spectrogram_png", "stages", "HEIGHT", "WIDTH"]
@@ -152,6 +153,7 @@ def write_png(pixels: np.ndarray, path, *, overwrite: bool = False, compress_lev
     try:
         with os.fdopen(fd, "wb") as f:
             Image.fromarray(pixels, "RGBA").save(f, format="PNG", compress_level=compress_level)
+        os.chmod(tmp, published_mode())  # an ordinary write's mode (0644 under umask 022), not mkstemp's 0600
         if overwrite:
             os.replace(tmp, path)
         else:

@@ -81,9 +81,10 @@ class CacheDir:
         if not model.key or model.key.endswith("/"):
             raise NotFound(f"model_url is a folder, not a model file: {model.url}")
         if isinstance(model.storage, LocalStorage):
-            if not os.path.isfile(model.key):
-                raise NotFound(f"model_url not found: {model.url}")
-            return model.key
+            try:
+                return model.storage.readable(model.key)
+            except NotFound:
+                raise NotFound(f"model_url not found: {model.url}") from None
         info = info or model.storage.stat(model.key)
         if info is None:
             raise NotFound(f"model_url not found: {model.url}")

@@ -8,6 +8,7 @@ boto3 reads its own variables (`AWS_*`), which are listed there too.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -35,7 +36,8 @@ SETTINGS = (
     Setting("ONNX_CACHE", "ORCA_ONNX_CACHE", str, None, "where ONNX exports of models are cached by content "
             "hash (default: `<ORCA_CACHE_DIR>/onnx`)"),
     Setting("STATE_DIR", "ORCA_STATE_DIR", str, None, "where the service keeps state that must survive a restart "
-            "(the job database, `jobs.sqlite3`); default: `<temp>/orca-state`, beside the cache"),
+            "(the job database, `jobs.sqlite3`); default: `<temp>/orca-state-<uid>/<hash of local root and port>`, "
+            "this service's alone"),
     Setting("TENSORBOARD_DIR", "ORCA_TENSORBOARD_DIR", str, None, "TensorBoard event files of each training: "
             "unset = uploaded beside the new version as `<NAME_N+1>.tensorboard/`; a local folder = written there "
             "live (`<folder>/<model>-<UTC time>/`); `off` = none"),
@@ -126,7 +128,15 @@ def cache_dir(config: dict) -> str:
 
 
 def state_dir(config: dict) -> str:
-    return config.get("STATE_DIR") or os.path.join(tempfile.gettempdir(), "orca-state")
+    """ORCA_STATE_DIR, else a folder of this service alone: `<temp>/orca-state-<uid>/<key>`, the key a
+    hash of the local root (resolved; empty for S3 only) and the port, so two services on one machine
+    never share a job database unless configured to (the workers of one service share theirs)."""
+    if config.get("STATE_DIR"):
+        return config["STATE_DIR"]
+    root = config.get("LOCAL_ROOT")
+    root = "" if root == "" else os.path.realpath(root if root is not None else os.getcwd())
+    key = hashlib.sha256(f"{root}\0{config.get('PORT')}".encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"orca-state-{os.geteuid()}", key)
 
 
 def pixel_cache_dir(config: dict) -> str:

@@ -15,6 +15,7 @@ setting would be taken as that setting.
 
 from __future__ import annotations
 
+WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR: the arbiter stops instead of retrying
 MARGIN_S = 2.0  # seconds kept between the end of worker_exit and the arbiter's SIGKILL
 
 
@@ -33,7 +34,13 @@ def post_worker_init(worker) -> None:
     runtime = _runtime(worker)
     if runtime is None:
         return
-    runtime.jobs.open()
+    try:
+        runtime.jobs.open()
+    except Exception as error:  # noqa: BLE001 - a start-up failure, said in one line (no traceback)
+        import sys
+
+        print(f"orca: {getattr(error, 'message', None) or error}", file=sys.stderr, flush=True)
+        raise SystemExit(WORKER_BOOT_ERROR) from None
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):

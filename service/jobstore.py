@@ -131,9 +131,25 @@ class JobStore:
                 if connection is not None:
                     connection.close()
                 self._release_owner_lock()
+                if isinstance(error, PermissionError):
+                    raise JobStoreError(self._not_writable(error)) from error
                 raise JobStoreError(f"cannot open the job database {self.path}: {error}") from error
             self.connection = connection
             log.info("job database %s (owner %s)", self.path, self.owner)
+
+    def _not_writable(self, error: PermissionError) -> str:
+        """One line naming the state folder, its owner and the uid that needs to write it."""
+        where = os.path.dirname(os.path.abspath(error.filename)) if error.filename else self.folder
+        while not os.path.isdir(where) and os.path.dirname(where) != where:
+            where = os.path.dirname(where)
+        try:
+            owner = f"belongs to uid {os.stat(where).st_uid}"
+        except OSError:
+            owner = "cannot be looked at"
+        uid = os.geteuid()
+        return (f"cannot open the job database in {self.folder} (ORCA_STATE_DIR): {where} {owner} and is not "
+                f"writable by uid {uid}, which this service runs as; make it writable by uid {uid} "
+                f"(chown, or a volume it owns) or set ORCA_STATE_DIR")
 
     def close(self) -> None:
         """Close the database and drop the owner lock; later writes are ignored, reads refused."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import Busy, ServiceError
+from .errors import Busy, ServiceError, StorageUnavailable
 from .jobqueue import Job
 from .params import TrainParams
 
@@ -63,7 +63,8 @@ def model_versions(runtime, url: str) -> dict:
 
 
 def readiness(runtime) -> tuple[bool, dict]:
-    """(ready, body): storage reachable and torch loaded (ORCA_PRELOAD_TORCH); the body names each check."""
+    """(ready, body): storage reachable, the local root and the state folder writable, torch loaded
+    (ORCA_PRELOAD_TORCH); the body names each check."""
     c = runtime.config
     checks = {}
     failures = []
@@ -71,7 +72,16 @@ def readiness(runtime) -> tuple[bool, dict]:
         from .storage import LocalStorage
 
         root = os.path.realpath(os.path.abspath(c["LOCAL_ROOT"]))
-        checks["local_root"] = _probe(lambda: LocalStorage(root).ping(), failures, "local_root")
+
+        def local_root():
+            LocalStorage(root).ping()
+            check_writable(root, "the local data root (ORCA_LOCAL_ROOT)")
+
+        checks["local_root"] = _probe(local_root, failures, "local_root")
+    store = getattr(runtime.jobs, "store", None)
+    if store is not None:  # the job database's folder: a job could not be recorded without it
+        checks["state_dir"] = _probe(lambda: check_writable(store.folder, "the state folder (ORCA_STATE_DIR)"),
+                                     failures, "state_dir")
     if c["READY_BUCKET"]:
         from .storage import S3Storage
 
@@ -92,6 +102,26 @@ def readiness(runtime) -> tuple[bool, dict]:
     if failures:
         body["error"] = "; ".join(failures)
     return not failures, body
+
+
+def check_writable(folder: str, what: str) -> None:
+    """StorageUnavailable naming `folder`, its owner and this process's uid when this process cannot
+    create files in it (or, for a folder not made yet, in the nearest folder above that exists)."""
+    existing = os.path.abspath(folder)
+    while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    mode = os.W_OK | os.X_OK
+    if os.access(existing, mode, effective_ids=os.access in os.supports_effective_ids):
+        return
+    raise StorageUnavailable(f"{what} {folder} is not writable by uid {os.geteuid()}{owner_of(existing)}")
+
+
+def owner_of(path: str) -> str:
+    """`" (owner: uid N)"`, or `""` when the folder cannot be looked at."""
+    try:
+        return f" (owner: uid {os.stat(path).st_uid})"
+    except OSError:
+        return ""
 
 
 def _list_buckets(s3) -> None:

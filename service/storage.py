@@ -343,9 +343,26 @@ class LocalStorage(Storage):
         self._check(key)
         try:
             size = os.path.getsize(key)
+        except PermissionError:  # a folder on the way this process may not search
+            raise Forbidden(f"access denied: {self.url(key)}") from None
         except OSError:
             return None
         return ObjectInfo(key, size, None) if os.path.isfile(key) else None
+
+    def readable(self, key: str) -> str:
+        """`key` as a local path, once it opened for reading: NotFound when it is no file, Forbidden
+        when this process may not read it (a model used in place, never copied)."""
+        self._check(key)
+        try:
+            with open(key, "rb"):
+                pass
+        except PermissionError:
+            raise Forbidden(f"access denied: {self.url(key)} (not readable by uid {os.geteuid()})") from None
+        except OSError:
+            raise NotFound(f"not found: {self.url(key)}") from None
+        if not os.path.isfile(key):
+            raise NotFound(f"not found: {self.url(key)}")
+        return key
 
     def ping(self) -> None:
         if self.root is not None and not os.path.isdir(self.root):
@@ -360,7 +377,7 @@ class LocalStorage(Storage):
         for root in roots:
             if not os.path.isdir(root):
                 continue
-            for folder, dirs, files in os.walk(root):
+            for folder, dirs, files in os.walk(root, onerror=self._unlistable):
                 dirs.sort()
                 for name in files:
                     path = os.path.join(folder, name)
@@ -374,6 +391,13 @@ class LocalStorage(Storage):
         out.sort(key=lambda o: o.key)
         return out
 
+    def _unlistable(self, error: OSError) -> None:
+        """os.walk's onerror: a folder this process may not read is a 403 naming it (a dataset listed
+        without it would train on part of itself); one that vanished meanwhile is skipped."""
+        if isinstance(error, PermissionError):
+            folder = (error.filename or "").replace(os.sep, "/")
+            raise Forbidden(f"access denied listing {self.url(folder)} (not readable by uid {os.geteuid()})")
+
     def download(self, key: str, local_path: str, expected_size: int | None = None) -> None:
         self._check(key)
         try:
@@ -382,8 +406,10 @@ class LocalStorage(Storage):
                 _check_size(self.url(key), os.path.getsize(tmp), expected_size)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"not found: {self.url(key)}") from None
-        except PermissionError:
-            raise Forbidden(f"access denied: {self.url(key)}") from None
+        except PermissionError as error:
+            unreadable = error.filename is not None and os.path.abspath(error.filename) == os.path.abspath(key)
+            raise Forbidden(f"access denied: {self.url(key)}"
+                            + (f" (not readable by uid {os.geteuid()})" if unreadable else "")) from None
 
     def upload(self, local_path: str, key: str) -> None:
         self._check(key, writing=True)

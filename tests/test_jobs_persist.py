@@ -257,3 +257,30 @@ def test_a_real_training_stopped_by_shutdown_publishes_nothing(tmp_path):
     job = restarted.get(f"/jobs/{body['job_id']}").get_json()
     assert job["status"] == "failed" and job["error"]["reason"] == "interrupted"
     assert 1 <= job["progress"]["epoch"] < 1000 and job["progress"]["epochs"] == 1000
+
+
+def test_services_with_default_settings_never_share_a_job_database(tmp_path, monkeypatch):
+    import tempfile
+
+    from service import config as config_module
+
+    monkeypatch.delenv("ORCA_STATE_DIR", raising=False)  # the conftest's private folder: not the default
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+    def service(root, **settings):
+        (tmp_path / root).mkdir(exist_ok=True)
+        app = create_app({"LOCAL_ROOT": str(tmp_path / root), **settings}, run_train=fake_train)
+        return app.extensions["orca"], app.test_client()
+
+    ids = {}
+    for name, root, settings in [("a", "a", {}), ("b", "b", {}), ("a-other-port", "a", {"PORT": 5002})]:
+        runtime, client = service(root, **settings)
+        assert runtime.jobs.store.folder.startswith(str(tmp_path / "tmp" / f"orca-state-{os.geteuid()}"))
+        ids[name] = client.post("/jobs/train", json=dict(BODY, epochs=1)).get_json()["job_id"]
+        _wait(client, ids[name])
+        assert [j["id"] for j in client.get("/jobs").get_json()["jobs"]] == [ids[name]]
+        runtime.jobs.shutdown(5)
+    _, again = service("a")  # the same service restarted finds its own jobs
+    assert [j["id"] for j in again.get("/jobs").get_json()["jobs"]] == [ids["a"]]
+    assert config_module.state_dir({"STATE_DIR": "/srv/state", "LOCAL_ROOT": "x"}) == "/srv/state"

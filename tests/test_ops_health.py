@@ -60,7 +60,7 @@ def test_ready_checks_the_configured_bucket(aws_env):
     with mock_aws():
         boto3.client("s3").create_bucket(Bucket="orca")
         ok = create_app({"LOCAL_ROOT": "", "READY_BUCKET": "orca"}).test_client().get("/ready")
-        assert ok.status_code == 200 and ok.get_json()["checks"] == {"s3": "ok"}
+        assert ok.status_code == 200 and ok.get_json()["checks"] == {"s3": "ok", "state_dir": "ok"}
         missing = create_app({"LOCAL_ROOT": "", "READY_BUCKET": "nope"}).test_client().get("/ready")
         assert missing.status_code == 503 and missing.get_json()["status"] == "unavailable"
         s3_only = create_app({"LOCAL_ROOT": ""}).test_client().get("/ready")  # list_buckets

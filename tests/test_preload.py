@@ -76,13 +76,13 @@ def test_ready_answers_503_naming_torch_while_it_loads_and_200_once_loaded(monke
     client = create_app({"LOCAL_ROOT": str(tmp_path), "PRELOAD_TORCH": "1"}).test_client()
     loading = client.get("/ready")
     assert loading.status_code == 503
-    assert loading.get_json()["checks"] == {"local_root": "ok", "torch": "loading"}
+    assert loading.get_json()["checks"] == {"local_root": "ok", "state_dir": "ok", "torch": "loading"}
     assert "torch is still loading" in loading.get_json()["error"]
     assert client.get("/health").status_code == 200  # served meanwhile
     release.set()
     client.application.extensions["orca"].preload.join(30)
     ready = client.get("/ready")
-    assert ready.status_code == 200 and ready.get_json()["checks"] == {"local_root": "ok", "torch": "ok"}
+    assert ready.status_code == 200 and ready.get_json()["checks"] == {"local_root": "ok", "state_dir": "ok", "torch": "ok"}
     without = create_app({"LOCAL_ROOT": str(tmp_path), "PRELOAD_TORCH": "0"}).test_client().get("/ready")
     assert without.status_code == 200 and "torch" not in without.get_json()["checks"]
 
