@@ -4,7 +4,6 @@ caches (URL + ETag, deletions followed), streaming, and skipping unreadable / ov
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 import subprocess
