@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tf_keras", reason="the Keras bridge tests need tf_keras (requirements.txt)")
+from bridge_checks import assert_backward_reaches_every_weight, assert_weights_bit_exact, onnx_runtime_outputs  # noqa: E402
 import keras_zoo  # noqa: E402,F401  (imports tf_keras, after torch)
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 from tf_keras.src.saving.legacy.hdf5_format import preprocess_weights_for_loading  # noqa: E402
 
-from conversion import ConversionError, keras_to_torch, torch_to_keras, torch_to_onnx  # noqa: E402
+from conversion import ConversionError, keras_to_torch, torch_to_keras  # noqa: E402
 
 TOLERANCE = 1e-4
 STEPS, FEATURES = 9, 5
@@ -109,22 +110,11 @@ def test_cudnn_layers_match_keras_conversion_into_lstm_and_gru(saved):
 def test_round_trip_keeps_the_cudnn_classes_bit_exact_and_training_reaches_every_weight(saved, tmp_path):
     model, path, names = saved
     out = torch_to_keras(keras_to_torch(path), path, tmp_path / "copy.h5")
-    with h5py.File(path) as a, h5py.File(out) as b:
-        assert a.attrs["model_config"] == b.attrs["model_config"]  # CuDNNLSTM / CuDNNGRU stay
-        found = []
-        a["model_weights"].visititems(lambda n, o: found.append(n) if isinstance(o, h5py.Dataset) else None)
-        assert len(found) == len(model.weights)
-        for n in found:
-            assert a["model_weights"][n][()].tobytes() == b["model_weights"][n][()].tobytes(), n
+    assert len(assert_weights_bit_exact(path, out)) == len(model.weights)  # the same model_config: CuDNNLSTM / CuDNNGRU stay
 
     module = keras_to_torch(path).train()
-    params = dict(module.named_parameters())
-    assert len(params) == len(model.trainable_weights)
     arrays = _inputs(1)
-    outputs = module.forward_logits(*[torch.from_numpy(a) for a in arrays])
-    sum(o.square().mean() for o in outputs).backward()
-    missing = [n for n, p in params.items() if p.grad is None or not torch.any(p.grad != 0)]
-    assert not missing, f"weights backward does not reach: {missing}"
+    assert_backward_reaches_every_weight(module, [torch.from_numpy(a) for a in arrays], len(model.trainable_weights))
     torch.optim.SGD(module.parameters(), lr=0.05).step()
     trained = torch_to_keras(module.eval(), path, tmp_path / "trained.h5")
     reloaded = tf_keras.models.load_model(trained, compile=False)  # tf_keras reads the CuDNN file back
@@ -135,15 +125,10 @@ def test_round_trip_keeps_the_cudnn_classes_bit_exact_and_training_reaches_every
 
 
 def test_torch_onnx_export_matches_onnxruntime(saved, tmp_path):
-    import onnxruntime as ort
-
     _, path, names = saved
     module = keras_to_torch(path)
-    onnx_path = torch_to_onnx(module, tmp_path / "cudnn.onnx",
-                              example_inputs=tuple(torch.from_numpy(a) for a in _inputs(2)))
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     other = _inputs(3, batch=2)
-    got = session.run(None, {i.name: a for i, a in zip(session.get_inputs(), other)})
+    got = onnx_runtime_outputs(module, tmp_path / "cudnn.onnx", _inputs(2), other)
     for name, g, e in zip(names, got, _torch(module, other)):
         _close(g, e, f"onnx: {name}")
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import torch  # noqa: F401  (before TensorFlow)
 
-import h5py
 import numpy as np
 import pytest
 
 pytest.importorskip("tf_keras", reason="the Keras bridge tests need tf_keras (requirements.txt)")
+from bridge_checks import assert_backward_reaches_every_weight, assert_weights_bit_exact, onnx_runtime_outputs  # noqa: E402
 import keras_zoo  # noqa: E402,F401  (imports tf_keras, after torch)
 import tf_keras  # noqa: E402
 
-from conversion import ConversionError, keras_to_torch, torch_to_keras, torch_to_onnx  # noqa: E402
+from conversion import ConversionError, keras_to_torch, torch_to_keras  # noqa: E402
 
 TOLERANCE = 1e-4
 FRAMES, FRAME = 4, (9, 7, 2)
@@ -110,12 +110,8 @@ def test_wrapped_models_match_the_keras_that_wrote_them(saved):
 def test_round_trip_is_bit_exact_training_reaches_every_weight_and_the_file_reloads(saved, tmp_path):
     k, model, path, names = saved
     out = torch_to_keras(keras_to_torch(path), path, tmp_path / "copy.h5")
-    with h5py.File(path) as a, h5py.File(out) as b:
-        found = []
-        a["model_weights"].visititems(lambda n, o: found.append(n) if isinstance(o, h5py.Dataset) else None)
-        assert any("frame_conv" in n for n in found) and any("f_dense" in n for n in found)
-        for n in found:
-            assert a["model_weights"][n][()].tobytes() == b["model_weights"][n][()].tobytes(), n
+    found = assert_weights_bit_exact(path, out, same_config=False)
+    assert any("frame_conv" in n for n in found) and any("f_dense" in n for n in found)
 
     module = keras_to_torch(path).train()
     params = dict(module.named_parameters())
@@ -123,10 +119,7 @@ def test_round_trip_is_bit_exact_training_reaches_every_weight_and_the_file_relo
     assert "graph.layers.td_cnn.layer.layers.frame_conv.kernel" in params
     assert "graph.layers.td_cnn.layer.layers.frame_bn.moving_mean" in dict(module.named_buffers())
     arrays = _inputs(1)
-    outputs = module.forward_logits(*[torch.from_numpy(a) for a in arrays])
-    sum(o.square().mean() for o in outputs).backward()
-    missing = [n for n, p in params.items() if p.grad is None or not torch.any(p.grad != 0)]
-    assert not missing, f"weights backward does not reach: {missing}"
+    assert_backward_reaches_every_weight(module, [torch.from_numpy(a) for a in arrays])
     torch.optim.SGD(module.parameters(), lr=0.05).step()
     trained = torch_to_keras(module.eval(), path, tmp_path / "trained.h5")
     expected = _torch(module, arrays)
@@ -140,15 +133,10 @@ def test_round_trip_is_bit_exact_training_reaches_every_weight_and_the_file_relo
 
 
 def test_torch_onnx_export_matches_onnxruntime(saved, tmp_path):
-    import onnxruntime as ort
-
     _, _, path, names = saved
     module = keras_to_torch(path)
-    onnx_path = torch_to_onnx(module, tmp_path / "td.onnx",
-                              example_inputs=tuple(torch.from_numpy(a) for a in _inputs(2)))
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     other = _inputs(3, batch=2)
-    got = session.run(None, {i.name: a for i, a in zip(session.get_inputs(), other)})
+    got = onnx_runtime_outputs(module, tmp_path / "td.onnx", _inputs(2), other)
     for name, g, e in zip(names, got, _torch(module, other)):
         _close(g, e, f"onnx: {name}")
 
