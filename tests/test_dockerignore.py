@@ -19,7 +19,8 @@ from test_service_dockerfile import instructions
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERIGNORE = ROOT / ".dockerignore"
-KEPT_OUT = (".venv/bin/python", ".git/HEAD", "tests/test_dockerignore.py", "bench/README.md", "local/demo/x.png",
+KEPT_OUT = (".venv/bin/python", ".venv-lock/bin/uv", "requirements.txt", ".git/HEAD", "tests/test_dockerignore.py",
+            "bench/README.md", "local/demo/x.png",
             "docs/operations.md", "deploy/kubernetes/deployment.yaml", "Makefile", ".gitignore",
             "service/__pycache__/app.cpython-311.pyc", "orca_ml_endpoint.egg-info/PKG-INFO", ".pytest_cache/x")
 

@@ -19,9 +19,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile.gpu"
+LOCK = ROOT / "requirements-image.lock"  # `make lock`
 IMAGE = "orca-ml-endpoint:gpu"
 NOT_IN_THE_IMAGE = {"tensorflow", "tf-keras", "tf2onnx", "keras", "moto", "pytest", "hypothesis", "scipy"}
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -127,36 +129,112 @@ def test_the_dockerfiles_gunicorn_command_answers_http():
 
 # --------------------------------------------------------------------------- what it installs
 
-def test_the_image_installs_the_serving_dependencies_only_at_the_pinned_versions():
+def test_the_image_installs_the_lock_with_hashes_then_the_project_without_dependencies():
+    """One install of the lock, hash-checked, and one of the project alone: nothing unpinned comes in,
+    neither a dependency nor the build backend (no build isolation: setuptools comes from the lock)."""
     installs = pip_installs()
     assert installs, "no pip install in Dockerfile.gpu"
-    project_installed = False
-    for args, line in installs:
+    locked, project = [], []
+    for position, (args, _) in enumerate(installs):
         options = dict(zip(args, args[1:]))
-        assert options.get("-c") == "requirements.txt" or options.get("--constraint") == "requirements.txt", \
-            f"pip install without `-c requirements.txt`: {args}"
-        for flag in ("-r", "--requirement"):
-            if flag in options:
-                source = options[flag]
-                assert Path(source).name != "requirements.txt", f"installs all of requirements.txt: {args}"
-                if (ROOT / source).exists():
-                    names = {normalize(re.match(r"[A-Za-z0-9._-]+", r)[0]) for r in
-                             (ROOT / source).read_text().splitlines() if r.strip() and not r.startswith(("#", "-"))}
-                    assert not names & NOT_IN_THE_IMAGE, (source, names & NOT_IN_THE_IMAGE)
-                else:  # written in the same RUN line: the [project] dependencies of pyproject.toml
-                    assert "['project']['dependencies']" in line, f"where does {source} come from? {line}"
-        values = {options[f] for f in ("-c", "--constraint", "-r", "--requirement") if f in options}
+        sources = [options[f] for f in ("-r", "--requirement") if f in options]
+        assert "requirements.txt" not in [Path(s).name for s in sources], f"installs all of requirements.txt: {args}"
+        values = set(sources) | {options[f] for f in ("-c", "--constraint") if f in options}
         targets = [a for a in args if not a.startswith("-") and a not in values]
-        for target in targets:
-            if target.startswith((".", "/")):
-                assert "[" not in target, f"installs the project with extras: {target}"
-                project_installed = True
-            else:
-                name = normalize(re.match(r"[A-Za-z0-9._-]+", target)[0])
-                assert name not in NOT_IN_THE_IMAGE, f"installs {target}"
-    assert project_installed, "the project itself is never installed (pip install ... .)"
-    base = {normalize(re.match(r"[A-Za-z0-9._-]+", r)[0]) for r in PYPROJECT["project"]["dependencies"]}
+        if sources:
+            assert sources == [LOCK.name] and not targets, f"installs something besides the lock: {args}"
+            assert "--require-hashes" in args, f"the lock installed without --require-hashes: {args}"
+            locked.append(position)
+        else:
+            assert targets == ["."], f"installs {targets}: only the project may be installed outside the lock"
+            assert "--no-deps" in args, f"the project's dependencies would be resolved again, unpinned: {args}"
+            assert "--no-build-isolation" in args, f"the build backend would be downloaded, unpinned: {args}"
+            project.append(position)
+    assert len(locked) == 1 and len(project) == 1, installs
+    assert locked[0] < project[0], "the project is installed before its dependencies"
+    base = {normalize(Requirement(r).name) for r in PYPROJECT["project"]["dependencies"]}
     assert not base & NOT_IN_THE_IMAGE, f"pyproject's base dependencies include {sorted(base & NOT_IN_THE_IMAGE)}"
+
+
+# --------------------------------------------------------------------------- the lock it installs
+
+def lock_lines() -> list[tuple[str, list[str]]]:
+    """(requirement, its options) per entry of the lock, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", LOCK.read_text())
+    entries = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            requirement, *options = line.split()
+            entries.append((requirement, options))
+    return entries
+
+
+def lock_pins() -> dict[str, str]:
+    pins = {}
+    for requirement, _ in lock_lines():
+        match = re.fullmatch(r"([A-Za-z0-9._-]+)==([A-Za-z0-9.!+_-]+)", requirement)
+        assert match, f"the lock's {requirement!r} is not `name==version`"
+        assert normalize(match[1]) not in pins, f"{match[1]} twice in the lock"
+        pins[normalize(match[1])] = match[2]
+    return pins
+
+
+def requirements_txt_pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[normalize(name)] = version
+    return pins
+
+
+def test_every_package_of_the_lock_is_pinned_with_sha256_hashes_only():
+    entries = lock_lines()
+    assert len(entries) > len(PYPROJECT["project"]["dependencies"]), "the lock has no transitive dependencies"
+    for requirement, options in entries:
+        hashes = [o for o in options if o.startswith("--hash=sha256:")]
+        assert hashes, f"{requirement}: no --hash=sha256: (pip --require-hashes refuses the whole lock)"
+        assert hashes == options, f"{requirement}: {set(options) - set(hashes)} beside its hashes"
+        for option in hashes:
+            assert re.fullmatch(r"--hash=sha256:[0-9a-f]{64}", option), f"{requirement}: {option}"
+    assert lock_pins()
+
+
+def test_the_lock_holds_every_serving_dependency_of_pyproject_within_its_range():
+    pins = lock_pins()
+    for spec in PYPROJECT["project"]["dependencies"] + PYPROJECT["build-system"]["requires"]:
+        requirement = Requirement(spec)
+        name = normalize(requirement.name)
+        assert name in pins, f"pyproject.toml needs {spec}; the lock lacks it (make lock)"
+        assert requirement.specifier.contains(pins[name], prereleases=True), \
+            f"the lock's {name}=={pins[name]} is outside pyproject.toml's {spec} (make lock)"
+
+
+def test_the_lock_has_requirements_txts_versions_where_both_pin():
+    pins, pinned = lock_pins(), requirements_txt_pins()
+    differ = {name: (version, pinned[name]) for name, version in pins.items()
+              if name in pinned and version != pinned[name]}
+    assert not differ, f"lock vs requirements.txt: {differ} (make lock)"
+    for spec in PYPROJECT["project"]["dependencies"]:  # every direct one is pinned in both
+        assert normalize(Requirement(spec).name) in pinned, f"requirements.txt does not pin {spec}"
+
+
+def test_the_lock_has_none_of_what_the_image_must_not_contain():
+    found = set(lock_pins()) & NOT_IN_THE_IMAGE
+    assert not found, f"the lock would put {sorted(found)} in the image"
+
+
+def test_make_lock_regenerates_the_lock_from_pyproject_with_hashes():
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^lock:.*\n((?:\t.*\n?)+)", makefile, re.M)
+    assert recipe, "no `lock` target in the Makefile"
+    body = recipe[1].replace("\\\n", " ")
+    assert "--generate-hashes" in body and "-c requirements.txt" in body and f"-o {LOCK.name}" in body
+    assert "['project']['dependencies']" in body and "['build-system']['requires']" in body
+    assert "--python-version 3.11" in body and "x86_64" in body  # the image's python and platform
+    assert "make lock" in LOCK.read_text().splitlines()[1], "the lock does not say how it was made"
 
 
 def test_dockerfile_copies_what_exists_and_what_the_package_needs():
@@ -168,7 +246,7 @@ def test_dockerfile_copies_what_exists_and_what_the_package_needs():
                 assert (ROOT / source).exists(), source
                 copied.add(source.rstrip("/"))
     needed = {p.split(".")[0] for p in PYPROJECT["tool"]["setuptools"]["packages"]}  # a subpackage comes with its folder
-    needed |= {"pyproject.toml", "requirements.txt"}
+    needed |= {"pyproject.toml", LOCK.name}
     needed.add(PYPROJECT["project"].get("readme", "pyproject.toml"))
     needed |= {Path(f).parts[0] for f in PYPROJECT["project"].get("license-files", [])}
     assert needed <= copied, f"the build needs these too: {sorted(needed - copied)}"
