@@ -281,3 +281,21 @@ def test_predicts_audio_urls_are_the_servers_under_orca_public_url_else_file_url
     monkeypatch.setenv("ORCA_LOCAL_ROOT", str(workspace / "models"))  # the clips lie outside what is served
     items, _ = run_json(capsys, *common)
     assert items[0]["audio_url"] == (workspace / clip).as_uri()
+
+
+def test_every_option_of_every_command_has_help():
+    """`orca COMMAND -h` explains each argument: every action of every subcommand (but -h) has help text,
+    and so does every subcommand in `orca -h`."""
+    import argparse
+
+    from orca.cli import parser
+
+    top = parser()
+    (commands,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(COMMANDS) <= set(commands.choices)
+    listed = {a.dest: a.help for a in commands._choices_actions}
+    missing = [name for name in commands.choices if not listed.get(name)]
+    for name, sub in commands.choices.items():
+        missing += [f"{name} {'/'.join(a.option_strings) or a.dest}" for a in sub._actions
+                    if not isinstance(a, argparse._HelpAction) and not (a.help and a.help.strip())]
+    assert not missing, f"no help text: {missing}"
