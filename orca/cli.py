@@ -107,9 +107,24 @@ def _missing_bridge(exc: ImportError) -> bool:
     return (exc.name or "").split(".")[0] in BRIDGE_MODULES
 
 
-def _bridge_exit(command: str, exc: ImportError) -> SystemExit:
-    return SystemExit(f"error: `orca {command}` needs {exc.name}, which is not installed: "
-                      "pip install 'orca-ml-endpoint[bridge]'")
+class MissingExtra(Exception):
+    """A command needs a module of an optional extra that is not installed; `main` prints
+    `error: …` with the README's install line and exits 2."""
+
+    def __init__(self, command: str, module: str, extra: str):
+        super().__init__(f"`orca {command}` needs {module}, which is not installed (the `{extra}` extra): "
+                         f"pip install '.[{extra}]'")
+
+
+def _bridge_exit(command: str, exc: ImportError) -> MissingExtra:
+    return MissingExtra(command, exc.name, "bridge")
+
+
+def _quiet_tensorflow() -> None:
+    """Before a command first imports TensorFlow: keep its C++ start-up logging (CPU features, no
+    CUDA driver: `failed call to cuInit`) off the terminal, unless TF_CPP_MIN_LOG_LEVEL says otherwise.
+    Python errors are unaffected."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 # --------------------------------------------------------------------------- commands
@@ -280,6 +295,7 @@ def cmd_convert(args) -> int:
         raise SystemExit(f"{args.dst} exists; pass --force to replace it")
     import torch  # noqa: F401  (before TensorFlow, which the bridge imports)
 
+    _quiet_tensorflow()
     from conversion.converting import convert
     from conversion.errors import ConversionError
 
@@ -296,6 +312,12 @@ def cmd_convert(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    import importlib.util
+
+    for module in ("tensorflow", "tf_keras", "tf2onnx"):  # verify's per-file errors would hide a missing one
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtra("verify", module, "bridge")
+    _quiet_tensorflow()
     from conversion.__main__ import main as conversion_main
 
     argv = ["verify", *args.models] + (["--tolerance", str(args.tolerance)] if args.tolerance is not None else [])
@@ -317,8 +339,7 @@ def cmd_score(args) -> int:
         import pyarrow  # noqa: F401
         import ray  # noqa: F401
     except ImportError as exc:
-        raise SystemExit(f"error: `orca score` needs {exc.name}, which is not installed: "
-                         "pip install 'orca-ml-endpoint[scale]'") from None
+        raise MissingExtra("score", exc.name, "scale") from None
     config = from_env()
     try:
         summary = score_archive(args.model, args.source, args.out, rows=args.img_width, cols=args.img_height,
@@ -689,7 +710,7 @@ def main(argv=None) -> int:
 
     try:
         return args.run(args)
-    except ServiceError as exc:
+    except (ServiceError, MissingExtra) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `orca predict ... | head`: the reader left; no traceback
