@@ -12,7 +12,7 @@ and the same clip fields (`service.predict`, `service.nodes`) as /predict, so th
 - `batch_scoring.run`: `score_archive(...)`, which plans, starts or joins Ray, runs the stages and
   writes each part once.
 
-Ray and pyarrow are the `scale` extra (`pip install 'orca-ml-endpoint[scale]'`): nothing here is
+Ray and pyarrow are the `scale` extra (`pip install '.[scale]'`): nothing here is
 imported by the service, and this package imports them only inside the functions that need them.
 See docs/scoring.md.
 """

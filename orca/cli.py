@@ -107,9 +107,24 @@ def _missing_bridge(exc: ImportError) -> bool:
     return (exc.name or "").split(".")[0] in BRIDGE_MODULES
 
 
-def _bridge_exit(command: str, exc: ImportError) -> SystemExit:
-    return SystemExit(f"error: `orca {command}` needs {exc.name}, which is not installed: "
-                      "pip install 'orca-ml-endpoint[bridge]'")
+class MissingExtra(Exception):
+    """A command needs a module of an optional extra that is not installed; `main` prints
+    `error: …` with the README's install line and exits 2."""
+
+    def __init__(self, command: str, module: str, extra: str):
+        super().__init__(f"`orca {command}` needs {module}, which is not installed (the `{extra}` extra): "
+                         f"pip install '.[{extra}]'")
+
+
+def _bridge_exit(command: str, exc: ImportError) -> MissingExtra:
+    return MissingExtra(command, exc.name, "bridge")
+
+
+def _quiet_tensorflow() -> None:
+    """Before a command first imports TensorFlow: keep its C++ start-up logging (CPU features, no
+    CUDA driver: `failed call to cuInit`) off the terminal, unless TF_CPP_MIN_LOG_LEVEL says otherwise.
+    Python errors are unaffected."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 # --------------------------------------------------------------------------- commands
@@ -280,6 +295,7 @@ def cmd_convert(args) -> int:
         raise SystemExit(f"{args.dst} exists; pass --force to replace it")
     import torch  # noqa: F401  (before TensorFlow, which the bridge imports)
 
+    _quiet_tensorflow()
     from conversion.converting import convert
     from conversion.errors import ConversionError
 
@@ -296,6 +312,12 @@ def cmd_convert(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    import importlib.util
+
+    for module in ("tensorflow", "tf_keras", "tf2onnx"):  # verify's per-file errors would hide a missing one
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtra("verify", module, "bridge")
+    _quiet_tensorflow()
     from conversion.__main__ import main as conversion_main
 
     argv = ["verify", *args.models] + (["--tolerance", str(args.tolerance)] if args.tolerance is not None else [])
@@ -317,8 +339,7 @@ def cmd_score(args) -> int:
         import pyarrow  # noqa: F401
         import ray  # noqa: F401
     except ImportError as exc:
-        raise SystemExit(f"error: `orca score` needs {exc.name}, which is not installed: "
-                         "pip install 'orca-ml-endpoint[scale]'") from None
+        raise MissingExtra("score", exc.name, "scale") from None
     config = from_env()
     try:
         summary = score_archive(args.model, args.source, args.out, rows=args.img_width, cols=args.img_height,
@@ -555,6 +576,10 @@ def _image_args(p):
     p.add_argument("--output", "-o", help="write the JSON here instead of stdout")
 
 
+MODEL_URL_HELP = "the model: .h5, .onnx or .pt (s3:// or a local path)"
+UNLABELED_URL_HELP = "the prefix holding spectrograms/<stem>.png (and mp3/): clips without a PNG are scored from audio"
+
+
 def parser() -> argparse.ArgumentParser:
     from service import demo
 
@@ -571,37 +596,41 @@ def parser() -> argparse.ArgumentParser:
     demo.add_arguments(demo_cmd)
     demo_cmd.set_defaults(run=cmd_demo)
     train = sub.add_parser("train", help="fine-tune a model, write the next version, print /train's JSON")
-    train.add_argument("--model_url", "--model-url", required=True)
-    train.add_argument("--labeled_url", "--labeled-url", required=True)
-    train.add_argument("--epochs", type=int, required=True)
-    train.add_argument("--seed", type=int)
+    train.add_argument("--model_url", "--model-url", required=True, help="the model to fine-tune: NAME_N.h5 or .pt "
+                       "(s3:// or a local path); NAME_N+1 is written beside it")
+    train.add_argument("--labeled_url", "--labeled-url", required=True,
+                       help="the labeled set: a prefix holding train/<class>/ and validation/<class>/")
+    train.add_argument("--epochs", type=int, required=True, help="epochs to train (at most ORCA_MAX_EPOCHS)")
+    train.add_argument("--seed", type=int, help="0 … 2³²−1: shuffling, augmentation and dropout become repeatable (on the CPU)")
     _image_args(train)
     train.set_defaults(run=cmd_train)
     predict = sub.add_parser("predict", help="score every unlabeled clip (its PNG, else its mp3), print /predict's JSON")
-    predict.add_argument("--model_url", "--model-url", required=True)
-    predict.add_argument("--unlabeled_url", "--unlabeled-url", required=True)
+    predict.add_argument("--model_url", "--model-url", required=True, help=MODEL_URL_HELP)
+    predict.add_argument("--unlabeled_url", "--unlabeled-url", required=True, help=UNLABELED_URL_HELP)
     _image_args(predict)
     predict.set_defaults(run=cmd_predict)
     evaluate = sub.add_parser("evaluate", help="accuracy, ROC AUC and AP on a folder of <class>/ images")
-    evaluate.add_argument("--model_url", "--model-url", required=True)
+    evaluate.add_argument("--model_url", "--model-url", required=True, help=MODEL_URL_HELP)
     evaluate.add_argument("--data_url", "--data-url", required=True, help="a local folder with two class folders")
     _image_args(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
     new = sub.add_parser("new", help="write a fresh, untrained model of the registry")
     new.add_argument("name", help="registry name (srkw_cnn, small_cnn, …) or package.module:Class")
     new.add_argument("out", help="NAME_0.pt (or srkw_cnn_0.h5)")
-    new.add_argument("--rows", type=int)
-    new.add_argument("--cols", type=int)
-    new.add_argument("--seed", type=int, default=0)
+    new.add_argument("--rows", type=int, help="input rows, the img_width of /train and /predict (default: the "
+                     "registered size)")
+    new.add_argument("--cols", type=int, help="input columns, the img_height (default: the registered size)")
+    new.add_argument("--seed", type=int, default=0, help="seed of the initial weights (default: 0)")
     new.set_defaults(run=cmd_new)
     conv = sub.add_parser("convert", help="convert a model between .h5, .onnx and .pt")
-    conv.add_argument("src")
-    conv.add_argument("dst")
+    conv.add_argument("src", help="the model to convert: .h5, .pt or .onnx")
+    conv.add_argument("dst", help="the file to write; its extension (.h5, .pt, .onnx) picks the format")
     conv.add_argument("--force", action="store_true", help="replace an existing DST")
     conv.set_defaults(run=cmd_convert)
     verify = sub.add_parser("verify", help="Keras vs PyTorch vs ONNX Runtime parity of .h5 files (needs [bridge])")
-    verify.add_argument("models", nargs="+")
-    verify.add_argument("--tolerance", type=float)
+    verify.add_argument("models", nargs="+", help="Keras .h5 model files, or folders of them")
+    verify.add_argument("--tolerance", type=float,
+                        help="largest allowed max|Δ| / max(1, max|y|) (default 1e-4)")
     verify.set_defaults(run=cmd_verify)
     score = sub.add_parser("score", help="score an archive of spectrograms on Ray into Parquet (needs [scale])",
                            description="Score every SOURCE/spectrograms/<stem>.png (or, without it, SOURCE/mp3/<stem>.mp3) with MODEL "
@@ -623,20 +652,20 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--num-cpus", type=int, help="CPUs of the local Ray this command starts (default: all)")
     score.set_defaults(run=cmd_score)
     embed = sub.add_parser("embed", help="/predict's items plus each clip's embedding, as /embed")
-    embed.add_argument("--model_url", "--model-url", required=True)
-    embed.add_argument("--unlabeled_url", "--unlabeled-url", required=True)
+    embed.add_argument("--model_url", "--model-url", required=True, help=MODEL_URL_HELP)
+    embed.add_argument("--unlabeled_url", "--unlabeled-url", required=True, help=UNLABELED_URL_HELP)
     embed.add_argument("--npy", help="write the embeddings to this .npy (rows in the JSON's order) and leave "
                        "them out of the JSON")
     _image_args(embed)
     embed.set_defaults(run=cmd_embed)
     query = sub.add_parser("query", help="the k clips to label next by a query strategy, as /query")
-    query.add_argument("--model_url", "--model-url", required=True)
-    query.add_argument("--unlabeled_url", "--unlabeled-url", required=True)
-    query.add_argument("--k", type=int, required=True)
+    query.add_argument("--model_url", "--model-url", required=True, help=MODEL_URL_HELP)
+    query.add_argument("--unlabeled_url", "--unlabeled-url", required=True, help=UNLABELED_URL_HELP)
+    query.add_argument("--k", type=int, required=True, help="how many clips to return")
     query.add_argument("--strategy", default="uncertainty",
                        help="uncertainty, entropy, bald, variation_ratio, coreset, badge or random")
     query.add_argument("--passes", type=int, help="Monte Carlo dropout passes (bald, variation_ratio; default 10)")
-    query.add_argument("--seed", type=int)
+    query.add_argument("--seed", type=int, help="seed of the random choices (random, coreset, badge, dropout)")
     query.add_argument("--labeled_url", "--labeled-url", help="coreset: the labeled set to stay away from")
     _image_args(query)
     query.set_defaults(run=cmd_query)
@@ -681,7 +710,7 @@ def main(argv=None) -> int:
 
     try:
         return args.run(args)
-    except ServiceError as exc:
+    except (ServiceError, MissingExtra) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `orca predict ... | head`: the reader left; no traceback

@@ -10,7 +10,9 @@ Lays out, under `./local/` (or `--dir`), without touching files that already exi
     local/labeled_audio/{train,validation}/{calls,nocalls}/*.mp3   the same 4 clips, 2 calls + 2 nocalls:
                                                    the first of each class (by name) trains, the second validates
 
-then serves the endpoint on it and prints ready-to-paste curl lines: /train and /predict on the PNG sets,
+then serves the endpoint on it, with its job database under `local/state/`, its caches (models, ONNX
+exports, decoded pixels) under `local/cache/` and a request's scratch under `local/work/` (unless
+ORCA_STATE_DIR, ORCA_CACHE_DIR, ORCA_WORK_DIR say otherwise), so `make clean` removes all it made, and prints ready-to-paste curl lines: /train and /predict on the PNG sets,
 then on the audio sets (scored straight from the mp3s: docs/audio.md, "Audio datasets"). The audio sets
 are small: 4 clips, 2 of them to train on; they show the audio path works, not a trained model.
 """
@@ -67,6 +69,20 @@ def prepare(root: str | os.PathLike = "local", sample: Path = SAMPLE, sample_aud
     }
 
 
+def service_config(root: str | os.PathLike = "local") -> dict:
+    """What the demo serves `root` with (overlaying the environment): local URLs inside `root`; the
+    state, caches and scratch space under it too, except those the environment sets."""
+    root = Path(root).resolve()
+    config = {"LOCAL_ROOT": str(root)}
+    env = from_env()
+    for key, name in (("STATE_DIR", "state"), ("CACHE_DIR", "cache"), ("WORK_DIR", "work")):
+        if env[key] is None:
+            config[key] = str(root / name)
+    if "WORK_DIR" in config:  # tempfile wants it to exist; the others are created on first use
+        Path(config["WORK_DIR"]).mkdir(parents=True, exist_ok=True)
+    return config
+
+
 def curl_lines(base: str, urls: dict[str, str]) -> list[str]:
     """/train and /predict on the PNG sets, then the same on the audio sets."""
     size = f"img_width={ROWS}&img_height={COLS}"
@@ -83,8 +99,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The demo's options (`python -m service.demo` and `orca demo`)."""
     parser.add_argument("--dir", default="local", help="where to lay out the demo data (default: local)")
     config = from_env()
-    parser.add_argument("--host", default=config["HOST"])
-    parser.add_argument("--port", type=int, default=config["PORT"])
+    parser.add_argument("--host", default=config["HOST"], help="address to listen on (default: $HOST, else "
+                        "127.0.0.1)")
+    parser.add_argument("--port", type=int, default=config["PORT"], help="port (default: $PORT, else 5001; 0 picks "
+                        "a free one)")
     parser.add_argument("--prepare-only", action="store_true", help="lay out the data, do not serve")
     return parser
 
@@ -108,8 +126,7 @@ def run(args: argparse.Namespace) -> None:
     from .app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # local URLs must stay inside the demo folder
-    server = make(create_app({"LOCAL_ROOT": str(Path(args.dir).resolve())}), args.host, args.port)
+    server = make(create_app(service_config(args.dir)), args.host, args.port)
     host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
     print(f"orca ML endpoint listening on http://{host}:{server.server_port}/", flush=True)
     print("try (the first line trains one epoch and writes srkw_cnn_1.h5 beside srkw_cnn_0.h5; the last two "

@@ -106,16 +106,57 @@ def test_convert_refuses_to_replace_an_existing_file(workspace, capsys):
     assert target.read_text() == "keep me"
 
 
-def test_convert_without_the_bridge_names_the_extra(workspace, monkeypatch):
+def test_convert_without_the_bridge_names_the_extra(workspace, monkeypatch, capsys):
     source = workspace / "models" / "m_0.pt"
     main(["new", "small_cnn", str(source), "--rows", "32", "--cols", "32"])
     for name in ("tensorflow", "tf_keras"):  # as in an install without the `bridge` extra
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.delitem(sys.modules, "conversion.keras_reference", raising=False)
     monkeypatch.delattr(sys.modules["conversion"], "keras_reference", raising=False)
-    with pytest.raises(SystemExit, match=r"needs tensorflow.*orca-ml-endpoint\[bridge\]"):
-        main(["convert", str(source), str(workspace / "models" / "m.h5")])
+    capsys.readouterr()
+    assert main(["convert", str(source), str(workspace / "models" / "m.h5")]) == 2
+    assert capsys.readouterr().err == ("error: `orca convert` needs tensorflow, which is not installed (the `bridge` "
+                                       "extra): pip install '.[bridge]'\n")
     assert not (workspace / "models" / "m.h5").exists()
+
+
+def test_the_missing_extra_hint_is_the_readmes_install_line():
+    readme = (REPO / "README.md").read_text()
+    from orca.cli import MissingExtra
+
+    for extra in ("bridge", "scale"):
+        line = f"pip install '.[{extra}]'"
+        assert line in readme and str(MissingExtra("x", "y", extra)).endswith(line)
+
+
+def test_verify_without_tensorflow_names_the_extra_and_exits_2(workspace):
+    """A lean install (no TensorFlow): one line naming the extra, exit status 2, no traceback."""
+    model = workspace / "models" / "m_0.h5"
+    assert main(["new", "srkw_cnn", str(model), "--rows", "32", "--cols", "32"]) == 0
+    lean = ("import sys; sys.modules['tensorflow'] = None; from orca.cli import main; "
+            f"sys.exit(main(['verify', {str(model)!r}]))")
+    done = subprocess.run([sys.executable, "-c", lean], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == ("error: `orca verify` needs tensorflow, which is not installed (the `bridge` extra): "
+                           "pip install '.[bridge]'\n")
+    assert "ModuleNotFoundError" not in done.stdout
+
+
+def test_verify_quiets_tensorflow_unless_told_otherwise(monkeypatch):
+    """TF_CPP_MIN_LOG_LEVEL is set before TensorFlow's first import (its C++ start-up lines, such as
+    `failed call to cuInit`, stay off the terminal); a value the user set is kept."""
+    import conversion.__main__
+
+    seen = []
+    monkeypatch.setattr(conversion.__main__, "main",
+                        lambda argv: seen.append(os.environ.get("TF_CPP_MIN_LOG_LEVEL")) or 0)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "unset")  # so that the teardown restores the session's own
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
+    assert main(["verify", "m.h5"]) == 0
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    assert main(["verify", "m.h5"]) == 0
+    assert seen == ["3", "0"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -281,3 +322,21 @@ def test_predicts_audio_urls_are_the_servers_under_orca_public_url_else_file_url
     monkeypatch.setenv("ORCA_LOCAL_ROOT", str(workspace / "models"))  # the clips lie outside what is served
     items, _ = run_json(capsys, *common)
     assert items[0]["audio_url"] == (workspace / clip).as_uri()
+
+
+def test_every_option_of_every_command_has_help():
+    """`orca COMMAND -h` explains each argument: every action of every subcommand (but -h) has help text,
+    and so does every subcommand in `orca -h`."""
+    import argparse
+
+    from orca.cli import parser
+
+    top = parser()
+    (commands,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(COMMANDS) <= set(commands.choices)
+    listed = {a.dest: a.help for a in commands._choices_actions}
+    missing = [name for name in commands.choices if not listed.get(name)]
+    for name, sub in commands.choices.items():
+        missing += [f"{name} {'/'.join(a.option_strings) or a.dest}" for a in sub._actions
+                    if not isinstance(a, argparse._HelpAction) and not (a.help and a.help.strip())]
+    assert not missing, f"no help text: {missing}"

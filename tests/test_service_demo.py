@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_demo_serves_the_sample_data_and_its_curl_lines_work(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ORCA_DEVICE": "cpu"}
+    env = {key: value for key, value in os.environ.items()  # the demo's own defaults for its state and caches
+           if key not in ("ORCA_STATE_DIR", "ORCA_CACHE_DIR", "ORCA_WORK_DIR", "ORCA_ONNX_CACHE")}
+    env.update(PYTHONPATH=str(ROOT), ORCA_DEVICE="cpu")
     process = subprocess.Popen([sys.executable, "-m", "service.demo", "--port", "0"], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, curls = [], []
@@ -52,12 +54,64 @@ def test_demo_serves_the_sample_data_and_its_curl_lines_work(tmp_path):
         assert result["labeled_files"] == 10 and sum(result["cm"]) == 4
         assert sorted(os.listdir(tmp_path / "local/models")) == ["srkw_cnn_0.h5", "srkw_cnn_1.h5", "srkw_cnn_1.json",
                                                                      "srkw_cnn_1.png", "srkw_cnn_1.tensorboard"]
+        assert (tmp_path / "local/state/jobs.sqlite3").is_file()  # the job database of this demo alone
+        assert (tmp_path / "local/cache").is_dir() and (tmp_path / "local/work").is_dir()
+        assert not os.listdir(tmp_path / "local/work")  # a request's scratch goes once it is done
     finally:
         timer.cancel()
         process.terminate()
         process.wait(timeout=30)
     # the licence notice travels with the sample spectrograms
     assert "MIT License" in (ROOT / "sample_data/orcasound/LICENSE").read_text()
+
+
+SERVICE_FOLDERS = ("ORCA_STATE_DIR", "ORCA_CACHE_DIR", "ORCA_WORK_DIR", "ORCA_ONNX_CACHE")
+
+
+def test_demo_keeps_its_state_and_caches_under_its_folder(tmp_path, monkeypatch):
+    """`orca demo --prepare-only`, then the app the demo serves: its job database, model cache, ONNX
+    exports, pixel cache and scratch space all lie under the demo's folder (what `make clean` removes)."""
+    from orca.cli import main
+    from service import create_app
+    from service.demo import service_config
+
+    for name in SERVICE_FOLDERS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--prepare-only"]) == 0
+    local = (tmp_path / "local").resolve()
+    app = create_app({**service_config("local"), "DEVICE": "cpu"})
+    runtime = app.extensions["orca"]
+    assert app.test_client().get("/jobs").status_code == 200  # opens the job database
+    assert (local / "state" / "jobs.sqlite3").is_file()
+    assert runtime.cache.root == local / "cache"
+    assert Path(runtime.scorers.onnx_cache) == local / "cache" / "onnx"
+    assert runtime.pixels.root == local / "cache" / "pixels"
+    assert runtime.config["WORK_DIR"] == str(local / "work") and (local / "work").is_dir()
+    assert runtime.config["LOCAL_ROOT"] == str(local)
+
+    # a folder the environment names still wins
+    monkeypatch.setenv("ORCA_STATE_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("ORCA_CACHE_DIR", str(tmp_path / "cached"))
+    config = service_config("local")
+    assert "STATE_DIR" not in config and "CACHE_DIR" not in config
+    assert create_app({**config, "DEVICE": "cpu"}).extensions["orca"].cache.root == tmp_path / "cached"
+
+
+def test_make_clean_removes_the_demo_folder_and_the_venv():
+    """`make clean`'s recipe removes ./local (where the demo keeps its data, state and caches) and the
+    venv, and names nothing outside the checkout."""
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    start = lines.index("clean:")
+    recipe = []
+    for line in lines[start + 1:]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip())
+    assert recipe, "make clean has no recipe"
+    removed = [word for line in recipe if line.startswith("rm -rf ") for word in line.split()[2:]]
+    assert "local" in removed and "$(VENV)" in removed, recipe
+    assert not [word for word in removed if word.startswith(("/", "~", ".."))], removed
 
 
 def test_demo_lays_out_audio_sets_that_predict_like_the_2020_pngs(tmp_path):
