@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AudioClipError, ImageError
-from .images import IMAGE_EXTENSIONS, decode_image, nearest_indices
+from .images import IMAGE_EXTENSIONS, decode_image, list_files, nearest_indices
 from .pixel_cache import decoder_name, is_tensor, object_identity
 
 # the audio a dataset may hold instead of (or beside) a spectrogram, in order of preference for one stem
@@ -48,11 +48,7 @@ def is_clip(name) -> bool:
 
 def list_clips(folder: str | os.PathLike) -> list[Path]:
     """Image and audio files under `folder`, recursively, sorted by path (hidden files left out)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in CLIP_EXTENSIONS and p.is_file() and not p.name.startswith("."))
+    return list_files(folder, CLIP_EXTENSIONS)
 
 
 def spectrogram_key() -> str:

@@ -90,10 +90,16 @@ def load_image(source: Source, rows: int, cols: int) -> np.ndarray:
     return to_float(decode_image(source, rows, cols))
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files (.png/.jpg/.jpeg, any case) under `folder`, recursively, sorted by path."""
+def list_files(folder: str | os.PathLike, suffixes) -> list[Path]:
+    """Files under `folder` whose suffix (any case) is one of `suffixes`, recursively, sorted by path;
+    hidden files left out; [] when `folder` is not a folder."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith("."))
+                  if p.suffix.lower() in suffixes and p.is_file() and not p.name.startswith("."))
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files (.png/.jpg/.jpeg, any case) under `folder`, recursively, sorted by path."""
+    return list_files(folder, IMAGE_EXTENSIONS)

@@ -51,3 +51,9 @@ def onnx_runtime_outputs(module, onnx_path, example, inputs) -> list:
     written = torch_to_onnx(module, onnx_path, example_inputs=tuple(torch.from_numpy(a) for a in example))
     session = ort.InferenceSession(str(written), providers=["CPUExecutionProvider"])
     return session.run(None, {i.name: a for i, a in zip(session.get_inputs(), inputs)})
+
+
+def torch_outputs(module, arrays) -> list:
+    """The module's outputs (numpy) on the numpy input arrays, without gradients."""
+    with torch.no_grad():
+        return [o.numpy() for o in module(*[torch.from_numpy(a) for a in arrays])]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tf_keras", reason="the Keras bridge tests need tf_keras (requirements.txt)")
-from bridge_checks import assert_backward_reaches_every_weight, assert_weights_bit_exact, onnx_runtime_outputs  # noqa: E402
+from bridge_checks import assert_backward_reaches_every_weight, assert_weights_bit_exact, onnx_runtime_outputs, torch_outputs  # noqa: E402
 import keras_zoo  # noqa: E402,F401  (imports tf_keras, after torch)
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
@@ -83,11 +83,6 @@ def _inputs(seed, batch=3):
     return [np.random.default_rng(seed).normal(0.0, 1.0, (batch, STEPS, FEATURES)).astype(np.float32)]
 
 
-def _torch(module, arrays):
-    with torch.no_grad():
-        return [o.numpy() for o in module(*[torch.from_numpy(a) for a in arrays])]
-
-
 def test_cudnn_layers_match_keras_conversion_into_lstm_and_gru(saved):
     model, path, names = saved
     with h5py.File(path) as f:
@@ -98,7 +93,7 @@ def test_cudnn_layers_match_keras_conversion_into_lstm_and_gru(saved):
     module = keras_to_torch(path)
     arrays = _inputs(0)
     expected = [np.asarray(o) for o in _reference_with_weights_of(model)(arrays, training=False)]
-    for name, got, want in zip(names, _torch(module, arrays), expected):
+    for name, got, want in zip(names, torch_outputs(module, arrays), expected):
         _close(got, want, name)
     # the weights keep the CuDNN layout as parameters; the standard one is computed from them
     params = dict(module.named_parameters())
@@ -119,7 +114,7 @@ def test_round_trip_keeps_the_cudnn_classes_bit_exact_and_training_reaches_every
     trained = torch_to_keras(module.eval(), path, tmp_path / "trained.h5")
     reloaded = tf_keras.models.load_model(trained, compile=False)  # tf_keras reads the CuDNN file back
     assert type(reloaded.get_layer("lstm_seq")).__name__ == "CuDNNLSTM"
-    expected = _torch(module, arrays)
+    expected = torch_outputs(module, arrays)
     for name, want, got in zip(names, expected, _reference_with_weights_of(reloaded)(arrays, training=False)):
         _close(want, np.asarray(got), f"after training: {name}")
 
@@ -129,7 +124,7 @@ def test_torch_onnx_export_matches_onnxruntime(saved, tmp_path):
     module = keras_to_torch(path)
     other = _inputs(3, batch=2)
     got = onnx_runtime_outputs(module, tmp_path / "cudnn.onnx", _inputs(2), other)
-    for name, g, e in zip(names, got, _torch(module, other)):
+    for name, g, e in zip(names, got, torch_outputs(module, other)):
         _close(g, e, f"onnx: {name}")
 
 

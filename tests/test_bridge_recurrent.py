@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
+from bridge_checks import torch_outputs  # noqa: E402
 import keras_zoo  # noqa: E402  (imports tf_keras, pinned in requirements.txt: missing, it fails the run)
 import tf_keras  # noqa: E402
 
@@ -160,17 +161,12 @@ def keras3_file(tmp_path_factory):
     return Saved(model, str(path), names)
 
 
-def _torch_outputs(module, arrays):
-    with torch.no_grad():
-        return [o.numpy() for o in module(*[torch.from_numpy(a) for a in arrays])]
-
-
 @pytest.mark.parametrize("flavour", ["tf_keras", "keras3"])
 def test_every_recurrent_branch_matches_the_keras_that_wrote_it(flavour, request):
     saved = request.getfixturevalue("tf_keras_file" if flavour == "tf_keras" else "keras3_file")
     module = keras_to_torch(saved.path)
     arrays = _inputs(np.random.default_rng(2))
-    for name, got, expected in zip(saved.names, _torch_outputs(module, arrays), saved.predict(arrays)):
+    for name, got, expected in zip(saved.names, torch_outputs(module, arrays), saved.predict(arrays)):
         _close(got, expected, f"{flavour}: {name}")
 
 
@@ -220,7 +216,7 @@ def test_round_trip_is_bit_exact_and_training_reaches_every_weight(flavour, requ
     assert not no_grad, f"weights backward does not reach: {no_grad}"
     torch.optim.SGD(module.parameters(), lr=0.05).step()
     trained = torch_to_keras(module.eval(), path, tmp_path / "trained.h5")
-    expected = _torch_outputs(module, arrays)
+    expected = torch_outputs(module, arrays)
     for name, got, want in zip(saved.names, saved.predict_with_weights_of(trained, arrays), expected):
         _close(want, got, f"{flavour} after training: {name}")
     assert any(not torch.equal(before[n], p) for n, p in module.named_parameters())
@@ -281,7 +277,7 @@ def test_torch_onnx_export_of_recurrent_model_matches_onnxruntime(tf_keras_file,
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     other = _inputs(np.random.default_rng(9), batch=5)  # another batch size: the batch axis is dynamic
     got = session.run(None, {i.name: a for i, a in zip(session.get_inputs(), other)})
-    for name, g, e in zip(names, got, _torch_outputs(module, other)):
+    for name, g, e in zip(names, got, torch_outputs(module, other)):
         _close(g, e, f"onnx: {name}")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tf_keras", reason="the Keras bridge tests need tf_keras (requirements.txt)")
-from bridge_checks import assert_backward_reaches_every_weight, assert_weights_bit_exact, onnx_runtime_outputs  # noqa: E402
+from bridge_checks import assert_backward_reaches_every_weight, assert_weights_bit_exact, onnx_runtime_outputs, torch_outputs  # noqa: E402
 import keras_zoo  # noqa: E402,F401  (imports tf_keras, after torch)
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
@@ -124,11 +124,6 @@ def _inputs(seed, batch=3):
             rng.normal(0.0, 1.0, (batch, *SEQ)).astype(np.float32)]
 
 
-def _torch(module, arrays):
-    with torch.no_grad():
-        return [o.numpy() for o in module(*[torch.from_numpy(a) for a in arrays])]
-
-
 def test_the_file_holds_op_layers_of_both_classes(saved):
     _, path, _ = saved
     with h5py.File(path) as f:
@@ -143,7 +138,7 @@ def test_every_op_branch_matches_tf_keras(saved):
     module = keras_to_torch(path)
     arrays = _inputs(0)
     expected = [np.asarray(o) for o in keras_model(arrays, training=False)]
-    for name, got, want in zip(names, _torch(module, arrays), expected):
+    for name, got, want in zip(names, torch_outputs(module, arrays), expected):
         assert np.abs(want).max() > 1e-3, name  # the branch computes something
         _close(got, want, name)
 
@@ -159,7 +154,7 @@ def test_round_trip_is_bit_exact_and_training_reaches_every_weight(saved, tmp_pa
     torch.optim.SGD(module.parameters(), lr=0.05).step()
     trained = torch_to_keras(module.eval(), path, tmp_path / "trained.h5")
     reloaded = tf_keras.models.load_model(trained, compile=False)  # the written file reloads in tf_keras
-    for name, want, got in zip(names, _torch(module, arrays), reloaded(arrays, training=False)):
+    for name, want, got in zip(names, torch_outputs(module, arrays), reloaded(arrays, training=False)):
         _close(want, np.asarray(got), f"after training: {name}")
 
 
@@ -168,7 +163,7 @@ def test_torch_onnx_export_matches_onnxruntime(saved, tmp_path):
     module = keras_to_torch(path)
     other = _inputs(3, batch=2)  # another batch size: the batch axis stays dynamic
     got = onnx_runtime_outputs(module, tmp_path / "tf_ops.onnx", _inputs(2), other)
-    for name, g, e in zip(names, got, _torch(module, other)):
+    for name, g, e in zip(names, got, torch_outputs(module, other)):
         _close(g, e, f"onnx: {name}")
 
 

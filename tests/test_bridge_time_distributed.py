@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tf_keras", reason="the Keras bridge tests need tf_keras (requirements.txt)")
-from bridge_checks import assert_backward_reaches_every_weight, assert_weights_bit_exact, onnx_runtime_outputs  # noqa: E402
+from bridge_checks import assert_backward_reaches_every_weight, assert_weights_bit_exact, onnx_runtime_outputs, torch_outputs  # noqa: E402
 import keras_zoo  # noqa: E402,F401  (imports tf_keras, after torch)
 import tf_keras  # noqa: E402
 
@@ -90,20 +90,15 @@ def saved(request, tmp_path_factory):
     return k, model, str(path), names
 
 
-def _torch(module, arrays):
-    with torch.no_grad():
-        return [o.numpy() for o in module(*[torch.from_numpy(a) for a in arrays])]
-
-
 def test_wrapped_models_match_the_keras_that_wrote_them(saved):
     k, model, path, names = saved
     module = keras_to_torch(path)
     arrays = _inputs(0)
     expected = [np.asarray(o) for o in model(arrays, training=False)]
-    for name, got, want in zip(names, _torch(module, arrays), expected):
+    for name, got, want in zip(names, torch_outputs(module, arrays), expected):
         _close(got, want, name)
     # the mask reached the LSTM: a padded step repeats the previous output, as Keras gives it
-    masked = _torch(module, arrays)[names.index("masked")]
+    masked = torch_outputs(module, arrays)[names.index("masked")]
     assert np.array_equal(masked[0, 4], masked[0, 6]) and np.array_equal(masked[1, 0], masked[1, 2])
 
 
@@ -122,7 +117,7 @@ def test_round_trip_is_bit_exact_training_reaches_every_weight_and_the_file_relo
     assert_backward_reaches_every_weight(module, [torch.from_numpy(a) for a in arrays])
     torch.optim.SGD(module.parameters(), lr=0.05).step()
     trained = torch_to_keras(module.eval(), path, tmp_path / "trained.h5")
-    expected = _torch(module, arrays)
+    expected = torch_outputs(module, arrays)
     if k is tf_keras:  # Keras 3 cannot load its own .h5 of a masked model (its NotEqual mask op)
         reloaded = k.models.load_model(trained, compile=False)
         for name, want, got in zip(names, expected, reloaded(arrays, training=False)):
@@ -137,7 +132,7 @@ def test_torch_onnx_export_matches_onnxruntime(saved, tmp_path):
     module = keras_to_torch(path)
     other = _inputs(3, batch=2)
     got = onnx_runtime_outputs(module, tmp_path / "td.onnx", _inputs(2), other)
-    for name, g, e in zip(names, got, _torch(module, other)):
+    for name, g, e in zip(names, got, torch_outputs(module, other)):
         _close(g, e, f"onnx: {name}")
 
 
