@@ -34,13 +34,13 @@ def split_segment(src: Path, names: list[str], dest: Path, keep=None) -> list[Pa
     return paths
 
 
-def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
-    """float32 (channels, n) as a 16-bit wav, through PyAV."""
-    layout = "mono" if samples.shape[0] == 1 else "stereo"
-    pcm = np.round(np.clip(samples, -1, 32767 / 32768) * 32768).astype(np.int16)
-    with av.open(str(path), "w", format="wav") as out:
-        stream = out.add_stream("pcm_s16le", rate=rate, layout=layout)
-        frame = av.AudioFrame.from_ndarray(pcm.T.reshape(1, -1).copy(), format="s16", layout=layout)
+def encode(path: Path, fmt: str, codec: str, samples: np.ndarray, rate: int, sample_format: str) -> Path:
+    """Write `samples` (channels, n) with PyAV's encoder `codec` into container `fmt`."""
+    layout = {1: "mono", 2: "stereo", 6: "5.1"}[samples.shape[0]]
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples.T.reshape(1, -1)),
+                                           format=sample_format, layout=layout)
         frame.sample_rate = rate
         frame.pts = 0
         for packet in stream.encode(frame):
@@ -48,6 +48,12 @@ def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
         for packet in stream.encode(None):
             out.mux(packet)
     return path
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
+    """float32 (channels, n) as a 16-bit wav, through PyAV."""
+    pcm = np.round(np.clip(samples, -1, 32767 / 32768) * 32768).astype(np.int16)
+    return encode(path, "wav", "pcm_s16le", pcm, rate, "s16")
 
 
 def write_video_only_ts(path: Path) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-av = pytest.importorskip("av")
+import av
 
 from audio_files import SEGMENT, split_segment, write_wav  # noqa: E402
 from audio.clips import Clip, Missing, Tail, clip_count, cut, encode_mp3, write_mp3  # noqa: E402

@@ -10,27 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-av = pytest.importorskip("av")
+import av
 
 from audio.decode import AudioError, decode  # noqa: E402
+from audio_files import encode  # noqa: E402
 from repo_data import AUDIO_DIR  # noqa: E402
 
 MP3S = sorted(AUDIO_DIR.glob("mp3/*/*.mp3"))
-
-
-def _encode(path: Path, fmt: str, codec: str, samples: np.ndarray, rate: int, sample_format: str) -> Path:
-    """Write `samples` (channels, n) with PyAV's encoder `codec` into container `fmt`."""
-    layout = {1: "mono", 2: "stereo", 6: "5.1"}[samples.shape[0]]
-    with av.open(str(path), "w", format=fmt) as out:
-        stream = out.add_stream(codec, rate=rate, layout=layout)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples.T.reshape(1, -1)),
-                                           format=sample_format, layout=layout)
-        frame.sample_rate = rate
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
 
 
 def test_the_sample_clips_decode_with_the_fixed_point_mp3_decoder_to_16_bit_steps():
@@ -91,7 +77,7 @@ def test_lossless_files_give_back_their_samples_at_any_rate_and_channel_count(tm
     else:
         raw = (k / 32768.0).astype(np.float32)
         want = raw.astype(np.float64)
-    path = _encode(tmp_path / f"x.{fmt}", fmt, codec, raw, rate, sample_format)
+    path = encode(tmp_path / f"x.{fmt}", fmt, codec, raw, rate, sample_format)
     d = decode(path)
     assert (d.rate, d.channels, d.frames) == (rate, channels, 4001)
     assert np.array_equal(d.samples.astype(np.float64), want.astype(np.float32).astype(np.float64))

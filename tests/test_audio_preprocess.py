@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-av = pytest.importorskip("av")
-spectrogram = pytest.importorskip("audio.spectrogram")
+import av
+from audio import spectrogram
 
 from audio.decode import decode  # noqa: E402
 from orca.cli import main  # noqa: E402

@@ -12,11 +12,11 @@ import torch
 
 from audio import features, picture, resample, wavelet
 
-librosa = pytest.importorskip("librosa")
-resampy = pytest.importorskip("resampy")
-scipy_signal = pytest.importorskip("scipy.signal")
-pywt = pytest.importorskip("pywt")
-skimage_restoration = pytest.importorskip("skimage.restoration")
+import librosa
+import resampy
+from scipy import signal as scipy_signal
+import pywt
+from skimage import restoration as skimage_restoration
 
 DATA = Path(__file__).resolve().parent / "data"
 RATES = [(48000, 31), (44100, 4001), (16000, 1234), (96000, 30011), (22050 * 2, 7777), (8000, 5003), (32000, 9001)]

@@ -16,7 +16,6 @@ import h5py
 import numpy as np
 import pytest
 
-pytest.importorskip("tf_keras", reason="the Keras bridge tests need tf_keras (requirements.txt)")
 from bridge_checks import assert_backward_reaches_every_weight, assert_weights_bit_exact, onnx_runtime_outputs, torch_outputs  # noqa: E402
 import keras_zoo  # noqa: E402,F401  (imports tf_keras, after torch)
 import tensorflow as tf  # noqa: E402

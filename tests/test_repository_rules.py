@@ -132,3 +132,14 @@ def test_the_rule_above_sees_an_import_inside_a_function(tmp_path):
     sample = tmp_path / "m.py"
     sample.write_text("import os\n\ndef f():\n    from werkzeug.serving import make_server\n    import flask.json\n")
     assert _web_imports(sample) == ["m.py:4 werkzeug.serving", "m.py:5 flask.json"]
+
+
+def test_no_test_skips_on_a_missing_package():
+    """Every package the tests import is pinned in requirements.txt (test_packaging checks that), so a
+    missing one is a broken install and must fail the run, never turn it green with skips."""
+    found = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "importorskip":
+                found.append(f"{path.name}:{node.lineno}")
+    assert found == [], "pytest.importorskip of a pinned package: " + ", ".join(found)
