@@ -62,6 +62,11 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray's notice that a new local cluster has token authentication on (its secure default) would
+    # be the command's first line on every run; it stays in Ray's logs, not on the terminal.
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    kept_level = notice.level
+    notice.setLevel(logging.ERROR)
     try:
         ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
                  configure_logging=False)
@@ -69,7 +74,21 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
         raise SystemExit(f"error: cannot start Ray: {error}") from None
     except ConnectionError as error:
         raise SystemExit(f"error: cannot reach the Ray cluster at {address or 'RAY_ADDRESS'}: {error}") from None
+    finally:
+        notice.setLevel(kept_level)
+    quiet_ray_data_console()
     return True
+
+
+def quiet_ray_data_console() -> None:
+    """Ray Data's INFO lines (execution plans, its own progress log when stderr is no terminal) off the
+    terminal, where this command's progress bar is: its console handler shows warnings and errors only.
+    The full log still goes to the Ray session's `logs/ray-data/ray-data.log`."""
+    import ray.data  # noqa: F401  (configures the "ray.data" logger and its handlers)
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(max(handler.level, logging.WARNING))
 
 
 def _fetch_model(model, folder: str) -> str:
@@ -211,43 +230,56 @@ def _run(ready: Prepared, pending: list[int], summary: Summary, *, device, worke
         raise SystemExit("error: --device cuda, but the Ray cluster has no GPU")
     reader = dict(source_url=source.url, rows=plan.rows, cols=plan.cols, max_pixels=max_pixels,
                   s3_attempts=s3_attempts)
+    batch_rows = batch_size or (64 if use_gpu else CPU_BATCH)
+    if use_gpu:
+        workers = workers or gpus
+    else:
+        workers = workers or max(1, cpus)
+        if cpus and workers > cpus:
+            raise SystemExit(f"error: --workers {workers} is more than the {cpus} CPUs of the Ray cluster")
+    clips = sum(plan.part_rows(index).num_rows for index in pending)
+    # One block per part, or smaller ones when there are fewer parts than workers (each block goes to one
+    # actor); and never more actors than blocks, which would sit idle.
+    block_rows = min(plan.part_size, max(batch_rows, math.ceil(clips / workers)))
     tables = []
     offset = 0
-    for index in pending:  # one block per part, in plan order; `index` numbers the clips across the plan
+    for index in pending:  # blocks in plan order; `index` numbers the clips across the plan
         rows = plan.part_rows(index)
         start = index * plan.part_size
-        tables.append(pa.table({"index": pa.array(range(start, start + rows.num_rows), pa.int64()),
-                                "part": rows["part"], "key": rows["key"], "size": rows["size"]}))
+        part = pa.table({"index": pa.array(range(start, start + rows.num_rows), pa.int64()),
+                         "part": rows["part"], "key": rows["key"], "size": rows["size"]})
+        tables += [part.slice(first, block_rows) for first in range(0, part.num_rows, block_rows)]
         offset += rows.num_rows
+    workers = min(workers, len(tables))
     context = ray.data.DataContext.get_current()
     kept_order, context.execution_options.preserve_order = context.execution_options.preserve_order, True
     try:
         dataset = ray.data.from_arrow(tables)
         if use_gpu:
-            workers = workers or gpus
             summary.engine = "torch"
-            readers = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cpus - workers))  # CPUs left to read
+            readers = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(cpus - workers, len(tables))))
             decoded = dataset.map_batches(ClipReader, fn_constructor_kwargs={**reader, "decode": "torch"},
-                                          batch_size=batch_size or 64, num_cpus=1, compute=readers)
+                                          batch_size=batch_rows, num_cpus=1, compute=readers)  # the CPUs left read
             scored = decoded.map_batches(GpuScorer, fn_constructor_kwargs=dict(
                 **model, precision=precision,
-                batch_size=batch_size or 64), batch_size=batch_size or 64, num_gpus=1, num_cpus=1,
+                batch_size=batch_rows), batch_size=batch_rows, num_gpus=1, num_cpus=1,
                 compute=ray.data.ActorPoolStrategy(size=workers))
         else:
-            workers = workers or max(1, cpus)
-            if cpus and workers > cpus:
-                raise SystemExit(f"error: --workers {workers} is more than the {cpus} CPUs of the Ray cluster")
             summary.engine = "onnxruntime"
             scored = dataset.map_batches(CpuScorer, fn_constructor_kwargs=dict(
                 **model, onnx_bytes=ready.onnx_bytes,
-                threads=1, reader=reader), batch_size=batch_size or CPU_BATCH, num_cpus=1,
+                threads=1, reader=reader), batch_size=batch_rows, num_cpus=1,
                 compute=ray.data.ActorPoolStrategy(size=workers))
         summary.workers = workers
         names = plan.table["name"].to_pylist()
         keys = plan.table["key"].to_pylist()
         waiting: dict[int, dict[int, tuple[float, str]]] = {}
         began, first_batch = time.monotonic(), None  # wall-clock time (time.time) the first actor began a batch
-        bar = tqdm(total=offset, desc="scored", unit="img", file=sys.stderr, dynamic_ncols=True, disable=not progress)
+        # The bar is drawn from the first scored batch on (tqdm's `delay`), its rate counted from here: what
+        # Ray prints while it starts the actors (e.g. its core worker's notice of ray-project/ray#57733, once
+        # per actor) comes before the bar, not inside it.
+        bar = tqdm(total=offset, desc="scored", unit="img", file=sys.stderr, dynamic_ncols=True, delay=1e-3,
+                   disable=not progress)
         try:
             for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
                 for index, part, value, error in zip(batch["index"], batch["part"], batch["predicted_value"],

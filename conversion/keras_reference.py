@@ -7,7 +7,11 @@ Never import it from the serving process.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+import tempfile
 
 import torch  # noqa: F401  (must come before TensorFlow)
 import torch._dynamo  # noqa: F401  (so must torch's compiler stack: optimizers import it lazily)
@@ -15,9 +19,55 @@ import torch._dynamo  # noqa: F401  (so must torch's compiler stack: optimizers 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}  # absl's line prefixes; TF_CPP_MIN_LOG_LEVEL counts the same way
+ABSL_LINE = re.compile(r"^([IWEF])\d{4} ")
+ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
+
+def startup_line_shown(line: str, min_level: int) -> bool:
+    """Whether a line TensorFlow's C++ side wrote to stderr during its import is shown at TF_CPP_MIN_LOG_LEVEL
+    `min_level`: absl lines below that severity are not, nor absl's preamble above them once any level is
+    filtered; everything else (Python warnings, tracebacks, other libraries) is."""
+    if min_level > 0 and line.startswith(ABSL_PREAMBLE):
+        return False
+    match = ABSL_LINE.match(line)
+    return match is None or SEVERITY[match.group(1)] >= min_level
+
+
+@contextlib.contextmanager
+def tensorflow_startup_filtered():
+    """Apply TF_CPP_MIN_LOG_LEVEL to what TensorFlow's import writes to stderr. Since TF 2.19 its C++ code
+    logs through absl before absl is initialised (oneDNN's notice, `Could not find cuda drivers`), which
+    ignores the variable (tensorflow/tensorflow#100442). The import's stderr (file descriptor 2) goes to a
+    temporary file; the lines the level lets through are written back afterwards, also when it fails."""
+    try:
+        min_level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        min_level = 0
+    if min_level <= 0:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if startup_line_shown(line, min_level)))
+            sys.stderr.flush()
+
+
+with tensorflow_startup_filtered():
+    import tensorflow as tf  # noqa: E402
+    import tf_keras  # noqa: E402
+
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
 
 from .errors import ConversionError  # noqa: E402
 

@@ -159,6 +159,37 @@ def test_verify_quiets_tensorflow_unless_told_otherwise(monkeypatch):
     assert seen == ["3", "0"]
 
 
+@pytest.mark.slow  # TensorFlow's import in a new process (~10 s on 2 cores)
+def test_verify_prints_its_table_without_tensorflow_s_start_up_lines(workspace):
+    """The console script's stderr holds none of TensorFlow's absl start-up lines (oneDNN's notice,
+    `Could not find cuda drivers`, absl's preamble); with TF_CPP_MIN_LOG_LEVEL=0 they are there again,
+    so the test sees them when they are printed."""
+    model = workspace / "models" / "m_0.h5"
+    assert main(["new", "srkw_cnn", str(model), "--rows", "32", "--cols", "32"]) == 0
+    quiet = subprocess.run(orca_command() + ["verify", str(model)], env=subprocess_env(), capture_output=True,
+                           text=True, timeout=300)
+    loud = subprocess.run([sys.executable, "-c", "import conversion.keras_reference"],
+                          env=subprocess_env(TF_CPP_MIN_LOG_LEVEL="0"), capture_output=True, text=True, timeout=300)
+
+    assert quiet.returncode == 0, quiet.stderr
+    assert "keras vs torch" in quiet.stdout
+    assert "absl::InitializeLog" not in quiet.stderr and not re.search(r"^[IW]\d{4} ", quiet.stderr, re.M), quiet.stderr
+    assert loud.returncode == 0 and "absl::InitializeLog" in loud.stderr, loud.stderr
+
+
+def test_tensorflow_start_up_lines_follow_the_log_level():
+    from conversion.keras_reference import ABSL_PREAMBLE, startup_line_shown
+
+    info = "I0000 00:00:1796622114.657601    6646 port.cc:153] oneDNN custom operations are on.\n"
+    warning, error = "W" + info[1:], "E" + info[1:]
+    python_warning = "/x.py:3: UserWarning: something\n"
+    assert [startup_line_shown(line, 2) for line in (ABSL_PREAMBLE, info, warning, error, python_warning)] == [
+        False, False, False, True, True]
+    assert [startup_line_shown(line, 1) for line in (info, warning)] == [False, True]
+    assert all(startup_line_shown(line, 0) for line in (ABSL_PREAMBLE, info, warning, error))
+    assert not startup_line_shown(error, 3)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["new", "no_such_model", "x_0.pt"], "unknown model 'no_such_model'"),
     (["new", "small_cnn", "x_0.h5"], "`new` writes .pt checkpoints"),
@@ -340,3 +371,29 @@ def test_every_option_of_every_command_has_help():
         missing += [f"{name} {'/'.join(a.option_strings) or a.dest}" for a in sub._actions
                     if not isinstance(a, argparse._HelpAction) and not (a.help and a.help.strip())]
     assert not missing, f"no help text: {missing}"
+
+
+@pytest.mark.slow  # a local Ray's start-up in the subprocess (~10 s on 2 cores)
+def test_score_shows_its_bar_and_summary_without_ray_s_own_lines(srkw_h5, tmp_path):
+    """`orca score` starting its own local Ray: stderr holds the progress bar, not Ray's token-auth notice,
+    Ray Data's INFO lines (execution plan, its logged progress) or its warning about an actor pool wider
+    than its input (3 clips make one block: one actor, though 2 are asked for)."""
+    from repo_data import SRKW_COLS, SRKW_ROWS
+
+    source = tmp_path / "unlabeled" / "spectrograms"
+    source.mkdir(parents=True)
+    for i, png in enumerate(sorted((REPO / "sample_data" / "orcasound" / "test").glob("*/*.png"))[:3]):
+        shutil.copyfile(png, source / f"orcasoundlab_{1594154118 + 3 * i}.png")
+    env = {key: value for key, value in subprocess_env().items() if key != "RAY_ADDRESS"}
+    run = subprocess.run(orca_command() + ["score", str(srkw_h5), str(tmp_path / "unlabeled"), "--out",
+                                           str(tmp_path / "scores"), "--img_width", str(SRKW_ROWS),
+                                           "--img_height", str(SRKW_COLS), "--num-cpus", "2", "--workers", "2"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout)
+    assert (summary["scored"], summary["failed"], summary["workers"]) == (3, 0, 1)
+    assert "scored: 100%" in run.stderr
+    for noise in ("Token authentication", "streaming_executor", "logging_progress", "Execution plan",
+                  "UserWarning", "override_num_blocks"):
+        assert noise not in run.stderr, run.stderr[-3000:]
