@@ -402,74 +402,6 @@ def cmd_spectrogram(args) -> int:
 # --------------------------------------------------------------------------- preprocess
 # `orca preprocess`: the work is in audio.preprocess; here only where the input lives (local, S3) and printing.
 
-def _s3_preprocess_inputs(url: str):
-    """(Inputs, names left out, the playlist's media sequence, a close function) of an s3:// INPUT: a prefix
-    of segments (or audio files), an .m3u8 playlist, or one file. Segments download to a temporary folder a
-    few ahead of the one being read, each deleted once read."""
-    import contextlib
-    import functools
-    import posixpath
-    import shutil
-    import tempfile
-    from concurrent.futures import ThreadPoolExecutor
-
-    from audio.hls import media_sequence, parse_playlist, resolve
-    from audio.preprocess import PLAYLIST_SUFFIX, choose_files
-    from audio.timeline import Input
-    from service.storage import locate
-
-    location = locate(url, "INPUT", local_root=None)
-    storage = location.storage
-    left: list[str] = []
-    sequence = 0
-    if location.key.lower().endswith(PLAYLIST_SUFFIX):
-        text = storage.read_bytes(location.key).decode("utf-8", errors="replace")
-        sequence = media_sequence(text)
-        keys = []
-        for uri in parse_playlist(text, url):
-            entry = locate(resolve(url, uri), "INPUT", local_root=None)
-            if getattr(entry.storage, "bucket", None) != getattr(storage, "bucket", None):
-                raise SystemExit(f"error: {url}: the playlist names {entry.url}, in another bucket")
-            keys.append((entry.key, None))
-    elif location.key and not location.key.endswith("/") and storage.stat(location.key) is not None:
-        keys = [(location.key, None)]
-    else:
-        prefix = location.prefix
-        objects = {posixpath.basename(o.key): o for o in storage.list(prefix)
-                   if "/" not in o.key[len(prefix):]}  # the folder's own files, as for a local folder
-        chosen, left = choose_files(objects)
-        keys = [(objects[name].key, objects[name].size) for name in chosen]
-    folder = tempfile.mkdtemp(prefix="orca-preprocess-")
-    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="orca-s3-segments")
-    futures: dict[int, object] = {}
-    ahead = 4
-
-    def download(i: int) -> str:
-        key, size = keys[i]
-        path = os.path.join(folder, f"{i:08d}-{posixpath.basename(key)}")
-        storage.download(key, path, expected_size=size)
-        return path
-
-    @contextlib.contextmanager
-    def fetch(i: int):
-        for j in range(i, min(i + ahead + 1, len(keys))):
-            if j not in futures:
-                futures[j] = pool.submit(download, j)
-        path = futures.pop(i).result()
-        try:
-            yield path
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-
-    def close():
-        pool.shutdown(wait=True, cancel_futures=True)
-        shutil.rmtree(folder, ignore_errors=True)
-
-    inputs = [Input(storage.url(key), fetch=functools.partial(fetch, i)) for i, (key, _) in enumerate(keys)]
-    return inputs, left, sequence, close
-
-
 def cmd_preprocess(args) -> int:
     from audio.hls import PlaylistError, orcasound_defaults
     from audio.preprocess import estimated_clips, local_inputs, preprocess
@@ -490,7 +422,10 @@ def cmd_preprocess(args) -> int:
     close = None
     try:
         if args.input.startswith("s3://"):
-            inputs, left, sequence, close = _s3_preprocess_inputs(args.input)
+            from service.segments import storage_inputs
+
+            remote = storage_inputs(args.input)
+            inputs, left, sequence, close = remote.inputs, remote.left, remote.sequence, remote.close
             total = None
         else:
             inputs, left, sequence = local_inputs(args.input)
