@@ -20,7 +20,6 @@ an error of the model itself (wrong output shape) fails the run, as it would fai
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +29,7 @@ import numpy as np
 
 class ClipReader:
     """Fetch + decode of one source's clips (see the module docstring). One per actor: it holds the
-    S3 client and a scratch folder for downloads."""
+    S3 client; each batch downloads into a scratch folder of its own, removed when the batch is read."""
 
     def __init__(self, source_url: str, rows: int, cols: int, *, decode: str = "pil", max_pixels: int | None = None,
                  s3_attempts: int = 5, threads: int = 8):
@@ -47,12 +46,8 @@ class ClipReader:
         from scoring.clips import ClipDecoder
 
         self.decoder = ClipDecoder(decoder)  # audio clips (mp3/, no PNG) drawn one at a time on this CPU
-        self.scratch = tempfile.mkdtemp(prefix="orca-score-read-")
 
-    def __del__(self):
-        shutil.rmtree(getattr(self, "scratch", ""), ignore_errors=True)
-
-    def _one(self, slot: int, key: str, size: int) -> tuple[np.ndarray | None, str]:
+    def _one(self, scratch: str, slot: int, key: str, size: int) -> tuple[np.ndarray | None, str]:
         """(pixels, "") or (None, why this clip cannot be scored, naming its storage URL)."""
         from service.errors import ServiceError
         from service.storage import LocalStorage
@@ -62,7 +57,7 @@ class ClipReader:
         url = self.storage.url(key)
         local = isinstance(self.storage, LocalStorage)
         suffix = os.path.splitext(key)[1].lower()  # the decoder tells audio from images by it
-        path = key if local else os.path.join(self.scratch, f"clip-{slot}{suffix}")
+        path = key if local else os.path.join(scratch, f"clip-{slot}{suffix}")
         try:
             if not local:
                 self.storage.download(key, path, expected_size=int(size))
@@ -79,8 +74,9 @@ class ClipReader:
         """(uint8 pixels (n, rows, cols, 3), zeros where a clip failed; error per clip, "" if none)."""
         pixels = np.zeros((len(keys), self.rows, self.cols, 3), np.uint8)
         errors = [""] * len(keys)
-        with ThreadPoolExecutor(min(self.threads, max(1, len(keys)))) as pool:
-            results = pool.map(self._one, range(len(keys)), keys, sizes)
+        with tempfile.TemporaryDirectory(prefix="orca-score-read-") as scratch, \
+                ThreadPoolExecutor(min(self.threads, max(1, len(keys)))) as pool:
+            results = pool.map(self._one, [scratch] * len(keys), range(len(keys)), keys, sizes)
             for i, (array, error) in enumerate(results):
                 if error:
                     errors[i] = error
@@ -129,13 +125,10 @@ class CpuScorer:
                  reader: dict):
         from scoring.onnx_scoring import OnnxScorer
 
-        self.folder = tempfile.mkdtemp(prefix="orca-score-model-")
-        path = _model_files(self.folder, model_name, model_bytes, sha256, onnx_bytes)
-        self.scorer = OnnxScorer(path, self.folder, threads=threads, digest=sha256)  # the export is there
+        with tempfile.TemporaryDirectory(prefix="orca-score-model-") as folder:  # loaded, the files go
+            path = _model_files(folder, model_name, model_bytes, sha256, onnx_bytes)
+            self.scorer = OnnxScorer(path, folder, threads=threads, digest=sha256)  # the export is there
         self.reader = ClipReader(**reader, decode="pil")
-
-    def __del__(self):
-        shutil.rmtree(getattr(self, "folder", ""), ignore_errors=True)
 
     def __call__(self, batch: dict) -> dict:
         started_at = time.time()
@@ -151,12 +144,9 @@ class GpuScorer:
 
         from scoring.torch_scoring import TorchScorer
 
-        self.folder = tempfile.mkdtemp(prefix="orca-score-model-")
-        path = _model_files(self.folder, model_name, model_bytes, sha256, None)
-        self.scorer = TorchScorer(path, "cuda", precision, batch_size)
-
-    def __del__(self):
-        shutil.rmtree(getattr(self, "folder", ""), ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix="orca-score-model-") as folder:  # loaded, the file goes
+            path = _model_files(folder, model_name, model_bytes, sha256, None)
+            self.scorer = TorchScorer(path, "cuda", precision, batch_size)
 
     def __call__(self, batch: dict) -> dict:
         return _scored(batch, np.asarray(batch["pixels"]), batch["error"], self.scorer.score_pixels,
