@@ -43,6 +43,7 @@ from .dataset import make_dataset
 from .memory import GpuMemoryPeak, proc_status_mib
 from .reference_process import run_reference
 from .rounds import print_rounds, reference_rounds, service_rounds, summary, undo
+from .s3 import upload_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "orcabench"
@@ -121,17 +122,6 @@ def parse_args(argv=None):
         if getattr(args, key) < 0:
             parser.error(f"--{key.replace('_', '-')} must be 0 or more")
     return args
-
-
-def upload_tree(s3, folder: Path, prefix: str, threads: int = 8) -> int:
-    """Upload every PNG under `folder` to `prefix` (boto3 clients are thread-safe)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    paths = sorted(folder.rglob("*.png"))
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda path: s3.upload_file(str(path), BUCKET, prefix + path.relative_to(folder).as_posix()),
-                      paths))
-    return len(paths)
 
 
 class Service:
@@ -284,8 +274,8 @@ def main(argv=None) -> dict:
             s3 = boto3.client("s3")
             s3.create_bucket(Bucket=BUCKET)
             s3.upload_file(model_path, BUCKET, "models/srkw_cnn_0.h5")
-            n = upload_tree(s3, tmp / "data" / "unlabeled", "unlabeled/")
-            n += upload_tree(s3, tmp / "data" / "labeled", "labeled/")
+            n = upload_tree(s3, BUCKET, tmp / "data" / "unlabeled", "unlabeled/")
+            n += upload_tree(s3, BUCKET, tmp / "data" / "labeled", "labeled/")
             progress(f"moto S3 on {endpoint}: uploaded the model and {n} spectrograms")
             env = dict(os.environ)
 
