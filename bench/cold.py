@@ -22,14 +22,14 @@ def reference_cold(cfg: dict, env: dict, out_dir: Path, pair: int, timeout: floa
     return data["predict_cold"]["timings"]
 
 
-def service_cold(start_service, predict_params: dict, timeout: float) -> tuple[float, int]:
-    """One cold /predict of a new service process (`start_service()`, empty cache): (seconds, items)."""
+def service_cold(start_service, predict_params: dict, timeout: float) -> tuple[float, list]:
+    """One cold /predict of a new service process (`start_service()`, empty cache): (seconds, its items)."""
     service = start_service()
     try:
         items, seconds = service.timed("/predict", timeout, **predict_params)
     finally:
         service.stop()
-    return seconds, len(items)
+    return seconds, items
 
 
 def cold_pairs(pairs: int, reference_cfg: dict | None, env: dict, out_dir: Path, start_service, predict_params: dict,
@@ -41,7 +41,8 @@ def cold_pairs(pairs: int, reference_cfg: dict | None, env: dict, out_dir: Path,
         row = {"reference_s": None, "speedup": None}
         if reference_cfg is not None:
             row["reference_s"] = reference_cold(reference_cfg, env, out_dir, pair, timeout)["total_s"]
-        row["ours_s"], row["images"] = service_cold(lambda: start_service(pair), predict_params, timeout)
+        row["ours_s"], items = service_cold(lambda: start_service(pair), predict_params, timeout)
+        row["images"] = len(items)
         if row["reference_s"] is not None:
             row["speedup"] = row["reference_s"] / row["ours_s"]
         rows.append(row)

@@ -15,11 +15,17 @@ What the original did per request, and what is timed here:
   generator (rescale only), `ModelCheckpoint(save_best_only=True, monitor='val_loss')` →
   confusion matrix from `predict` on validation → reload the checkpoint, `evaluate` on validation
   → upload the new .h5 to S3.
-Downloads use 8 threads, like the service's default ORCA_DOWNLOAD_THREADS, and are also timed alone.
+Downloads use 8 threads, like the service's default ORCA_DOWNLOAD_THREADS (`bench.s3`), and are also timed alone.
 
 `--round`: one active-learning round instead (what `bench.run --rounds` times): /train from
 `model_key` writing `output_key`, then /predict with the model it wrote.
 `--cold`: only the cold /predict (what `bench.run --cold-pairs` repeats).
+`--preprocess`: the 2020 preprocessing instead, what came before the original's /predict from audio
+(`bench.run --audio-clips`): download `audio_prefix` + `mp3/*.mp3`, draw each clip's PNG with the 2020
+pipeline's current-library stand-in (`bench.audio.Original`, one clip after the other as orcaal's
+preprocessing did), upload the PNGs to `unlabeled_prefix` + `spectrograms/`. No TensorFlow in that process
+(the original preprocessed apart from the endpoint); its first clip is drawn once untimed (numba's JIT of
+resampy and librosa: `warmup_s`).
 """
 
 from __future__ import annotations
@@ -27,41 +33,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from .memory import proc_status_mib  # noqa: E402
-
-DOWNLOAD_THREADS = 8
+from .s3 import download_prefix, upload_tree  # noqa: E402
 
 
 def log(message: str) -> None:
     print(f"[reference] {message}", file=sys.stderr, flush=True)
-
-
-def download_prefix(s3, bucket: str, prefix: str, folder: str, subfolders=None) -> int:
-    """Download every object under `prefix` (keeping the relative path) into `folder`."""
-    keys = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys.extend(o["Key"] for o in page.get("Contents", ()))
-    if subfolders:
-        keys = [k for k in keys if k[len(prefix):].split("/", 1)[0] in subfolders]
-    keys = [k for k in keys if k.lower().endswith(".png")]
-
-    def one(key):
-        target = os.path.join(folder, *key[len(prefix):].split("/"))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        s3.download_file(bucket, key, target)
-
-    with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
-        list(pool.map(one, keys))
-    return len(keys)
 
 
 def fetch_request_inputs(s3, cfg: dict, tmp: str, prefix_key: str, folders: set) -> tuple[str, str, int]:
@@ -130,6 +113,32 @@ def train_request(s3, keras, cfg: dict) -> dict:
     return {"timings": timings, "result": result}
 
 
+def preprocess_request(s3, cfg: dict) -> dict:
+    """The 2020 preprocessing of every clip under `audio_prefix`: timings, its PNGs on S3 (see the module)."""
+    from .audio import Original
+
+    t0 = time.perf_counter()
+    original = Original()
+    import_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="bench-ref-preprocess-") as tmp:
+        clips, pngs = os.path.join(tmp, "mp3"), os.path.join(tmp, "spectrograms")
+        os.makedirs(pngs)
+        t0 = time.perf_counter()
+        n = download_prefix(s3, cfg["bucket"], cfg["audio_prefix"] + "mp3/", clips, suffix=".mp3")
+        t1 = time.perf_counter()
+        paths = sorted(os.path.join(clips, name) for name in os.listdir(clips))
+        original.png(paths[0], os.path.join(tmp, "warm-up.png"))
+        t2 = time.perf_counter()
+        for path in paths:
+            original.png(path, os.path.join(pngs, os.path.splitext(os.path.basename(path))[0] + ".png"))
+        t3 = time.perf_counter()
+        uploaded = upload_tree(s3, cfg["bucket"], pngs, cfg["unlabeled_prefix"] + "spectrograms/")
+        t4 = time.perf_counter()
+    timings = {"import_s": import_s, "download_s": t1 - t0, "warmup_s": t2 - t1, "spectrograms_s": t3 - t2,
+               "upload_s": t4 - t3, "total_s": (t1 - t0) + (t4 - t2), "clips": n, "pngs": uploaded}
+    return {"timings": timings, "memory_mib": proc_status_mib()}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="JSON: bucket, model_key, unlabeled_prefix, "
@@ -137,8 +146,18 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="where to write the JSON results")
     parser.add_argument("--round", action="store_true", help="one round: train, then predict with the new model")
     parser.add_argument("--cold", action="store_true", help="only a cold /predict (bench.cold's pairs)")
+    parser.add_argument("--preprocess", action="store_true",
+                        help="only the 2020 preprocessing of audio_prefix's clips into unlabeled_prefix, no TensorFlow")
     args = parser.parse_args(argv)
     cfg = json.loads(args.config)
+    if args.preprocess:
+        import boto3
+
+        out = preprocess_request(boto3.client("s3"), cfg)
+        log(f"preprocess: {out['timings']['clips']} clips in {out['timings']['total_s']:.1f} s")
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+        return
 
     t0 = time.perf_counter()
     import boto3

@@ -12,7 +12,10 @@
    (`bench.rounds`: train, predict with the new model, 5 % of the clips labeled);
 6. with `--cold-pairs K` (default 2), times K more cold /predict calls on each side, in pairs of new
    processes (`bench.cold`), and reports the median ratio;
-7. prints a table and writes `results.json` and `results.png` into --out.
+7. with `--audio-clips N` (default 40, `--quick` 8, 0: none), from audio to scores on N clips
+   (`bench.from_audio`): the 2020 preprocessing + the original /predict against this service's cold
+   /predict on the audio-only set, and that against its /predict on the same clips' PNGs;
+8. prints a table and writes `results.json` and `results.png` into --out.
 
 Images per second: /predict = unlabeled images / request seconds; /train = training images × epochs
 / request seconds; every request figure includes the S3 downloads and model loading, as a client
@@ -40,14 +43,16 @@ import torch  # noqa: F401  (torch before anything that might import TensorFlow;
 from .chart import bar_chart
 from .cold import cold_pairs, print_cold_pairs
 from .dataset import make_dataset
+from .from_audio import print_audio, run_audio
 from .memory import GpuMemoryPeak, proc_status_mib
 from .reference_process import run_reference
 from .rounds import print_rounds, reference_rounds, service_rounds, summary, undo
+from .s3 import upload_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "orcabench"
-QUICK = {"unlabeled": 32, "labeled": 16, "epochs": 1, "rounds": 1, "cold_pairs": 1}
-DEFAULTS = {"unlabeled": 256, "labeled": 128, "epochs": 2, "rounds": 2, "cold_pairs": 2}
+QUICK = {"unlabeled": 32, "labeled": 16, "epochs": 1, "rounds": 1, "cold_pairs": 1, "audio_clips": 8}
+DEFAULTS = {"unlabeled": 256, "labeled": 128, "epochs": 2, "rounds": 2, "cold_pairs": 2, "audio_clips": 40}
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
            "AWS_DEFAULT_REGION": "us-east-1"}
 STAGES = ("predict_cold", "predict_warm", "train", "predict_new_model")
@@ -103,6 +108,8 @@ def parse_args(argv=None):
                         f"(default {DEFAULTS['rounds']}; 0: none)")
     parser.add_argument("--cold-pairs", type=int, help="cold /predict pairs (reference, then ours, new processes) "
                         f"timed after the rounds (default {DEFAULTS['cold_pairs']}; 0: none)")
+    parser.add_argument("--audio-clips", type=int, help="clips of the from-audio comparison (bench.from_audio) "
+                        f"timed at the end (default {DEFAULTS['audio_clips']}; 0: none)")
     parser.add_argument("--out", default="bench/results", help="folder for results.json/results.png")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK} unless given explicitly")
@@ -117,21 +124,10 @@ def parse_args(argv=None):
     for key in ("unlabeled", "labeled", "rows", "cols", "epochs"):
         if getattr(args, key) < 1:
             parser.error(f"--{key} must be positive")
-    for key in ("rounds", "cold_pairs"):
+    for key in ("rounds", "cold_pairs", "audio_clips"):
         if getattr(args, key) < 0:
             parser.error(f"--{key.replace('_', '-')} must be 0 or more")
     return args
-
-
-def upload_tree(s3, folder: Path, prefix: str, threads: int = 8) -> int:
-    """Upload every PNG under `folder` to `prefix` (boto3 clients are thread-safe)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    paths = sorted(folder.rglob("*.png"))
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda path: s3.upload_file(str(path), BUCKET, prefix + path.relative_to(folder).as_posix()),
-                      paths))
-    return len(paths)
 
 
 class Service:
@@ -256,7 +252,8 @@ def main(argv=None) -> dict:
     from models.srkw_cnn import write_fresh_h5
 
     config = {"unlabeled": args.unlabeled, "labeled": args.labeled, "rows": args.rows, "cols": args.cols,
-              "epochs": args.epochs, "rounds": args.rounds, "cold_pairs": args.cold_pairs, "quick": args.quick,
+              "epochs": args.epochs, "rounds": args.rounds, "cold_pairs": args.cold_pairs,
+              "audio_clips": args.audio_clips, "quick": args.quick,
               "cpu_count": os.cpu_count(),
               "cpu_model": cpu_model(),
               "machine": platform.machine(), "python": platform.python_version(),
@@ -284,8 +281,8 @@ def main(argv=None) -> dict:
             s3 = boto3.client("s3")
             s3.create_bucket(Bucket=BUCKET)
             s3.upload_file(model_path, BUCKET, "models/srkw_cnn_0.h5")
-            n = upload_tree(s3, tmp / "data" / "unlabeled", "unlabeled/")
-            n += upload_tree(s3, tmp / "data" / "labeled", "labeled/")
+            n = upload_tree(s3, BUCKET, tmp / "data" / "unlabeled", "unlabeled/")
+            n += upload_tree(s3, BUCKET, tmp / "data" / "labeled", "labeled/")
             progress(f"moto S3 on {endpoint}: uploaded the model and {n} spectrograms")
             env = dict(os.environ)
 
@@ -313,6 +310,10 @@ def main(argv=None) -> dict:
             service_env = dict(env, HOST="127.0.0.1", PORT="0", ORCA_LOCAL_ROOT="",
                                ORCA_WORK_DIR=str(tmp), ORCA_CACHE_DIR=str(tmp / "cache"),  # cold = empty cache
                                PYTHONUNBUFFERED="1")
+            def fresh_service(name: str) -> Service:  # a new process and an empty cache: cold
+                return Service(dict(service_env, ORCA_CACHE_DIR=str(tmp / f"cache-{name}")),
+                               out_dir / f"service_{name}.log")
+
             service = Service(service_env, out_dir / "service.log")
             idle = service.memory()
             gpu = GpuMemoryPeak()
@@ -351,13 +352,13 @@ def main(argv=None) -> dict:
             service.stop()
             cold = None
             if args.cold_pairs:
-                def start_service(pair: int) -> Service:  # a new process and an empty cache: cold
-                    return Service(dict(service_env, ORCA_CACHE_DIR=str(tmp / f"cache-cold-{pair}")),
-                                   out_dir / f"service_cold_{pair}.log")
-
-                cold = cold_pairs(args.cold_pairs, cfg, env, out_dir, start_service, predict_params, args.timeout,
-                                  progress)
+                cold = cold_pairs(args.cold_pairs, cfg, env, out_dir, lambda pair: fresh_service(f"cold_{pair}"),
+                                  predict_params, args.timeout, progress)
                 note_load("cold_pairs")
+            audio = None
+            if args.audio_clips:
+                audio = run_audio(args.audio_clips, s3, BUCKET, tmp / "audio-data", cfg, env, out_dir, fresh_service,
+                                  model_path, args.rows, args.cols, args.timeout, progress, note_load)
         finally:
             if service is not None:
                 service.stop()
@@ -388,6 +389,7 @@ def main(argv=None) -> dict:
         "rounds": summary(ref_rounds, ours_rounds) if args.rounds else None,
         "pixel_cache": pixel_cache_counts(metrics_text),
         "cold_pairs": cold,
+        "audio": audio,
     }
     if ref is not None:
         add_reference(results, ref, work, answers)
@@ -398,6 +400,8 @@ def main(argv=None) -> dict:
         print_rounds(results["rounds"])
     if results["cold_pairs"]:
         print_cold_pairs(results["cold_pairs"])
+    if results["audio"]:
+        print_audio(results["audio"])
     print(f"service pixel cache over the whole run: {results['pixel_cache']}")
     progress(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.png'}")
     return results
@@ -445,12 +449,22 @@ def draw_chart(path: Path, results: dict, args, train_images: int) -> None:
     if results["ours"].get("peak_gpu_mib") is not None:
         notes.append(f"peak GPU memory in use (nvidia-smi): {results['ours']['peak_gpu_mib']:.0f} MiB "
                      f"on {config.get('cuda_device')}")
+    groups, series = list(STAGES), {side: [ips[s][side] for s in STAGES] for side in sides}
+    audio = results.get("audio")
+    if audio:  # mp3 clips to scores: the original's preprocessing + /predict against ours from audio, clips/s
+        groups.append("from_audio")
+        series["ours"].append(audio["clips"] / audio["ours_audio"]["seconds"])
+        if audio["original"]:  # run with the reference
+            series["reference"].append(audio["clips"] / audio["original"]["seconds"])
+        notes.append(f"from_audio: {audio['clips']} mp3 clips to scores (original: 2020 preprocessing + /predict); "
+                     + (f"original / ours {audio['speedup']:.2f}x; " if audio["speedup"] else "")
+                     + f"ours from audio / from PNG, seconds per clip: {audio['audio_vs_png']:.2f}")
     notes.append(f"{os.cpu_count()} CPU cores, ORCA_DEVICE={config['orca_device']}, "
                  f"cuda available: {config['cuda_available']}")
-    bar_chart(path, list(STAGES), {side: [ips[s][side] for s in STAGES] for side in sides},
+    bar_chart(path, groups, series,
               title=(f"orca ML endpoint{' vs original tf_keras pipeline' if speedup else ''}: {args.unlabeled} "
                      f"unlabeled, {train_images} train images x {args.epochs} epochs, {args.rows}x{args.cols}"),
-              unit="images / s", notes=notes)
+              unit="images (clips) / s", notes=notes)
 
 
 if __name__ == "__main__":

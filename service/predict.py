@@ -49,11 +49,13 @@ class PredictItems(list):
 
 def clip_item(unlabeled: Location, name: str) -> dict:
     """/predict's fields of the clip `spectrograms/<name>` (or `mp3/<name>`), but its score: where its audio is
-    (the storage's public URL of `mp3/<stem>.mp3`: S3's, or for local data the service's own `/clips/…`), its
-    node and time (`describe_clip`)."""
+    (the storage's public URL, S3's or for local data the service's own `/clips/…`, of the audio file scored,
+    `mp3/<name>`, `.wav` and `.flac` included; for a spectrogram, `mp3/<stem>.mp3`, as the original always
+    answered), its node and time (`describe_clip`)."""
     stem = posixpath.splitext(name)[0]
     item = describe_clip(stem)
-    item["audio_url"] = unlabeled.storage.public_url(f"{unlabeled.prefix}mp3/{stem}.mp3")
+    audio = name if is_audio(name) else f"{stem}.mp3"
+    item["audio_url"] = unlabeled.storage.public_url(f"{unlabeled.prefix}mp3/{audio}")
     return item
 
 

@@ -202,6 +202,49 @@ def test_unlabeled_listing_prefers_the_png_then_mp3_wav_flac(tmp_path):
     assert [name for name, _ in clips] == ["a_1.wav", "b_2.png", "c_3.flac", "e_5.jpg"]
 
 
+def test_audio_url_names_the_wav_or_flac_scored_and_the_originals_mp3_for_a_png(data, tmp_path, srkw_h5):
+    """A clip that is only `mp3/<stem>.wav` or `.flac` is answered with that file's URL, which plays back and
+    fits the client's 100 characters from a deep folder; a clip with its PNG keeps the original's
+    `mp3/<stem>.mp3`, even where only a wav is beside it; S3 the same."""
+    from audio.decode import decode
+    from audio_files import encode, write_wav
+    from service.predict import CLIENT_AUDIO_URL_LIMIT, clip_item
+    from service.storage import locate
+
+    root = tmp_path / ("a-checkout-in-a-deep-home-folder-" * 3) / "root"
+    mp3, spectrograms = root / "unlabeled" / "mp3", root / "unlabeled" / "spectrograms"
+    mp3.mkdir(parents=True)
+    spectrograms.mkdir()
+    (root / "models").mkdir()
+    shutil.copyfile(srkw_h5, root / "models" / "srkw_cnn_0.h5")
+    samples = decode(CLIPS[0]).samples
+    pcm = np.round(samples * 32768).astype(np.int16)
+    write_wav(mp3 / "orcasoundlab_1594154400.wav", samples, 48000)  # a wav only
+    encode(mp3 / "orcasoundlab_1594154403.flac", "flac", "flac", pcm, 48000, "s16")  # a flac only
+    shutil.copy(CLIPS[1], mp3 / "orcasoundlab_1594154406.mp3")  # an mp3 and a wav: the mp3 is scored
+    write_wav(mp3 / "orcasoundlab_1594154406.wav", samples, 48000)
+    shutil.copy(data / "png" / f"{CLIPS[2].stem}.png", spectrograms / "orcasoundlab_1594154409.png")  # a PNG and
+    write_wav(mp3 / "orcasoundlab_1594154409.wav", samples, 48000)  # only a wav beside it
+    client = json_client(_app(root, tmp_path))
+    items = _predict(client, root, "unlabeled", models="models").get_json()
+    urls = [item["audio_url"] for item in items]
+    assert [url.rsplit("/mp3/", 1)[1] for url in urls] == [
+        "orcasoundlab_1594154400.wav", "orcasoundlab_1594154403.flac", "orcasoundlab_1594154406.mp3",
+        "orcasoundlab_1594154409.mp3"]
+    assert all(url.startswith("http://localhost/clips/unlabeled/mp3/") for url in urls)
+    assert max(len(url) for url in urls) <= CLIENT_AUDIO_URL_LIMIT < len(str(mp3))
+    for url, kind in zip(urls[:3], ("audio/wav", "audio/flac", "audio/mpeg")):  # each plays back
+        played = client.get(url.removeprefix("http://localhost"))
+        assert played.status_code == 200 and played.mimetype == kind
+        assert played.data == (mp3 / url.rsplit("/", 1)[1]).read_bytes()
+    assert abs(items[0]["predicted_value"] - items[1]["predicted_value"]) <= TOL  # the same samples
+    s3 = locate("s3://orcagsoc/unlabeled_test/", "unlabeled_url", local_root="")
+    assert clip_item(s3, "orcasoundlab_1594154400.flac")["audio_url"] == \
+        "https://orcagsoc.s3.amazonaws.com/unlabeled_test/mp3/orcasoundlab_1594154400.flac"
+    assert clip_item(s3, "orcasoundlab_1594154400.png")["audio_url"] == \
+        "https://orcagsoc.s3.amazonaws.com/unlabeled_test/mp3/orcasoundlab_1594154400.mp3"
+
+
 def test_bad_audio_is_skipped_with_its_reason_never_a_500(data, tmp_path):
     folder = tmp_path / "root"
     shutil.copytree(data / "unlabeled_audio", folder / "unlabeled")

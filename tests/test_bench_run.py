@@ -1,5 +1,6 @@
 """`python -m bench.run --quick` end to end on tiny images: moto S3, the tf_keras reference in its own
-process, the service over HTTP; checks the shape of results.json and the chart, never timings."""
+process, the service over HTTP, and the from-audio comparison on 4 clips; checks the shape of results.json
+and the chart, never timings."""
 
 import json
 import os
@@ -25,7 +26,7 @@ def run_bench(out: Path, *options: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_bench_quick_run_writes_results_and_chart(tmp_path):
     out = tmp_path / "results"
-    completed = run_bench(out, "--quick", "--unlabeled", "8", "--labeled", "8")
+    completed = run_bench(out, "--quick", "--unlabeled", "8", "--labeled", "8", "--audio-clips", "4")
     assert "speed-up" in completed.stdout
 
     results = json.loads((out / "results.json").read_text())
@@ -62,8 +63,48 @@ def test_bench_quick_run_writes_results_and_chart(tmp_path):
         out / "service_cold_1.log").read_text()  # an empty cache: every clip scored
     assert "cold /predict in pairs" in completed.stdout and "median" in completed.stdout
 
+    audio = results["audio"]  # the 4 clips: the 2020 preprocessing + the original /predict, ours from audio and PNG
+    assert config["audio_clips"] == audio["clips"] == 4
+    assert set(audio) == {"clips", "original", "ours_audio", "ours_png", "speedup", "audio_vs_png", "compared_scores",
+                          "max_abs_diff_audio_png", "breakdown"}
+    original = audio["original"]
+    assert set(original) == {"preprocess", "predict", "seconds", "seconds_per_clip", "clips", "scored"}
+    assert original["clips"] == original["scored"] == original["preprocess"]["pngs"] == 4
+    assert set(original["preprocess"]) >= {"download_s", "warmup_s", "spectrograms_s", "upload_s", "total_s"}
+    for side in ("ours_audio", "ours_png"):
+        assert set(audio[side]) == {"seconds", "seconds_per_clip", "scored"} and audio[side]["scored"] == 4
+    assert audio["speedup"] == original["seconds"] / audio["ours_audio"]["seconds"]
+    assert audio["compared_scores"] == 4 and audio["max_abs_diff_audio_png"] <= 1e-6  # the same pixels
+    breakdown = audio["breakdown"]
+    assert set(breakdown["cpu_seconds_per_clip"]) == {"decode", "spectrogram", "scoring", "png_decode"}
+    assert set(breakdown["shares_from_audio"]) == {"decode", "spectrogram", "scoring"} and breakdown["clips"] == 4
+    assert "predict: 4 scored (0 from the score cache)" in (out / "service_audio_audio.log").read_text()
+    assert "mirror of mp3/: 4 downloaded" in (out / "service_audio_audio.log").read_text()  # from audio, no PNG
+    assert "from audio to scores, 4 clips" in completed.stdout and "goal >= 15x" in completed.stdout
+
     png = out / "results.png"
     assert png.stat().st_size > 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_audio_dataset_is_the_real_clips_under_distinct_names_and_bytes_with_the_same_audio(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from audio.decode import decode
+    from audio.spectrogram import pixels_from_file
+    from bench.dataset import make_audio_dataset, sample_clips, spectrogram_copies
+
+    data = make_audio_dataset(tmp_path / "audio", clips=5)
+    assert [p.name for p in data["clips"][:2]] == ["orcasoundlab_1594154118.mp3", "orcasoundlab_1594154121.mp3"]
+    assert data["sources"] == sample_clips() + sample_clips()[:1]  # cycled
+    assert len({p.read_bytes() for p in data["clips"]}) == 5  # another ETag each: no cache takes one for another
+    first, fifth = decode(data["clips"][0]).samples, decode(data["clips"][4]).samples
+    assert np.array_equal(first, fifth) and np.array_equal(first, decode(sample_clips()[0]).samples)
+    pngs = spectrogram_copies(data, tmp_path / "png")
+    assert [p.name for p in pngs] == [p.stem + ".png" for p in data["clips"]]
+    assert len({p.read_bytes() for p in pngs}) == 5
+    with Image.open(pngs[4]) as img:  # orca spectrogram's pixels for the clip
+        assert np.array_equal(np.asarray(img), pixels_from_file(data["clips"][4]))
 
 
 def test_dataset_is_real_spectrograms_all_different(tmp_path):
@@ -88,7 +129,7 @@ def test_bench_without_reference_times_the_service_alone_and_says_so(tmp_path):
     """What a GPU machine without TensorFlow runs (bench/gpu_check.sh): ours only, no speed-up."""
     out = tmp_path / "results"
     completed = run_bench(out, "--no-reference", "--unlabeled", "4", "--labeled", "4", "--rounds", "2",
-                          "--cold-pairs", "1")
+                          "--cold-pairs", "1", "--audio-clips", "0")
     assert "reference not run (--no-reference)" in completed.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["reference"] is None and results["speedup"] is None and results["parity"] is None
@@ -104,6 +145,7 @@ def test_bench_without_reference_times_the_service_alone_and_says_so(tmp_path):
     (pair,) = results["cold_pairs"]["pairs"]  # the service's cold /predict alone
     assert pair["reference_s"] is None and pair["speedup"] is None and pair["ours_s"] > 0 and pair["images"] == 2
     assert results["cold_pairs"]["median_speedup"] is None
+    assert results["audio"] is None and results["config"]["audio_clips"] == 0  # --audio-clips 0: none
     cache = results["pixel_cache"]  # every clip was decoded once; later rounds and models hit the cache
     assert cache["orca_pixel_decodes_total"] == 8
     assert cache['orca_pixel_cache_lookups_total{result="hit",tier="disk"}'] > 8
