@@ -377,3 +377,33 @@ def test_project_ids_keys_and_the_seeded_split():
     assert sorted(i.label for i in first["validation"]) == ["calls", "nocalls"]
     assert len(first["train"]) + len(first["validation"]) == 10
     assert split(items[:1], 0.2)["validation"] == []
+
+
+def test_the_backends_routes_need_the_token_but_health_and_webhook_events(backend):
+    body = {"tasks": audio_tasks([CLIPS[0].name]), "project": 1, "label_config": AUDIO_CONFIG}
+    for method, path in (("POST", "/labelstudio/predict"), ("POST", "/labelstudio/train"),
+                         ("GET", "/labelstudio/versions"), ("POST", "/labelstudio/setup")):
+        status, answer, headers = backend.request(method, path, body=body, headers={})
+        assert status == 401 and "basic auth" in answer["error"], (path, answer)
+
+
+def test_train_every_n_annotations_counts_with_label_studios_api(tmp_path, spread_srkw_h5, studio):
+    root = make_root(tmp_path, spread_srkw_h5)
+    served = serve(root, studio, LABELSTUDIO_TRAIN_EVERY=5)
+    annotated = [dict(task, annotations=[{"id": 700 + i, "result": [
+        {"from_name": "call", "type": "choices", "value": {"choices": [clip.parent.name]}}]}])
+        for i, (task, clip) in enumerate(zip(audio_tasks([c.name for c in CLIPS]), CLIPS))]
+    event = {"action": "ANNOTATION_CREATED", "project": {"id": 1}}  # no credentials, as Label Studio sends them
+    try:
+        studio.tasks = annotated
+        status, answer, _ = served.request("POST", "/labelstudio/webhook", body=event, headers={})
+        assert status == 200 and answer == {"status": "waiting", "annotated": 4, "trained_on": 0}
+        studio.tasks = annotated + [dict(annotated[0], id=200)]  # a fifth annotated task: due
+        status, answer, _ = served.request("POST", "/labelstudio/webhook", body=event, headers={})
+        assert status == 201 and answer["status"] == "training", answer
+        assert wait_job(served, answer["job_id"])["status"] == "succeeded"
+        status, answer, _ = served.request("POST", "/labelstudio/webhook", body=event, headers={})
+        assert answer == {"status": "waiting", "annotated": 5, "trained_on": 5}  # the new version's sidecar
+    finally:
+        studio.tasks = []
+        served.close()
