@@ -16,6 +16,7 @@ declared on the route itself (`service.routes.web.policy`); this module only che
 
 from __future__ import annotations
 
+import base64
 import hmac
 import os
 import urllib.parse
@@ -24,13 +25,24 @@ import urllib.request
 from .errors import Forbidden, Unauthorized
 
 
-def check_token(expected: str | None, header: str | None) -> None:
-    """Unauthorized unless `header` is `Bearer <expected>`; nothing to check when no token is set."""
+def check_token(expected: str | None, header: str | None, basic: bool = False) -> None:
+    """Unauthorized unless `header` is `Bearer <expected>` (or, with `basic`, HTTP basic auth whose
+    password is `<expected>`, any user name: what Label Studio sends to an ML backend whose connection
+    has basic auth); nothing to check when no token is set."""
     if not expected:
         return
     scheme, _, token = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise Unauthorized("missing or wrong bearer token (send Authorization: Bearer <API_TOKEN>)")
+    if basic and scheme.lower() == "basic":
+        try:
+            token = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            token = ""
+        if hmac.compare_digest(token.encode(), expected.encode()):
+            return
+    elif scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode()):
+        return
+    raise Unauthorized("missing or wrong bearer token (send Authorization: Bearer <API_TOKEN>"
+                       + (", or basic auth with the password <API_TOKEN>" if basic else "") + ")")
 
 
 def _normalize_s3(url: str) -> str | None:

@@ -20,6 +20,7 @@ def create_app(config: dict | None = None, **parts) -> Flask:
     `Runtime`, `app.extensions["orca"]`."""
     from .routes.api import api
     from .routes.clips import clips
+    from .routes.labelstudio import labelstudio
     from .routes.ops import ops
     from .routes.selection import selection
     from .runtime import Runtime
@@ -33,6 +34,7 @@ def create_app(config: dict | None = None, **parts) -> Flask:
     app.register_blueprint(selection)  # /embed, /query
     app.register_blueprint(ops)  # jobs, /models, /ready, /metrics
     app.register_blueprint(clips)  # /clips/<path>: local audio, the audio_url of local datasets
+    app.register_blueprint(labelstudio, url_prefix="/labelstudio")  # the Label Studio ML backend
     web.install(app)  # refuses a route without a declared policy; the policy and metrics hooks
     app.register_error_handler(Exception, handle_error)
     runtime.preload = start_preload(runtime.config["PRELOAD_TORCH"])
@@ -73,6 +75,8 @@ def handle_error(error: Exception):
     else:
         response = jsonify(error=message)
         response.status_code = status
+    if web.message_in_status():  # Label Studio shows a failed /setup by its status line only
+        response.status = f"{status} {status_reason(message)}"
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="orca-ml-endpoint"'
     retry_after = getattr(error, "retry_after", None)
@@ -82,6 +86,13 @@ def handle_error(error: Exception):
     if content_range:
         response.headers["Content-Range"] = content_range
     return response
+
+
+def status_reason(message: str, limit: int = 300) -> str:
+    """`message` as an HTTP reason phrase: one line of printable Latin-1, at most `limit` characters."""
+    text = " ".join(message.split())
+    text = "".join(c if 32 <= ord(c) < 127 or 160 <= ord(c) < 256 else "?" for c in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _prefers_json() -> bool:

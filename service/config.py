@@ -93,6 +93,38 @@ SETTINGS = (
             "does not support conditional writes (`If-None-Match: *` answered NotImplemented), write new "
             "versions after an existence check only (two writers at the same moment could replace each "
             "other's); 0: refuse to write there (501)"),
+    Setting("LABEL_STUDIO_URL", "LABEL_STUDIO_URL", str, None, "Label Studio's URL for the Label Studio ML backend "
+            "(`/labelstudio`): where task media (`/data/upload/…`, `/data/local-files/…`) and exports are fetched; "
+            "unset: the `hostname` Label Studio sends to `/labelstudio/setup`"),
+    Setting("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_API_KEY", str, None, "Label Studio API key the backend fetches "
+            "media and exports with: a legacy token (`Authorization: Token …`) or a personal access token (a JWT "
+            "refresh token, exchanged at `/api/token/refresh/` for `Bearer` access tokens); unset: the "
+            "`access_token` of `/labelstudio/setup`"),
+    Setting("LABELSTUDIO_MODEL_URL", "ORCA_LABELSTUDIO_MODEL_URL", str, None, "the folder of model versions (or "
+            "one version in it: then its name's versions) that answers Label Studio projects not in "
+            "ORCA_LABELSTUDIO_PROJECTS: the newest version predicts, training writes the next; unset: only the "
+            "mapped projects are served"),
+    Setting("LABELSTUDIO_PROJECTS", "ORCA_LABELSTUDIO_PROJECTS", str, None, "one model folder per Label Studio "
+            "project, comma-separated `PROJECT_ID=URL` (`3=s3://orca/models_a/,7=local/models_b/`)"),
+    Setting("LABELSTUDIO_CLASSES", "ORCA_LABELSTUDIO_CLASSES", str, "calls,nocalls", "the model's classes, "
+            "comma-separated: the class folders of its labeled sets, whose sorted order is the class index "
+            "(P(class 1) >= 0.5 chooses the second); the label config's choices must be exactly these"),
+    Setting("LABELSTUDIO_STRATEGY", "ORCA_LABELSTUDIO_STRATEGY", str, "uncertainty", "query strategy of the "
+            "predictions' `score` (uncertainty, entropy, bald, variation_ratio, random): a confidence in [0, 1], "
+            "so Label Studio's prediction score sorted ascending lists the clips to label first"),
+    Setting("LABELSTUDIO_PASSES", "ORCA_LABELSTUDIO_PASSES", int, 10, "Monte Carlo dropout passes of the bald "
+            "and variation_ratio scores"),
+    Setting("LABELSTUDIO_EPOCHS", "ORCA_LABELSTUDIO_EPOCHS", int, 3, "epochs of a training started from Label "
+            "Studio"),
+    Setting("LABELSTUDIO_VALIDATION", "ORCA_LABELSTUDIO_VALIDATION", float, 0.2, "share of each class's "
+            "annotated tasks that validates a training from Label Studio (seeded split; at least one per class "
+            "that has two or more)"),
+    Setting("LABELSTUDIO_TRAIN_EVERY", "ORCA_LABELSTUDIO_TRAIN_EVERY", int, 0, "N > 0: train once a project "
+            "has N more annotated tasks than the newest version was trained on (checked on annotation events "
+            "with Label Studio's API); 0: only when Label Studio asks (START_TRAINING)"),
+    Setting("LABELSTUDIO_DATA_URL", "ORCA_LABELSTUDIO_DATA_URL", str, None, "where the labeled sets exported "
+            "from Label Studio are written, one per training: `<url>/project-<id>/<UTC time>/{train,validation}/"
+            "<class>/`; unset: `labelstudio/` beside the model folder"),
     Setting("LOG_LEVEL", "LOG_LEVEL", str, None, "logging level; unset: INFO for the server (`orca serve`, "
             "`orca demo`, gunicorn), WARNING for the other `orca` commands"),
 )

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import BadRequest
 
@@ -63,6 +63,9 @@ class TrainParams:
     cols: int  # img_height
     epochs: int
     seed: int | None
+    # not a query parameter: entries the provenance sidecar gains (a training from Label Studio: its
+    # project and annotations, `service.labelstudio.backend`)
+    provenance: dict | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ Sidecar (schema "orca-model-provenance/1"):
                  "cm": [tn, fp, fn, tp], "model_acc", "model_loss", "roc_auc", "average_precision"},
      "skipped_files": [{"url", "split", "reason"}], "curves_url",
      "tensorboard" (where the training's TensorBoard event files are: `NAME_N.tensorboard/` beside the
-                    model, or a folder under ORCA_TENSORBOARD_DIR; absent with `off`)}
+                    model, or a folder under ORCA_TENSORBOARD_DIR; absent with `off`),
+     "labelstudio" (a training from a Label Studio project only: {"url", "project", "tasks", "annotations":
+                    [annotation ids used], "skipped": [{"task", "reason"}]})}
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from .metrics import Metrics
 from .storage import S3Connector, StorageLocator
 
 if TYPE_CHECKING:
+    from .labelstudio.client import LabelStudioState
     from scoring.pixel_cache import PixelCache
     from scoring.scorers import Scorers
 
@@ -45,6 +46,7 @@ class Runtime:
     train_lock: threading.Lock = field(default_factory=threading.Lock)  # one training at a time, jobs or CLI
     train_waiters: threading.BoundedSemaphore = None  # GET /train requests waiting for their job (service.ops.train_and_wait)
     preload: threading.Thread | None = None  # torch's import at start-up (ORCA_PRELOAD_TORCH), for /ready
+    labelstudio: "LabelStudioState" = None  # what /labelstudio/setup told, access tokens (service.labelstudio)
     version: str = __version__
 
     @classmethod
@@ -58,6 +60,7 @@ class Runtime:
         from scoring.pixel_cache import PixelCache, cuda_tier
         from scoring.scorers import Scorers
 
+        from .labelstudio.client import LabelStudioState
         from .predict import run_predict
         from .train import run_train
 
@@ -94,6 +97,7 @@ class Runtime:
             allow=AllowList(merged["ALLOWED_PREFIXES"]),
             run_train=run_train,
             run_predict=run_predict,
+            labelstudio=LabelStudioState(),
         )
         fields["train_waiters"] = threading.BoundedSemaphore(max(1, merged["MAX_TRAIN_WAITERS"]))
         unknown = set(parts) - set(fields)

@@ -172,6 +172,7 @@ def run_train(runtime, params: TrainParams, on_epoch=None) -> dict:
                     written=written, parent=model, parent_info=parent_info, labeled=labeled, labeled_objects=listing,
                     result=result, skipped_urls=skipped, duration_s=time.monotonic() - started,
                     version=runtime.version)
+                sidecar.update(params.provenance or {})  # e.g. "labelstudio": its project and annotations
                 sidecar["parent"]["sha256"] = runtime.scorers.digest(model_path)
                 sidecar["model_sha256"] = runtime.scorers.digest(out_path)
                 if board is not None:

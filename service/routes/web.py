@@ -14,7 +14,11 @@ A route declares, on its view:
 - `writes`: it writes a new version beside `model_url`, whose folder must be allowed for writing;
 - `args`: where those parameters come from (the query string unless given; /jobs/train's JSON body);
 - `plain_errors`: its errors are `text/plain` unless the request prefers JSON (the original's
-  `/train` and `/predict`, for their client: `service.app.handle_error`).
+  `/train` and `/predict`, for their client: `service.app.handle_error`);
+- `basic_auth`: the token may also come as HTTP basic auth, its password (the Label Studio ML
+  backend's routes: Label Studio sends a connection's basic auth, never a bearer token);
+- `message_in_status`: an error's message is also the reason phrase of its status line (Label
+  Studio shows an ML backend's failed `/setup` as the text of the status line alone).
 
 `install` refuses an app with a route that declares no policy or has no description
 (`UndeclaredRoute`); a view registered later without one fails closed: its requests end in a 500
@@ -43,6 +47,8 @@ class Policy:
     writes: bool = False
     args: Callable[[], Mapping] | None = None
     plain_errors: bool = False
+    basic_auth: bool = False
+    message_in_status: bool = False
 
 
 UNMATCHED = Policy()  # a request no route serves (404): the token, nothing else
@@ -53,13 +59,15 @@ class UndeclaredRoute(TypeError):
 
 
 def policy(*, token: bool = True, urls: tuple[str, ...] = (), writes: bool = False,
-           args: Callable[[], Mapping] | None = None, plain_errors: bool = False):
+           args: Callable[[], Mapping] | None = None, plain_errors: bool = False, basic_auth: bool = False,
+           message_in_status: bool = False):
     """Declare the view's policy (see the module's docstring); returns the view itself."""
     if isinstance(urls, str):
         raise TypeError("urls is a tuple of parameter names")
     if writes and "model_url" not in urls:
         raise TypeError("writes=True checks the folder of model_url: list model_url in urls")
-    declared = Policy(token=token, urls=tuple(urls), writes=writes, args=args, plain_errors=plain_errors)
+    declared = Policy(token=token, urls=tuple(urls), writes=writes, args=args, plain_errors=plain_errors,
+                      basic_auth=basic_auth, message_in_status=message_in_status)
 
     def declare(view):
         setattr(view, ATTRIBUTE, declared)
@@ -137,7 +145,8 @@ def _path_policy(methods) -> Policy:
         found.append(policy_of(current_app.view_functions.get(endpoint)) or UNMATCHED)
     if not found:
         return UNMATCHED
-    return Policy(token=any(p.token for p in found), plain_errors=any(p.plain_errors for p in found))
+    return Policy(token=any(p.token for p in found), plain_errors=any(p.plain_errors for p in found),
+                  basic_auth=all(p.basic_auth for p in found))
 
 
 def plain_errors() -> bool:
@@ -146,6 +155,19 @@ def plain_errors() -> bool:
         return request_policy().plain_errors
     except Exception:  # noqa: BLE001 - an undeclared route: JSON
         return False
+
+
+def message_in_status() -> bool:
+    """Whether the current request's route puts an error's message in its status line; never raises."""
+    try:
+        return request_policy().message_in_status
+    except Exception:  # noqa: BLE001 - an undeclared route
+        return False
+
+
+def current_authorization() -> str | None:
+    """The request's Authorization header (a view that checks the token itself: /labelstudio/webhook)."""
+    return request.headers.get("Authorization")
 
 
 # --------------------------------------------------------------------------------------- hooks
@@ -159,7 +181,7 @@ def enforce_policy() -> None:
     runtime = current_runtime()
     declared = request_policy()
     if declared.token:
-        check_token(runtime.config["API_TOKEN"], request.headers.get("Authorization"))
+        check_token(runtime.config["API_TOKEN"], request.headers.get("Authorization"), basic=declared.basic_auth)
     if declared.urls and runtime.allow.enabled:
         args = declared.args() if declared.args is not None else request.args
         runtime.allow.check_urls(args, declared.urls, writes=declared.writes)
