@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-fast demo serve verify bench clean lock
+.PHONY: setup test test-fast demo serve verify bench clean lock labelstudio
 
 # Everything pinned (serving + bridge + dev), then the project itself, editable, without dependencies:
 # that puts the `orca` command in $(VENV)/bin and keeps the checkout importable as it is edited.
@@ -15,7 +15,19 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 setup: $(VENV)/.installed
 
-test: setup  # the whole suite, then its 15 slowest tests
+# A real Label Studio for the end-to-end tests of the ML backend (tests/test_labelstudio_e2e.py), in a venv of
+# its own: its pins (numpy, pyarrow, boto3) conflict with ours. ≈ 1 GB, ≈ 40 s from the package index.
+LABELSTUDIO_VENV ?= .venv-labelstudio
+
+$(LABELSTUDIO_VENV)/.installed: tests/labelstudio-requirements.txt
+	python3 -m venv $(LABELSTUDIO_VENV)
+	$(LABELSTUDIO_VENV)/bin/pip install --quiet --upgrade pip
+	$(LABELSTUDIO_VENV)/bin/pip install --quiet -r tests/labelstudio-requirements.txt
+	touch $@
+
+labelstudio: $(LABELSTUDIO_VENV)/.installed
+
+test: setup labelstudio  # the whole suite, then its 15 slowest tests
 	$(PY) -m pytest -q --durations=15
 
 test-fast: setup  # for iterating: without the tests marked slow (> ~3 s) or cuda
@@ -31,7 +43,7 @@ verify: setup
 	$(VENV)/bin/orca verify $(MODEL)
 
 clean:
-	rm -rf $(VENV) $(LOCK_TOOL) local
+	rm -rf $(VENV) $(LOCK_TOOL) $(LABELSTUDIO_VENV) local
 
 bench: setup
 	$(PY) -m bench.run

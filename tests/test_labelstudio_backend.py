@@ -410,3 +410,25 @@ def test_train_every_n_annotations_counts_with_label_studios_api(tmp_path, sprea
     finally:
         studio.tasks = []
         served.close()
+
+
+def test_versions_without_a_project_as_label_studio_asks(tmp_path, spread_srkw_h5, studio):
+    """Label Studio 1.23's GET /versions has no body and no query: the one model folder answers."""
+    root = make_root(tmp_path, spread_srkw_h5)
+    shutil.copyfile(root / "models" / "srkw_cnn_0.h5", root / "models" / "srkw_cnn_2.h5")
+    served = serve(root, studio)
+    try:
+        status, answer, _ = served.request("GET", "/labelstudio/versions", headers=BASIC)
+        assert (status, answer) == (200, {"versions": ["srkw_cnn_2.h5", "srkw_cnn_0.h5"], "model_version": "srkw_cnn_2.h5"})
+    finally:
+        served.close()
+    (root / "other").mkdir()
+    served = serve(root, studio, LABELSTUDIO_MODEL_URL=None,
+                   LABELSTUDIO_PROJECTS=f"1={root / 'models'}/,2={root / 'other'}/")
+    try:
+        status, answer, _ = served.request("GET", "/labelstudio/versions", headers=BASIC)
+        assert status == 400 and answer["error"].startswith("project:"), answer
+        status, answer, _ = served.request("GET", "/labelstudio/versions", params={"project": 2}, headers=BASIC)
+        assert (status, answer) == (200, {"versions": [], "model_version": None})
+    finally:
+        served.close()

@@ -96,10 +96,18 @@ def project_models(setting: str | None) -> dict[int, str]:
     return mapping
 
 
-def model_source(runtime, project: int) -> tuple[Location, str | None]:
-    """(the project's model folder, the base name its versions must have, or None for any)."""
+def model_source(runtime, project: int | None) -> tuple[Location, str | None]:
+    """(the project's model folder, the base name its versions must have, or None for any). Project None
+    (Label Studio's GET /versions names none): ORCA_LABELSTUDIO_MODEL_URL, or the one folder of
+    ORCA_LABELSTUDIO_PROJECTS."""
     config = runtime.config
-    url = project_models(config["LABELSTUDIO_PROJECTS"]).get(project) or config["LABELSTUDIO_MODEL_URL"]
+    mapping = project_models(config["LABELSTUDIO_PROJECTS"])
+    if project is None and not config["LABELSTUDIO_MODEL_URL"] and len(set(mapping.values())) > 1:
+        raise BadRequest("project: the request names none and ORCA_LABELSTUDIO_PROJECTS has several model "
+                         "folders; ask with ?project=ID")
+    url = mapping.get(project) or config["LABELSTUDIO_MODEL_URL"]
+    if not url and project is None and mapping:
+        url = next(iter(mapping.values()))
     if not url:
         raise NotFound(f"no model folder for Label Studio project {project}: set ORCA_LABELSTUDIO_MODEL_URL "
                        "(every project) or ORCA_LABELSTUDIO_PROJECTS (PROJECT_ID=URL)")
@@ -112,7 +120,7 @@ def model_source(runtime, project: int) -> tuple[Location, str | None]:
     return runtime.locate(url, "ORCA_LABELSTUDIO_MODEL_URL"), base
 
 
-def versions(runtime, project: int) -> list[Location]:
+def versions(runtime, project: int | None) -> list[Location]:
     """The project's model versions, newest first (highest `_N`; a name without one counts as 0)."""
     folder, base = model_source(runtime, project)
     try:
@@ -183,7 +191,7 @@ def setup(runtime, body: dict) -> dict:
     return {"model_version": model.name}
 
 
-def version_listing(runtime, project: int) -> dict:
+def version_listing(runtime, project: int | None) -> dict:
     found = versions(runtime, project)
     return {"versions": [v.name for v in found], "model_version": found[0].name if found else None}
 
