@@ -11,12 +11,17 @@ The 2020 recipe (docs/audio.md is the specification), stage by stage:
   -> viridis picture, 607 x 617 RGBA (matplotlib 3.2.2's layout)        audio.picture.picture
 
 Everything runs in torch, batched (clips of equal length), on the CPU or a CUDA device; float64 after
-the float32 resampled signal. Public API: `render_batch`, `pixels_from_samples`, `pixels_from_file`,
+the float32 resampled signal. One clip on the CPU (`pixels_from_samples`, `pixels_from_file`) runs its
+torch operations on the calling thread alone (`one_thread`): callers draw several clips at once on
+threads of their own, and torch's OpenMP team per thread made that slower, not faster (docs/design.md,
+"One OpenMP thread per drawing thread"). Public API: `render_batch`, `pixels_from_samples`, `pixels_from_file`,
 `write_png`, `spectrogram_png`, `RENDERER` / `renderer_key()` (for caches), `stages` (intermediates).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -25,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import ThreadpoolController
 
 from audio import features, picture as picture_mod, resample as resample_mod, wavelet
 from audio.decode import AudioError, decode
 from conversion.atomic import published_mode
 
 __all__ = ["RENDERER", "renderer_key", "SpectrogramError", "render_batch", "pixels_from_samples",
-           "pixels_from_file", "write_png", "spectrogram_png", "stages", "HEIGHT", "WIDTH"]
+           "pixels_from_file", "write_png", "spectrogram_png", "stages", "one_thread", "HEIGHT", "WIDTH"]
 
 HEIGHT, WIDTH = picture_mod.HEIGHT, picture_mod.WIDTH
 
@@ -119,12 +125,32 @@ def render_batch(samples: torch.Tensor, rate: int, device=None) -> torch.Tensor:
     return stages(x, rate, device=device)["pixels"]
 
 
+@functools.cache
+def _openmp():
+    """threadpoolctl's handle on the OpenMP runtimes loaded with torch (its libgomp)."""
+    return ThreadpoolController().select(user_api="openmp")
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch's CPU operations of the calling thread on one OpenMP thread for the block; other threads
+    keep theirs. OpenMP's thread count is a per-thread setting: threadpoolctl sets it for this thread,
+    after torch's own lazy set-up of the thread (`torch.get_num_threads()`), which would undo it."""
+    if torch.get_num_threads() == 1:
+        yield
+        return
+    with _openmp().limit(limits=1):
+        yield
+
+
 def pixels_from_samples(samples, rate: int) -> np.ndarray:
-    """(C, n) or (n,) samples of one clip at `rate` -> (607, 617, 4) uint8, on the CPU."""
+    """(C, n) or (n,) samples of one clip at `rate` -> (607, 617, 4) uint8, on the CPU, on the calling
+    thread alone (`one_thread`)."""
     x = _as_clips(samples, rate)
     if x.shape[0] != 1:
         raise ValueError(f"pixels_from_samples takes one clip, got {x.shape[0]}: use render_batch")
-    return stages(x, rate)["pixels"][0].cpu().numpy()
+    with one_thread():
+        return stages(x, rate)["pixels"][0].cpu().numpy()
 
 
 def pixels_from_file(path, *, strict: bool = True) -> np.ndarray:

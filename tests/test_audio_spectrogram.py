@@ -145,3 +145,37 @@ def test_the_audio_package_imports_no_service_code_and_no_reference_library():
         names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not names & {"service", "flask", "librosa", "resampy", "skimage", "scipy", "numba", "training",
                             "scoring"}, (path.name, names)
+
+
+def test_one_clip_draws_on_its_own_thread_only_and_leaves_other_threads_theirs():
+    """pixels_from_samples runs torch on one OpenMP thread of the calling thread; the thread's own count,
+    the main thread's and a new thread's are what they were (torch.set_num_threads is untouched)."""
+    import threading
+    from unittest import mock
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("torch runs on one thread here: nothing to switch")
+    decoded = decode(SAMPLE_MP3S[0])
+    main_before, seen = torch.get_num_threads(), {}
+    real_stages = spectrogram.stages
+
+    def stages(*args, **kwargs):
+        seen.setdefault("inside", torch.get_num_threads())
+        return real_stages(*args, **kwargs)
+
+    def draw():
+        seen["before"] = torch.get_num_threads()
+        seen["pixels"] = spectrogram.pixels_from_samples(decoded.samples, decoded.rate)
+        seen["after"] = torch.get_num_threads()
+
+    with mock.patch.object(spectrogram, "stages", stages):
+        worker = threading.Thread(target=draw)
+        worker.start()
+        worker.join()
+    fresh = {}
+    later = threading.Thread(target=lambda: fresh.setdefault("n", torch.get_num_threads()))
+    later.start()
+    later.join()
+    assert seen["inside"] == 1 and seen["before"] == seen["after"] == main_before >= 2
+    assert torch.get_num_threads() == main_before and fresh["n"] == main_before
+    assert np.array_equal(seen["pixels"], _rgba(_png_of(SAMPLE_MP3S[0])))
