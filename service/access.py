@@ -11,7 +11,9 @@ declared on the route itself (`service.routes.web.policy`); this module only che
   (`s3://bucket`) allows the whole bucket; entries are folder prefixes (a trailing `/` is implied),
   so `s3://other/models` does not allow `s3://other/models_old/`. Local paths are resolved (`..`,
   symlinks) before the comparison with local entries (absolute paths or `file://` URLs); with no
-  local entry in the list, local paths are governed by `ORCA_LOCAL_ROOT` alone.
+  local entry in the list, local paths are governed by `ORCA_LOCAL_ROOT` alone. `http(s)://` entries
+  govern the web media the Label Studio backend fetches from hosts other than Label Studio's
+  (`allows_web`): with the list set and no such entry, none is fetched.
 """
 
 from __future__ import annotations
@@ -52,6 +54,14 @@ def _normalize_s3(url: str) -> str | None:
     return f"s3://{parsed.netloc}/{parsed.path.lstrip('/')}"
 
 
+def _normalize_web(url: str) -> str | None:
+    """`http(s)://host[:port]/path` with the scheme and host in lower case, or None."""
+    parsed = urllib.parse.urlsplit(url.strip())
+    if parsed.scheme.lower() not in ("http", "https") or not parsed.netloc:
+        return None
+    return f"{parsed.scheme.lower()}://{parsed.netloc.lower()}/{parsed.path.lstrip('/')}"
+
+
 def _local_path(url: str) -> str | None:
     url = url.strip()
     parsed = urllib.parse.urlsplit(url)
@@ -68,11 +78,13 @@ class AllowList:
     def __init__(self, spec: str | None):
         entries = [e.strip() for e in (spec or "").split(",") if e.strip()]
         self.enabled = bool(entries)
-        self.s3, self.local = [], []
+        self.s3, self.local, self.web = [], [], []
         for entry in entries:
-            s3 = _normalize_s3(entry)
+            s3, web = _normalize_s3(entry), _normalize_web(entry)
             if s3 is not None:
                 self.s3.append(s3.rstrip("/") + "/")
+            elif web is not None:
+                self.web.append(web.rstrip("/") + "/")
             else:
                 path = _local_path(entry)
                 if path is not None:
@@ -92,6 +104,18 @@ class AllowList:
         if not self.local:
             return True  # local paths: ORCA_LOCAL_ROOT decides
         return any((path + os.sep).startswith(e) for e in self.local)
+
+    def allows_web(self, url: str) -> bool:
+        """An http(s) URL the service would fetch: under an `http(s)://` entry (folder prefixes, as
+        for S3; no query string, no dot segments), or anything when the list is not set."""
+        if not self.enabled:
+            return True
+        web = _normalize_web(url)
+        if web is None or urllib.parse.urlsplit(url.strip()).query:
+            return False
+        if any(part in (".", "..") for part in web.split("://", 1)[1].split("/")[1:]):
+            return False
+        return any((web + "/").startswith(e) or web.startswith(e) for e in self.web)
 
     def check(self, url: str | None, param: str, action: str = "read") -> None:
         if url and url.strip() and not self.allows(url):

@@ -432,3 +432,39 @@ def test_versions_without_a_project_as_label_studio_asks(tmp_path, spread_srkw_h
         assert (status, answer) == (200, {"versions": [], "model_version": None})
     finally:
         served.close()
+
+
+def test_web_media_of_other_hosts_follow_the_allow_list(tmp_path, spread_srkw_h5, studio, caplog):
+    """A task's http(s) media on another host is fetched without Label Studio's key, and only under an
+    http(s) entry of ORCA_ALLOWED_PREFIXES when the list is set (no prediction otherwise)."""
+    media = Flask("media-host")
+
+    @media.get("/clips/<name>")
+    def clip(name):
+        if "Authorization" in request.headers:
+            abort(400)  # Label Studio's key must not travel to another host
+        return (AUDIO_DIR / "mp3" / "calls" / name).read_bytes()
+
+    host = Served(media)
+    root = make_root(tmp_path, spread_srkw_h5)
+    name = sorted((AUDIO_DIR / "mp3" / "calls").glob("*.mp3"))[0].name
+    tasks = [{"id": 1, "data": {"audio": f"{host.base}/clips/{name}"}},
+             {"id": 2, "data": {"audio": f"{host.base}/clips/../clips/{name}"}},
+             {"id": 3, "data": {"audio": f"/data/upload/1/{CLIPS[0].name}"}}]
+    body = {"tasks": tasks, "project": 1, "label_config": AUDIO_CONFIG}
+    try:
+        for allowed, expected, refused in (([str(root)], [False, False, True], {1, 2}),
+                                           ([str(root), f"{host.base}/clips/"], [True, False, True], {2}),
+                                           (None, [True, False, True], set())):  # task 2: a 404 there
+            served = serve(root, studio, ALLOWED_PREFIXES=",".join(allowed) if allowed else None)
+            caplog.clear()
+            try:
+                status, answer, _ = post(served, "/labelstudio/predict", body)
+            finally:
+                served.close()
+            assert status == 200, answer
+            assert [bool(entry) for entry in answer["results"]] == expected, (allowed, answer)
+            assert {task for task in (1, 2, 3) if any(f"task {task}:" in r.getMessage() and
+                    "outside ORCA_ALLOWED_PREFIXES" in r.getMessage() for r in caplog.records)} == refused
+    finally:
+        host.close()

@@ -237,13 +237,16 @@ def fetch_media(runtime, studio: LabelStudio | None, value, kind: str, folder: s
             raise MediaError(f"{value}: {error.message}") from None
         return path
     if scheme in ("http", "https") or (not scheme and value.startswith("/")):
-        if studio is None:
-            if not scheme:
-                raise MediaError(f"{value}: a Label Studio path, and Label Studio's URL is unknown (set "
-                                 "LABEL_STUDIO_URL, or let Label Studio call /labelstudio/setup)")
-            return _plain_download(value, path)
-        studio.download(studio.media_url(value), path)
-        return path
+        if studio is None and not scheme:
+            raise MediaError(f"{value}: a Label Studio path, and Label Studio's URL is unknown (set "
+                             "LABEL_STUDIO_URL, or let Label Studio call /labelstudio/setup)")
+        if studio is not None and (not scheme or studio.owns(value)):
+            studio.download(studio.media_url(value), path)  # with Label Studio's key
+            return path
+        if not runtime.allow.allows_web(value):
+            raise MediaError(f"{value}: outside ORCA_ALLOWED_PREFIXES (list the http(s) prefix of the media "
+                             "there)")
+        return _plain_download(value, path)
     raise MediaError(f"{value}: unsupported media URL (s3://, http(s):// or a Label Studio /data/ path)")
 
 
