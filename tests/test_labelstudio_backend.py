@@ -468,3 +468,29 @@ def test_web_media_of_other_hosts_follow_the_allow_list(tmp_path, spread_srkw_h5
                     "outside ORCA_ALLOWED_PREFIXES" in r.getMessage() for r in caplog.records)} == refused
     finally:
         host.close()
+
+
+def test_s3_media_are_read_through_the_service_storage_and_its_allow_list(tmp_path, spread_srkw_h5, studio, s3_env):
+    """Tasks whose media are s3:// URLs (moto's server over HTTP): scored as the same clip from Label
+    Studio's upload is; a bucket outside ORCA_ALLOWED_PREFIXES, or a missing key, gets no prediction."""
+    client = s3_env.client()
+    client.upload_file(str(CLIPS[0]), s3_env.bucket, f"clips/{CLIPS[0].name}")
+    root = make_root(tmp_path, spread_srkw_h5)
+    tasks = [{"id": 1, "data": {"audio": f"s3://{s3_env.bucket}/clips/{CLIPS[0].name}"}},
+             {"id": 2, "data": {"audio": f"s3://{s3_env.bucket}/clips/missing.mp3"}},
+             {"id": 3, "data": {"audio": f"/data/upload/1/{CLIPS[0].name}"}}]
+    body = {"tasks": tasks, "project": 1, "label_config": AUDIO_CONFIG}
+    answers = {}
+    for allowed in (None, f"{root},s3://{s3_env.bucket}/clips/", f"{root},s3://{s3_env.bucket}/other/"):
+        served = serve(root, studio, ALLOWED_PREFIXES=allowed)
+        try:
+            status, answer, _ = post(served, "/labelstudio/predict", body)
+        finally:
+            served.close()
+        assert status == 200, answer
+        answers[allowed] = answer["results"]
+    for allowed, results in answers.items():
+        refused = allowed is not None and allowed.endswith("/other/")
+        assert bool(results[0]) is not refused and results[1] == [] and results[2], (allowed, results)
+        if not refused:
+            assert results[0]["score"] == results[2]["score"] and results[0]["result"] == results[2]["result"]
