@@ -4,11 +4,13 @@
 # model's own forward/training rates (bench/cuda_parity.py), PNG decoding vs threads
 # (bench/decode_threads.py), /predict's stream taken apart (bench/pipeline.py), and the benchmark
 # with ORCA_DEVICE=cuda, then whole active-learning rounds at scale (default 10,000 unlabeled and
-# 5,000 labeled clips: $ROUND_ARGS) and bf16 against fp32 training (bench/precision_check.py).
+# 5,000 labeled clips: $ROUND_ARGS), bf16 against fp32 training (bench/precision_check.py), and the
+# spectrogram renderer on the device (bench/audio_gpu.py: its pixels against the 2020 PNGs, samples to
+# pixels and mp3 to model input in clips/s) with /predict from $AUDIO_CLIPS mp3 clips (default 4096).
 #   bash bench/gpu_check.sh [extra bench.run arguments, e.g. --quick or --unlabeled 1024]
 #   ROUND_ARGS="--unlabeled 2000 --labeled 1000 --rounds 2" bash bench/gpu_check.sh --quick
 #   STEPS="tests rounds" bash bench/gpu_check.sh     # only these steps (a lent machine's minutes are few)
-# Steps, in order: tests parity decode pipeline bench rounds precision ($STEPS, default all of them).
+# Steps, in order: tests audio parity decode pipeline bench rounds precision ($STEPS, default all of them).
 # Python: $PY, else .venv/bin/python (`make setup`), else python3. Where TensorFlow is not installed
 # the benchmark times this service alone (no reference, no speed-up; it says so).
 # Results go to bench/results-cuda/ (results.json, results.png, logs).
@@ -18,7 +20,7 @@ if [ -z "${PY:-}" ]; then
     if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 status=0
-STEPS=" ${STEPS:-tests parity decode pipeline bench rounds precision} "
+STEPS=" ${STEPS:-tests audio parity decode pipeline bench rounds precision} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 
 echo "== GPU"
@@ -35,6 +37,14 @@ if want tests; then
     rc=$?
     # exit code 5 = no tests collected (no cuda-marked tests): not a failure
     if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then status=$rc; fi
+fi
+
+if want audio; then
+    echo "== the spectrogram renderer on the device: pixels against the 2020 PNGs, samples->pixels, mp3->input"
+    "$PY" -m bench.audio_gpu --device cuda --out bench/results-cuda/audio_gpu.json || status=$?
+    echo "== /predict from ${AUDIO_CLIPS:=4096} mp3 clips with ORCA_DEVICE=cuda (new process, new model)"
+    ORCA_DEVICE=cuda "$PY" -m bench.run --out bench/results-cuda-audio --no-reference --cold-pairs 0 \
+        --unlabeled 16 --labeled 8 --epochs 1 --rounds 0 --audio-clips "$AUDIO_CLIPS" || status=$?
 fi
 
 if want parity; then

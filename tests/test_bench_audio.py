@@ -31,3 +31,21 @@ def test_the_benchmark_runs_both_pipelines_on_one_clip(tmp_path, capsys):
         for measure in ("png", "pixels"):
             assert results["pipelines"][side][measure]["seconds_per_clip"] > 0
     assert set(results["speedup"]) >= {"png", "pixels", "cpu_png", "cpu_pixels"}
+
+
+@pytest.mark.slow
+def test_the_device_benchmark_runs_on_the_cpu_and_finds_the_2020_pixels(tmp_path, capsys):
+    """`python -m bench.audio_gpu` (gpu_check.sh's audio step) with --device cpu, small: the parity part
+    compares with the real 2020 PNGs, so on the CPU every count is 0; the rates are reported."""
+    from bench import audio_gpu
+
+    out = tmp_path / "audio_gpu.json"
+    result = audio_gpu.main(["--device", "cpu", "--batch", "2", "--clips", "4", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    parity = result["parity"]
+    assert len(parity["clips"]) == 4 and parity["pixels_per_clip"] == 607 * 617
+    assert parity["pixels_differing_from_2020_png"] == [0, 0, 0, 0] == parity["pixels_differing_from_cpu"]
+    assert parity["resampled_equal_to_cpu"] and set(parity["max_abs_diff_from_cpu"].values()) == {0}
+    assert result["samples_to_pixels"]["clips"] == 4 and result["mp3_to_input"]["clips"] == 4
+    assert result["samples_to_pixels"]["clips_per_second"] > 0 and result["mp3_to_input"]["clips_per_second"] > 0
+    assert "pixels differing from the 2020 PNGs [0, 0, 0, 0]" in capsys.readouterr().out

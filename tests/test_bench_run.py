@@ -200,9 +200,11 @@ def test_gpu_check_runs_only_the_steps_named_in_STEPS_and_refuses_a_machine_with
     every = subprocess.run(["bash", "bench/gpu_check.sh", "--quick"], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=60)
     ran = [line.split()[1] for line in every.stdout.splitlines() if line.startswith("-m ")]
-    assert ran == ["pytest", "bench.cuda_parity", "bench.decode_threads", "bench.decode_threads", "bench.pipeline",
-                   "bench.pipeline",
+    assert ran == ["pytest", "bench.audio_gpu", "bench.run", "bench.cuda_parity", "bench.decode_threads",
+                   "bench.decode_threads", "bench.pipeline", "bench.pipeline",
                    "bench.run", "bench.run", "bench.precision_check"]
+    audio = [line for line in every.stdout.splitlines() if line.startswith("-m bench.run --out bench/results-cuda-audio")]
+    assert audio and audio[0].endswith("--audio-clips 4096")
     no_gpu = {**env, "PATH": "/usr/bin:/bin"}
     if shutil.which("nvidia-smi", path=no_gpu["PATH"]) is None:  # a GPU machine has it there
         assert subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, env=no_gpu, capture_output=True,
