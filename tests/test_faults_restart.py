@@ -87,9 +87,11 @@ class Process:
 
 
 def _env(state: Path, local_root: str, **extra) -> dict:
+    # the scratch of a killed process stays where it was: under the test's folder, not the system's /tmp
+    (state.parent / "work").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), HOST="127.0.0.1", PORT="0", ORCA_STATE_DIR=str(state),
                ORCA_LOCAL_ROOT=local_root, ORCA_CACHE_DIR=str(state.parent / "cache"), ORCA_DEVICE="cpu",
-               ORCA_PRELOAD_TORCH="0", LOG_LEVEL="INFO")
+               ORCA_WORK_DIR=str(state.parent / "work"), ORCA_PRELOAD_TORCH="0", LOG_LEVEL="INFO")
     env.update(extra)
     return env
 
