@@ -54,6 +54,9 @@ class LabelStudio:
             "LABEL_STUDIO_HOST": self.url,
             # This backend runs on 127.0.0.1: Label Studio refuses private addresses by default.
             "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false",
+            # The Data Manager's "Prediction score" of the connected backend's own model version (without it,
+            # only of the project's model version, which Label Studio sets to the backend's title: empty)
+            "ff_front_dev_1682_model_version_dropdown_070622_short": "true",
             "COLLECT_ANALYTICS": "false", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
         })
         self.log_path = self.folder / "label-studio.log"

@@ -101,6 +101,15 @@ def predictions_of(studio, project) -> dict[int, list[dict]]:
     return found
 
 
+def data_manager_scores(studio, project) -> list[tuple[int, float | None]]:
+    """(task id, its "Prediction score" column) in the order of a Data Manager tab sorted by it, ascending."""
+    _, view = studio.api("POST", "/api/dm/views/", expect=201, json={"project": project, "data": {
+        "title": "least certain first", "ordering": ["tasks:predictions_score"]}})
+    _, page = studio.api("GET", "/api/tasks/", expect=200, params={"project": project, "view": view["id"],
+                                                                      "fields": "all", "page_size": 100})
+    return [(task["id"], task["predictions_score"]) for task in page["tasks"]]
+
+
 def retrieve_predictions(studio, project):
     """The Data Manager's "Retrieve predictions" action on every task: Label Studio calls /setup (the model
     version) and /predict of the backend, and stores what comes back."""
@@ -153,10 +162,12 @@ def test_a_project_gets_predictions_trains_from_its_annotations_and_predicts_wit
             continue
         (prediction,) = found[task["id"]]
         check_prediction(prediction, expected[name], "srkw_cnn_0.h5")
-    # sorting by prediction score ascending in the Data Manager lists the least certain clip first
+    # the Data Manager's "Prediction score", sorted ascending, lists the least certain clip first
     scores = {task["id"]: found[task["id"]][0]["score"] for task in tasks if task["id"] in found}
+    column = data_manager_scores(studio, project)
+    assert {task: score for task, score in column if score is not None} == pytest.approx(scores)
     least_certain = min(expected, key=lambda name: abs(0.5 - expected[name]))
-    assert clip_of(next(t for t in tasks if t["id"] == min(scores, key=scores.get))) == least_certain
+    assert clip_of(next(t for t in tasks if t["id"] == column[0][0])) == least_certain
 
     # Annotations through Label Studio's API: every real clip with its true class
     annotation_ids = []
@@ -200,6 +211,11 @@ def test_a_project_gets_predictions_trains_from_its_annotations_and_predicts_wit
             newest = [p for p in found[task["id"]] if p["model_version"] == "srkw_cnn_1.h5"]
             assert len(newest) == 1, found[task["id"]]
             check_prediction(newest[0], after[name], "srkw_cnn_1.h5")
+    # the column now shows the new version's scores (the backend's current model version), still ascending
+    column = data_manager_scores(studio, project)
+    newest_scores = {task["id"]: 2 * abs(0.5 - after[clip_of(task)]) for task in tasks if clip_of(task) in after}
+    assert {task: score for task, score in column if score is not None} == pytest.approx(newest_scores, abs=1e-6)
+    assert [score for _, score in column if score is not None] == sorted(newest_scores.values())
     assert (backend.root / "models" / "srkw_cnn_0.h5").exists()
 
 
