@@ -494,3 +494,32 @@ def test_s3_media_are_read_through_the_service_storage_and_its_allow_list(tmp_pa
         assert bool(results[0]) is not refused and results[1] == [] and results[2], (allowed, results)
         if not refused:
             assert results[0]["score"] == results[2]["score"] and results[0]["result"] == results[2]["result"]
+
+
+def test_start_training_while_the_projects_training_waits_answers_that_job(tmp_path, spread_srkw_h5, studio):
+    """Label Studio's "train on annotation submission" sends START_TRAINING after every annotation: one
+    waiting training per project takes them all, and only one new version is written."""
+    root = make_root(tmp_path, spread_srkw_h5)
+    served = serve(root, studio)
+    runtime = served.app.extensions["orca"]
+    studio.tasks = [dict(task, annotations=[{"id": 900 + i, "result": [
+        {"from_name": "call", "type": "choices", "value": {"choices": [clip.parent.name]}}]}])
+        for i, (task, clip) in enumerate(zip(audio_tasks([c.name for c in CLIPS]), CLIPS))]
+    gate = threading.Event()
+    try:
+        runtime.jobs.submit("hold", {}, lambda job: gate.wait(60) and {})  # the queue's one worker is busy
+        start = {"action": "START_TRAINING", "project": {"id": 1}}
+        answers = [post(served, "/labelstudio/webhook", start) for _ in range(3)]
+        assert [status for status, _, _ in answers] == [201] * 3, answers
+        assert len({answer["job_id"] for _, answer, _ in answers}) == 1
+        gate.set()
+        assert wait_job(served, answers[0][1]["job_id"])["status"] == "succeeded"
+        assert sorted(p.name for p in (root / "models").glob("*.h5")) == ["srkw_cnn_0.h5", "srkw_cnn_1.h5"]
+        status, again, _ = post(served, "/labelstudio/webhook", start)  # after it: a new training
+        assert status == 201 and again["job_id"] != answers[0][1]["job_id"]
+        assert wait_job(served, again["job_id"])["status"] == "succeeded"
+        assert (root / "models" / "srkw_cnn_2.h5").exists()
+    finally:
+        gate.set()
+        studio.tasks = []
+        served.close()
