@@ -230,7 +230,9 @@ SCRIPT = textwrap.dedent("""
     def on_epoch(epoch, epochs, metrics):
         print("EPOCH", epoch, flush=True)
 
-    runtime = Runtime.from_config({"LOCAL_ROOT": root, "DEVICE": "cpu", "CACHE_DIR": root + "/cache"})
+    # WORK_DIR: the killed process's scratch stays under the test's folder, not in the system's /tmp
+    runtime = Runtime.from_config({"LOCAL_ROOT": root, "DEVICE": "cpu", "CACHE_DIR": root + "/cache",
+                                   "WORK_DIR": root + "/work"})
     runtime.run_train(runtime, TrainParams(model_url, labeled_url, 67, 83, 200 if mode == "train" else 1, 0),
                       on_epoch=on_epoch)
     print("DONE", flush=True)
@@ -241,6 +243,7 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("mode, marker", [("train", "EPOCH 1"), ("upload", "UPLOADING")])
 def test_killed_process_leaves_no_version_behind(tmp_path, mode, marker):
     args = make_root(tmp_path)
+    (tmp_path / "work").mkdir()
     process = subprocess.Popen([sys.executable, "-c", SCRIPT, mode, str(tmp_path), args["model_url"],
                                 args["labeled_url"]], cwd=REPO, stdout=subprocess.PIPE, text=True,
                                env=dict(os.environ, PYTHONPATH=str(REPO)))
