@@ -32,14 +32,11 @@ import numpy as np
 from PIL import Image
 
 from .audio import cpu_model
+from .dataset import sample_clips
 
 ROOT = Path(__file__).resolve().parent.parent
 AUDIO_DIR = ROOT / "sample_data" / "orcasound_audio"
 ROWS, COLS = 607, 617
-
-
-def sample_clips() -> list[Path]:
-    return sorted(AUDIO_DIR.glob("mp3/*/*.mp3"))
 
 
 def _png_of(mp3: Path) -> Path:

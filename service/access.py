@@ -62,6 +62,14 @@ def _normalize_web(url: str) -> str | None:
     return f"{parsed.scheme.lower()}://{parsed.netloc.lower()}/{parsed.path.lstrip('/')}"
 
 
+def _in_folders(normalized: str, folders: list[str]) -> bool:
+    """A normalized `scheme://…` URL under one of the folder prefixes (each ending in `/`); False when it
+    has `.` or `..` segments (some HTTP stacks normalize them: never guess)."""
+    if any(part in (".", "..") for part in normalized.split("://", 1)[1].split("/")):
+        return False
+    return any((normalized + "/").startswith(e) or normalized.startswith(e) for e in folders)
+
+
 def _local_path(url: str) -> str | None:
     url = url.strip()
     parsed = urllib.parse.urlsplit(url)
@@ -95,9 +103,7 @@ class AllowList:
             return True
         s3 = _normalize_s3(url)
         if s3 is not None:
-            if any(part in (".", "..") for part in s3[len("s3://"):].split("/")):
-                return False  # dot segments: some HTTP stacks normalize them; never guess
-            return any((s3 + "/").startswith(e) or s3.startswith(e) for e in self.s3)
+            return _in_folders(s3, self.s3)
         path = _local_path(url)
         if path is None:
             return True  # an unsupported scheme: `locate` answers 400
@@ -113,9 +119,7 @@ class AllowList:
         web = _normalize_web(url)
         if web is None or urllib.parse.urlsplit(url.strip()).query:
             return False
-        if any(part in (".", "..") for part in web.split("://", 1)[1].split("/")[1:]):
-            return False
-        return any((web + "/").startswith(e) or web.startswith(e) for e in self.web)
+        return _in_folders(web, self.web)
 
     def check(self, url: str | None, param: str, action: str = "read") -> None:
         if url and url.strip() and not self.allows(url):

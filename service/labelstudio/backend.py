@@ -102,12 +102,13 @@ def model_source(runtime, project: int | None) -> tuple[Location, str | None]:
     ORCA_LABELSTUDIO_PROJECTS."""
     config = runtime.config
     mapping = project_models(config["LABELSTUDIO_PROJECTS"])
-    if project is None and not config["LABELSTUDIO_MODEL_URL"] and len(set(mapping.values())) > 1:
-        raise BadRequest("project: the request names none and ORCA_LABELSTUDIO_PROJECTS has several model "
-                         "folders; ask with ?project=ID")
     url = mapping.get(project) or config["LABELSTUDIO_MODEL_URL"]
-    if not url and project is None and mapping:
-        url = next(iter(mapping.values()))
+    if not url and project is None:
+        folders = set(mapping.values())
+        if len(folders) > 1:
+            raise BadRequest("project: the request names none and ORCA_LABELSTUDIO_PROJECTS has several model "
+                             "folders; ask with ?project=ID")
+        url = next(iter(folders), None)
     if not url:
         raise NotFound(f"no model folder for Label Studio project {project}: set ORCA_LABELSTUDIO_MODEL_URL "
                        "(every project) or ORCA_LABELSTUDIO_PROJECTS (PROJECT_ID=URL)")

@@ -86,4 +86,5 @@ def versions():
     """Label Studio ML backend: the project's model versions, newest first"""
     data = body()
     project = data.get("project", request.args.get("project"))  # Label Studio 1.23 sends neither
-    return jsonify(backend.version_listing(current_runtime(), None if project is None else backend.project_id(project)))
+    project = None if project is None else backend.project_id(project)
+    return jsonify(backend.version_listing(current_runtime(), project))
