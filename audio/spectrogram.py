@@ -146,10 +146,10 @@ def one_thread():
 def pixels_from_samples(samples, rate: int) -> np.ndarray:
     """(C, n) or (n,) samples of one clip at `rate` -> (607, 617, 4) uint8, on the CPU, on the calling
     thread alone (`one_thread`)."""
-    x = _as_clips(samples, rate)
-    if x.shape[0] != 1:
-        raise ValueError(f"pixels_from_samples takes one clip, got {x.shape[0]}: use render_batch")
     with one_thread():
+        x = _as_clips(samples, rate)
+        if x.shape[0] != 1:
+            raise ValueError(f"pixels_from_samples takes one clip, got {x.shape[0]}: use render_batch")
         return stages(x, rate)["pixels"][0].cpu().numpy()
 
 

@@ -360,8 +360,6 @@ def cmd_spectrogram(args) -> int:
     Existing PNGs are kept; a file that fails is reported (name: reason) and the others go on."""
     from pathlib import Path
 
-    import torch
-
     from audio.decode import AUDIO_SUFFIXES, AudioError
     from audio.spectrogram import spectrogram_png
 
@@ -371,8 +369,7 @@ def cmd_spectrogram(args) -> int:
             files += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
         else:
             files.append(item)
-    out = Path(args.out)
-    torch.set_num_threads(1)  # one clip at a time: a second thread only costs (docs/audio.md)
+    out = Path(args.out)  # each clip on one OpenMP thread: audio.spectrogram.one_thread
     wrote = kept = 0
     failed, targets = [], {}
     from tqdm import tqdm
@@ -444,11 +441,8 @@ def cmd_preprocess(args) -> int:
         raise SystemExit(f"error: {args.input}: no .ts segments or audio files to read")
     print(f"{len(inputs)} input file(s) → {args.output}/mp3/{location}_{start}.mp3 … "
           f"({args.duration} s clips{', full clips only' if args.drop_partial else ''})", file=sys.stderr)
-    import torch
-
-    # One clip's spectrogram is small work: torch's threads would mostly wait for each other, and on a shared
-    # 2-core machine two threads made a clip 7x costlier in CPU time than one (bench/README.md, bench.audio)
-    torch.set_num_threads(1)
+    # each clip's spectrogram on one OpenMP thread (audio.spectrogram.one_thread): torch's threads would mostly
+    # wait for each other (bench/README.md, bench.audio)
     bar = _bar("clips", total, "clip")
 
     def on_clip(result):
