@@ -92,27 +92,36 @@ def colour_index(D: torch.Tensor) -> torch.Tensor:
     return torch.where(flat, torch.zeros_like(index), index)
 
 
+def _rgba_words(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 colours -> (...) int32, each the 4 bytes R, G, B, 255 of one opaque RGBA pixel."""
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:-1] + (1,), 255, np.uint8)], axis=-1)
+    return np.ascontiguousarray(rgba).view(np.int32)[..., 0]
+
+
 @lru_cache(maxsize=4)
 def _maps(device: str):
+    """The cells' rows and columns of the picture's pixels, and the colours as RGBA words (`_rgba_words`):
+    the picture is drawn one 4-byte pixel at a time."""
     dev = torch.device(device)
     rows = torch.from_numpy(np.repeat(np.arange(ROWS), np.diff(ROW_EDGES))).to(dev)
     cols = torch.from_numpy(np.repeat(np.arange(COLS), np.diff(COL_EDGES))).to(dev)
-    lut = torch.from_numpy(np.array(viridis_bytes())).to(dev)
-    spine = torch.from_numpy(spine_over(viridis_bytes())).to(dev)
-    return rows, cols, lut, spine
+    lut = torch.from_numpy(_rgba_words(np.array(viridis_bytes()))).to(dev)
+    spine = torch.from_numpy(_rgba_words(spine_over(viridis_bytes()))).to(dev)
+    grey = [int(_rgba_words(np.full(3, v, np.uint8))) for v in (255, SPINE_GREY, CORNER_GREY)]
+    return rows, cols, lut, spine, grey
 
 
 def picture(D: torch.Tensor) -> torch.Tensor:
     """(B, 128, 130) float64 -> (B, 607, 617, 4) uint8, the 2020 PNG's pixels."""
     if tuple(D.shape[-2:]) != (ROWS, COLS):
         raise ValueError(f"the 2020 picture has {ROWS} x {COLS} cells, got {tuple(D.shape[-2:])}")
-    rows, cols, lut, spine = _maps(str(D.device))
+    rows, cols, lut, spine, (white, grey, corner) = _maps(str(D.device))
     index = colour_index(D)  # (B, 128, 130)
-    cells = index.index_select(-2, rows)  # (B, 603, 130)
-    body = lut[cells.index_select(-1, cols)]  # (B, 603, 612, 3)
-    out = torch.full((D.shape[0], HEIGHT, WIDTH, 4), 255, dtype=torch.uint8, device=D.device)
-    out[:, :SPINE_ROW, COL_EDGES[0]:, :3] = body
-    out[:, :SPINE_ROW, SPINE_COL, :3] = spine[cells[:, :, 0]]
-    out[:, SPINE_ROW, COL_EDGES[0]:, :3] = SPINE_GREY
-    out[:, SPINE_ROW, SPINE_COL, :3] = CORNER_GREY
-    return out
+    out = torch.empty((D.shape[0], HEIGHT, WIDTH), dtype=torch.int32, device=D.device)  # RGBA words
+    out[:, :SPINE_ROW, COL_EDGES[0]:] = lut[index].index_select(1, rows).index_select(2, cols)  # cells to blocks
+    out[:, :SPINE_ROW, SPINE_COL] = spine[index[:, :, 0]].index_select(1, rows)
+    out[:, :, :SPINE_COL] = white
+    out[:, SPINE_ROW + 1:] = white
+    out[:, SPINE_ROW, COL_EDGES[0]:] = grey
+    out[:, SPINE_ROW, SPINE_COL] = corner
+    return out.view(torch.uint8).view(D.shape[0], HEIGHT, WIDTH, 4)

@@ -11,9 +11,11 @@ samples (`librosa.util.fix_length`). resampy 0.2.2 computes each output sample i
 * the output sample is a float32 that each tap is added to in turn (left wing from the centre outward,
   then the right wing): every partial sum is rounded to float32.
 
-This module does exactly that, vectorised over output samples (and clips), sequential over taps, so it
-gives resampy 0.2.2's samples bit for bit. Accumulating in float64 instead changes about 90 % of the
-samples by an ulp and, over 20 real clips, 2 spectrogram cells.
+This module does exactly that, bit for bit: reordered across output samples (and clips), never across
+the taps of one output sample. On the CPU, numba loops (`audio._resample_kernels`: several output samples'
+chains of adds in flight, and from BATCH_KERNEL_FROM clips on the clips side by side in vector registers);
+on CUDA, torch operations vectorised over output samples, sequential over taps. Accumulating in float64
+instead changes about 90 % of the samples by an ulp and, over 20 real clips, 2 spectrogram cells.
 
 The table: resampy >= 0.3 ships a different `kaiser_best` (50 zero crossings, 8192 per crossing), so it
 cannot be borrowed from the installed resampy. The 2020 table is resampy's `sinc_window(num_zeros=64,
@@ -117,6 +119,15 @@ def _taps(n_in: int, rate_in: int, rate_out: int, device: str):
     each tap's source sample from `centre` in the padded input, centre (n_out,) int64, padding).
 
     About 150 MB for 3 s at 48 kHz (280 taps x 66,150 samples): cached for the last two plans."""
+    weights, shifts, pad_left, pad_right = _dense(n_in, rate_in, rate_out)
+    dev = torch.device(device)
+    return (torch.from_numpy(weights).to(dev), [pad_left + s for s in shifts],
+            torch.from_numpy(plan(n_in, rate_in, rate_out).centre).to(dev), pad_left, pad_right)
+
+
+def _dense(n_in: int, rate_in: int, rate_out: int):
+    """(weights (taps, n_out) float64, shifts (source sample of each tap relative to the centre), pad_left,
+    pad_right): every output sample's tap weights, computed as resampy does (0 for a tap it does not have)."""
     p = plan(n_in, rate_in, rate_out)
     last = p.window.shape[0]
     window = np.concatenate([p.window, [0.0]])
@@ -131,21 +142,59 @@ def _taps(n_in: int, rate_in: int, rate_out: int, device: str):
         rows.append(window[index] + eta[None, :] * delta[index])  # two roundings, as resampy: no fused multiply-add
         shifts += [-k for k in range(count)] if sign < 0 else [k + 1 for k in range(count)]
     weights = np.concatenate(rows, axis=0)
-    pad_left = max(0, -min(shifts, default=0))
-    pad_right = max(0, max(shifts, default=0))
-    dev = torch.device(device)
-    return (torch.from_numpy(weights).to(dev), [pad_left + s for s in shifts],
-            torch.from_numpy(p.centre).to(dev), pad_left, pad_right)
+    return weights, shifts, max(0, -min(shifts, default=0)), max(0, max(shifts, default=0))
 
 
-def resample(x: torch.Tensor, rate_in: int, rate_out: int) -> torch.Tensor:
-    """x: (B, n) float32 mono clips at rate_in -> (B, ceil(n * rate_out / rate_in)) float32, resampy 0.2.2
-    `kaiser_best` bit for bit (librosa 0.6.3's `resample`, fix=True). Same rate: returned unchanged."""
-    if x.dtype != torch.float32 or x.dim() != 2:
-        raise ValueError(f"resample wants (clips, samples) float32, got {tuple(x.shape)} {x.dtype}")
-    if rate_in == rate_out:
-        return x
-    p = plan(int(x.shape[1]), int(rate_in), int(rate_out))
+@lru_cache(maxsize=2)
+def _one_clip_plan(n_in: int, rate_in: int, rate_out: int):
+    """`_dense` laid out for `_resample_kernels.one_clip`: weights (blocks, taps, LANES), output samples
+    padded to whole blocks with zero weights; base = centre + padding. About 150 MB for 3 s at 48 kHz."""
+    from audio._resample_kernels import LANES
+
+    p = plan(n_in, rate_in, rate_out)
+    weights, shifts, pad_left, pad_right = _dense(n_in, rate_in, rate_out)
+    blocks = -(-p.n_out // LANES)
+    padded = np.zeros((weights.shape[0], blocks * LANES))
+    padded[:, : p.n_out] = weights
+    del weights
+    blocked = np.ascontiguousarray(padded.reshape(padded.shape[0], blocks, LANES).transpose(1, 0, 2))
+    base = np.full(blocks * LANES, pad_left, np.int64)
+    base[: p.n_out] += p.centre
+    for a in (blocked, base):
+        a.flags.writeable = False
+    return blocked, base, np.asarray(shifts, np.int64), pad_left, pad_right
+
+
+# From this many clips on, `_resample_kernels.clips` (weights computed once for all, clips vectorised) is
+# faster per clip than `one_clip` on each (docs/design.md, "The resampling kernels").
+BATCH_KERNEL_FROM = 8
+
+
+def _resample_cpu(x: np.ndarray, p: ResamplePlan) -> np.ndarray:
+    from audio import _resample_kernels as kernels
+
+    batch, n = x.shape
+    y = np.zeros((batch, p.n_fixed), np.float32)
+    if batch >= BATCH_KERNEL_FROM:
+        pad = int(max(p.left_taps.max(), p.right_taps.max())) + 1
+        columns = np.zeros((n + 2 * pad, batch), np.float32)
+        columns[pad: pad + n] = x.T
+        out = np.empty((p.n_out, batch), np.float32)
+        kernels.clips(columns, p.centre + pad, p.left_offset, p.left_eta, p.left_taps, p.right_offset, p.right_eta,
+                      p.right_taps, p.window, p.delta, p.step, out)
+        y[:, : p.n_out] = out.T
+        return y
+    weights, base, shifts, pad_left, pad_right = _one_clip_plan(p.n_in, p.rate_in, p.rate_out)
+    padded = np.zeros(n + pad_left + pad_right, np.float32)
+    out = np.empty(base.shape[0], np.float32)
+    for b in range(batch):
+        padded[pad_left: pad_left + n] = x[b]
+        kernels.one_clip(padded, base, weights, shifts, out)
+        y[b, : p.n_out] = out[: p.n_out]
+    return y
+
+
+def _resample_torch(x: torch.Tensor, p: ResamplePlan) -> torch.Tensor:
     weights, shifts, centre, pad_left, pad_right = _taps(p.n_in, p.rate_in, p.rate_out, str(x.device))
     padded = torch.nn.functional.pad(x, (pad_left, pad_right))  # zeros: they meet only zero weights
     y = torch.zeros((x.shape[0], p.n_fixed), dtype=torch.float32, device=x.device)
@@ -158,3 +207,22 @@ def resample(x: torch.Tensor, rate_in: int, rate_out: int) -> torch.Tensor:
         else:
             torch.add(body, weights[j] * source, out=body)
     return y
+
+
+def resample(x: torch.Tensor, rate_in: int, rate_out: int, *, kernel: str | None = None) -> torch.Tensor:
+    """x: (B, n) float32 mono clips at rate_in -> (B, ceil(n * rate_out / rate_in)) float32, resampy 0.2.2
+    `kaiser_best` bit for bit (librosa 0.6.3's `resample`, fix=True). Same rate: returned unchanged.
+
+    On the CPU the numba loops of `audio._resample_kernels` run (on the calling thread; `one_clip` per clip
+    below BATCH_KERNEL_FROM clips, `clips` from there on); on a CUDA device, torch operations, one per tap
+    over all output samples. kernel="torch" runs the torch version on the CPU too (tests)."""
+    if x.dtype != torch.float32 or x.dim() != 2:
+        raise ValueError(f"resample wants (clips, samples) float32, got {tuple(x.shape)} {x.dtype}")
+    if kernel not in (None, "torch"):
+        raise ValueError(f"unknown resampling kernel {kernel!r} (None or 'torch')")
+    if rate_in == rate_out:
+        return x
+    p = plan(int(x.shape[1]), int(rate_in), int(rate_out))
+    if x.device.type == "cpu" and kernel is None:
+        return torch.from_numpy(_resample_cpu(np.ascontiguousarray(x.numpy()), p))
+    return _resample_torch(x, p)

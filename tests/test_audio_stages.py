@@ -57,13 +57,27 @@ def _resampy_022_loop(x: np.ndarray, sr_orig: int, sr_new: int) -> np.ndarray:
     return y
 
 
+@pytest.mark.parametrize("kernel", [None, "torch"])
 @pytest.mark.parametrize("rate,n", RATES)
-def test_resample_equals_resampy_022s_loop_bit_for_bit(rate, n):
+def test_resample_equals_resampy_022s_loop_bit_for_bit(rate, n, kernel):
+    """One clip: numba's `one_clip` (kernel None) and the torch version CUDA runs."""
     x = (np.random.default_rng(n).standard_normal(n) * 0.1).astype(np.float32)
-    got = resample.resample(torch.from_numpy(x)[None], rate, 22050)[0].numpy()
+    got = resample.resample(torch.from_numpy(x)[None], rate, 22050, kernel=kernel)[0].numpy()
     want = _resampy_022_loop(x, rate, 22050)
     assert got.dtype == np.float32 and got.shape == want.shape == (math.ceil(n * 22050 / rate),)
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("rate,n", [(48000, 4001), (44100, 2999), (16000, 1234), (96000, 6007)])
+def test_batches_of_clips_resample_as_resampy_022s_loop_each(rate, n):
+    """From BATCH_KERNEL_FROM clips on, numba's `clips` kernel (clips side by side, output samples two by two,
+    an odd count of them in three of the four): each clip bit for bit the scalar loop's."""
+    batch = resample.BATCH_KERNEL_FROM + 3
+    x = (np.random.default_rng(n).standard_normal((batch, n)) * 0.1).astype(np.float32)
+    x[4] *= 50  # loud and quiet clips side by side
+    got = resample.resample(torch.from_numpy(x), rate, 22050).numpy()
+    for b in range(batch):
+        assert np.array_equal(got[b], _resampy_022_loop(x[b], rate, 22050)), b
 
 
 @pytest.mark.parametrize("rate,n", [(48000, 20011), (44100, 9999), (16000, 3001)])
