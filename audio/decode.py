@@ -82,13 +82,17 @@ class Decoded:
         return self.frames / self.rate
 
 
-def _frame_to_float(frame, channels: int) -> np.ndarray:
-    """One decoded frame as float32 (channels, n): integers scaled to [-1, 1), floats kept."""
-    fmt = frame.format
+def _frame_array(frame, channels: int) -> np.ndarray:
+    """One decoded frame's samples as the decoder gave them, (channels, n)."""
     a = frame.to_ndarray()
-    if not fmt.is_planar:  # packed: (1, n * channels), interleaved
+    if not frame.format.is_planar:  # packed: (1, n * channels), interleaved
         a = a.reshape(-1, channels).T
-    base = fmt.name.rstrip("p")
+    return a
+
+
+def _to_float(a: np.ndarray, format_name: str) -> np.ndarray:
+    """Samples in the decoder's format as float32: integers scaled to [-1, 1), floats kept."""
+    base = format_name.rstrip("p")
     if base in _INT_SCALE:
         # int16/int32 / 2^(bits-1): exact in float64, then rounded once to float32 (exact for 16 bit)
         return (a.astype(np.float64) * _INT_SCALE[base]).astype(np.float32)
@@ -96,7 +100,7 @@ def _frame_to_float(frame, channels: int) -> np.ndarray:
         return ((a.astype(np.float64) - 128.0) / 128.0).astype(np.float32)
     if base in ("flt", "dbl"):
         return a.astype(np.float32)
-    raise ValueError(f"unsupported sample format {fmt.name}")
+    raise ValueError(f"unsupported sample format {format_name}")
 
 
 def _declared_frames(container, stream, rate: int) -> int | None:
@@ -160,7 +164,8 @@ def decode(source: str | os.PathLike | BinaryIO | bytes, *, name: str | None = N
             codec = av.CodecContext.create("mp3", "r")
         else:
             codec = stream.codec_context
-        chunks: list[np.ndarray] = []
+        chunks: list[np.ndarray] = []  # the frames' samples in the decoder's format
+        formats: list[str] = []  # each frame's sample format
         skipped: list[str] = []
         rate = channels = None
         sample_format = ""
@@ -176,7 +181,8 @@ def decode(source: str | os.PathLike | BinaryIO | bytes, *, name: str | None = N
                 elif frame.sample_rate != rate or n_ch != channels:
                     raise AudioError(name, f"the stream changes from {rate} Hz x {channels} channels to "
                                            f"{frame.sample_rate} Hz x {n_ch} at sample {sum(c.shape[1] for c in chunks)}")
-                chunks.append(_frame_to_float(frame, channels))
+                chunks.append(_frame_array(frame, channels))
+                formats.append(frame.format.name)
 
         def where(packet) -> str:
             if packet.pts is not None and packet.time_base is not None:
@@ -210,7 +216,14 @@ def decode(source: str | os.PathLike | BinaryIO | bytes, *, name: str | None = N
             skipped.append(f"flush: {_reason(e)}")
         if not chunks:
             raise AudioError(name, f"no audio samples ({packet_index} packets, decoder {codec.name})")
-        samples = np.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
+        # one conversion per run of frames in one sample format (in practice: the whole stream)
+        runs, start = [], 0
+        for i in range(1, len(chunks) + 1):
+            if i == len(chunks) or formats[i] != formats[start]:
+                run = chunks[start:i]
+                runs.append(_to_float(np.concatenate(run, axis=1) if len(run) > 1 else run[0], formats[start]))
+                start = i
+        samples = np.concatenate(runs, axis=1) if len(runs) > 1 else runs[0]
         declared = _declared_frames(container, stream, rate)
         if declared is not None and samples.shape[1] < declared - _TRUNCATION_SLACK:
             reason = (f"truncated: {samples.shape[1] / rate:.3f} s of audio where the header declares "

@@ -53,6 +53,9 @@ def mono(samples: torch.Tensor) -> torch.Tensor:
 def reflect_pad(y: torch.Tensor, pad: int) -> torch.Tensor:
     """numpy's np.pad(y, pad, mode="reflect") along the last axis, also when pad >= len(y)."""
     n = y.shape[-1]
+    if 0 < pad < n and y.dim() <= 3:  # torch's own reflect padding: the same samples, without an index
+        shape = y.shape
+        return torch.nn.functional.pad(y.reshape(-1, 1, n), (pad, pad), mode="reflect").reshape(*shape[:-1], n + 2 * pad)
     index = torch.arange(-pad, n + pad, device=y.device)
     if n == 1:
         index = torch.zeros_like(index)
@@ -82,7 +85,9 @@ def stft_magnitude(y: torch.Tensor) -> torch.Tensor:
     frames = y.unfold(-1, N_FFT, HOP)  # (B, frames, 2048)
     window = torch.from_numpy(np.array(hann_window())).to(y.device)
     spectrum = torch.fft.rfft(frames * window, dim=-1)
-    return spectrum.abs().transpose(-1, -2)
+    # |z| as sqrt(re^2 + im^2): within an ulp of hypot (numpy's abs), 5x faster here; the cells are robust to
+    # far more (librosa 0.6.3 took the STFT in complex64), docs/audio.md
+    return torch.sqrt(spectrum.real.square() + spectrum.imag.square()).transpose(-1, -2)
 
 
 def _hz_to_mel(f: np.ndarray) -> np.ndarray:
@@ -132,9 +137,10 @@ def mel_filterbank(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_ME
 
 def mel_spectrogram(y: torch.Tensor) -> torch.Tensor:
     """(B, n) float32 at 22,050 Hz -> (B, 128, frames) float64: melspectrogram(y, sr=22050, power=1)."""
-    magnitude = stft_magnitude(y)
-    basis = torch.from_numpy(np.array(mel_filterbank())).to(magnitude.device)
-    return torch.matmul(basis, magnitude)
+    basis = torch.from_numpy(np.array(mel_filterbank())).to(y.device)
+    if y.device.type == "cpu" and y.shape[0] > 1:  # clip by clip: a clip's 2 MB of frames stay in the cache
+        return torch.stack([torch.matmul(basis, stft_magnitude(y[i:i + 1]))[0] for i in range(y.shape[0])])
+    return torch.matmul(basis, stft_magnitude(y))
 
 
 def pcen_coefficient(sr: int = SAMPLE_RATE, hop: int = HOP, time_constant: float = PCEN["time_constant"]) -> float:

@@ -26,7 +26,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -37,7 +40,7 @@ from audio.decode import AudioError, decode
 from conversion.atomic import published_mode
 
 __all__ = ["RENDERER", "renderer_key", "SpectrogramError", "render_batch", "pixels_from_samples",
-           "pixels_from_file", "write_png", "spectrogram_png", "stages", "one_thread", "HEIGHT", "WIDTH"]
+           "pixels_from_file", "pixels_from_files", "write_png", "spectrogram_png", "stages", "one_thread", "HEIGHT", "WIDTH"]
 
 HEIGHT, WIDTH = picture_mod.HEIGHT, picture_mod.WIDTH
 
@@ -161,6 +164,67 @@ def pixels_from_file(path, *, strict: bool = True) -> np.ndarray:
         return pixels_from_samples(d.samples, d.rate)
     except SpectrogramError as e:
         raise AudioError(d.path, str(e)) from None
+
+
+FILES_BATCH = 16  # clips `pixels_from_files` draws together on one thread
+
+
+def _draw_chunk(paths: list, strict: bool) -> list:
+    """Decode `paths` and draw them, clips of one rate, channel count and length together (`render_batch`)
+    on this thread alone: per path, (607, 617, 4) uint8 pixels or the AudioError naming the file."""
+    out: list = [None] * len(paths)
+    groups: dict[tuple, list[int]] = {}
+    decoded = {}
+    for i, path in enumerate(paths):
+        try:
+            decoded[i] = decode(path, strict=strict)
+        except AudioError as e:
+            out[i] = e
+            continue
+        groups.setdefault((decoded[i].rate, decoded[i].channels, decoded[i].frames), []).append(i)
+    with one_thread():
+        for (rate, _, _), members in groups.items():
+            runs = [members]
+            while runs:
+                run = runs.pop(0)
+                try:
+                    pixels = render_batch(torch.from_numpy(np.stack([decoded[i].samples for i in run])), rate)
+                except SpectrogramError as e:
+                    if len(run) > 1:  # one clip the picture is not defined for: each on its own, so it costs only itself
+                        runs.extend([i] for i in run)
+                    else:
+                        out[run[0]] = AudioError(decoded[run[0]].path, str(e))
+                    continue
+                for slot, i in enumerate(run):
+                    out[i] = pixels[slot].numpy()
+    return out
+
+
+def pixels_from_files(paths: Iterable, *, batch: int = FILES_BATCH, workers: int | None = None,
+                      strict: bool = True) -> Iterator[tuple]:
+    """(path, pixels) for each audio file, in order, pixels (607, 617, 4) uint8 or the AudioError that file
+    gives (`pixels_from_file`'s): `batch` files decoded and drawn together (`render_batch`, whose CPU
+    resampling vectorises across clips) on each of `workers` threads (default: one per CPU), each thread's
+    torch operations on that thread alone. A few batches ahead at most: memory stays at
+    2 x workers x batch pictures, whatever the number of files."""
+    workers = max(1, workers or os.cpu_count() or 1)
+    batch = max(1, batch)
+    iterator = iter(paths)
+    pending: deque = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="orca-spectrogram") as pool:
+        def fill():
+            while len(pending) < 2 * workers:
+                chunk = [p for _, p in zip(range(batch), iterator)]
+                if not chunk:
+                    return
+                pending.append((chunk, pool.submit(_draw_chunk, chunk, strict)))
+
+        fill()
+        while pending:
+            chunk, future = pending.popleft()
+            results = future.result()
+            fill()
+            yield from zip(chunk, results)
 
 
 def write_png(pixels: np.ndarray, path, *, overwrite: bool = False, compress_level: int = 1) -> Path:
