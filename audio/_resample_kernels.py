@@ -49,45 +49,25 @@ def one_clip(x, base, weights, shifts, y):
 
 
 @_compiled
-def clips(x, base, left_offset, left_eta, left_taps, right_offset, right_eta, right_taps, window, delta, step, y):
-  
-    """x: (n_pad, B) float32, B clips side by side with zeros above and below; y: (n_out, B) float32,
-    written. The weights are resampy's, computed once per (output sample, tap) for all B clips; output
-    samples go two at a time (two chains per clip in flight), the odd one last on its own."""
-    n_out = base.shape[0]
+def clips(x, base, weights, shifts, y):
+    """x: (n_pad, B) float32, B clips side by side with zeros above and below; base, weights, shifts as for
+    `one_clip`; y: (n_out, B) float32, written (n_out <= blocks * LANES). Each weight is loaded once for the
+    B clips; output samples go two at a time (two chains per clip in flight), an odd last one twice."""
+    n_out = y.shape[0]
+    taps = weights.shape[1]
     B = x.shape[1]
     a0 = np.zeros(B, np.float32)
     a1 = np.zeros(B, np.float32)
     for t in range(0, n_out, 2):
-        u = min(t + 1, n_out - 1)  # the pair's second sample (the first again at an odd end: computed twice)
+        u = min(t + 1, n_out - 1)
+        bt, kt, bu, ku = t // LANES, t % LANES, u // LANES, u % LANES
         a0[:] = 0.0
         a1[:] = 0.0
-        for i in range(max(left_taps[t], left_taps[u])):
-            w0 = 0.0
-            if i < left_taps[t]:
-                o = left_offset[t] + i * step
-                w0 = window[o] + left_eta[t] * delta[o]
-            w1 = 0.0
-            if i < left_taps[u]:
-                o = left_offset[u] + i * step
-                w1 = window[o] + left_eta[u] * delta[o]
-            r0 = base[t] - i
-            r1 = base[u] - i
-            for c in range(B):
-                a0[c] = np.float32(np.float64(a0[c]) + w0 * np.float64(x[r0, c]))
-            for c in range(B):
-                a1[c] = np.float32(np.float64(a1[c]) + w1 * np.float64(x[r1, c]))
-        for i in range(max(right_taps[t], right_taps[u])):
-            w0 = 0.0
-            if i < right_taps[t]:
-                o = right_offset[t] + i * step
-                w0 = window[o] + right_eta[t] * delta[o]
-            w1 = 0.0
-            if i < right_taps[u]:
-                o = right_offset[u] + i * step
-                w1 = window[o] + right_eta[u] * delta[o]
-            r0 = base[t] + i + 1
-            r1 = base[u] + i + 1
+        for j in range(taps):
+            w0 = weights[bt, j, kt]
+            w1 = weights[bu, j, ku]
+            r0 = base[t] + shifts[j]
+            r1 = base[u] + shifts[j]
             for c in range(B):
                 a0[c] = np.float32(np.float64(a0[c]) + w0 * np.float64(x[r0, c]))
             for c in range(B):

@@ -146,9 +146,10 @@ def _dense(n_in: int, rate_in: int, rate_out: int):
 
 
 @lru_cache(maxsize=2)
-def _one_clip_plan(n_in: int, rate_in: int, rate_out: int):
-    """`_dense` laid out for `_resample_kernels.one_clip`: weights (blocks, taps, LANES), output samples
-    padded to whole blocks with zero weights; base = centre + padding. About 150 MB for 3 s at 48 kHz."""
+def _weights(n_in: int, rate_in: int, rate_out: int):
+    """`_dense` laid out for `_resample_kernels`: weights (blocks, taps, LANES) (LANES output samples' weights
+    side by side), output samples padded to whole blocks with zero weights; base = centre + padding;
+    shifts; padding. About 150 MB for 3 s at 48 kHz, cached for the last two plans."""
     from audio._resample_kernels import LANES
 
     p = plan(n_in, rate_in, rate_out)
@@ -175,16 +176,14 @@ def _resample_cpu(x: np.ndarray, p: ResamplePlan) -> np.ndarray:
 
     batch, n = x.shape
     y = np.zeros((batch, p.n_fixed), np.float32)
+    weights, base, shifts, pad_left, pad_right = _weights(p.n_in, p.rate_in, p.rate_out)
     if batch >= BATCH_KERNEL_FROM:
-        pad = int(max(p.left_taps.max(), p.right_taps.max())) + 1
-        columns = np.zeros((n + 2 * pad, batch), np.float32)
-        columns[pad: pad + n] = x.T
+        columns = np.zeros((n + pad_left + pad_right, batch), np.float32)
+        columns[pad_left: pad_left + n] = x.T
         out = np.empty((p.n_out, batch), np.float32)
-        kernels.clips(columns, p.centre + pad, p.left_offset, p.left_eta, p.left_taps, p.right_offset, p.right_eta,
-                      p.right_taps, p.window, p.delta, p.step, out)
+        kernels.clips(columns, base, weights, shifts, out)
         y[:, : p.n_out] = out.T
         return y
-    weights, base, shifts, pad_left, pad_right = _one_clip_plan(p.n_in, p.rate_in, p.rate_out)
     padded = np.zeros(n + pad_left + pad_right, np.float32)
     out = np.empty(base.shape[0], np.float32)
     for b in range(batch):

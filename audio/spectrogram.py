@@ -37,6 +37,7 @@ from threadpoolctl import ThreadpoolController
 
 from audio import features, picture as picture_mod, resample as resample_mod, wavelet
 from audio.decode import AudioError, decode
+from audio.png import encode_png
 from conversion.atomic import published_mode
 
 __all__ = ["RENDERER", "renderer_key", "SpectrogramError", "render_batch", "pixels_from_samples",
@@ -228,10 +229,8 @@ def pixels_from_files(paths: Iterable, *, batch: int = FILES_BATCH, workers: int
 
 
 def write_png(pixels: np.ndarray, path, *, overwrite: bool = False, compress_level: int = 1) -> Path:
-    """Write (H, W, 4) uint8 pixels as an RGBA PNG, atomically: a temporary file in the same folder,
-    renamed into place. An existing file is kept (FileExistsError) unless overwrite=True."""
-    from PIL import Image
-
+    """Write (H, W, 4) uint8 pixels as an RGBA PNG (`audio.png.encode_png`), atomically: a temporary file in
+    the same folder, renamed into place. An existing file is kept (FileExistsError) unless overwrite=True."""
     path = Path(path)
     pixels = np.ascontiguousarray(pixels)
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 4:
@@ -242,7 +241,7 @@ def write_png(pixels: np.ndarray, path, *, overwrite: bool = False, compress_lev
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            Image.fromarray(pixels, "RGBA").save(f, format="PNG", compress_level=compress_level)
+            f.write(encode_png(pixels, compress_level))
         os.chmod(tmp, published_mode())  # an ordinary write's mode (0644 under umask 022), not mkstemp's 0600
         if overwrite:
             os.replace(tmp, path)

@@ -355,13 +355,25 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
 def cmd_spectrogram(args) -> int:
     """DIR/<stem>.png for each audio file (or each one under a folder): audio.spectrogram's 2020 picture.
-    Existing PNGs are kept; a file that fails is reported (name: reason) and the others go on."""
+    Existing PNGs are kept; a file that fails is reported (name: reason) and the others go on. The clips are
+    drawn `--batch` at a time on each of `--workers` threads (audio.spectrogram.pixels_from_files)."""
     from pathlib import Path
 
     from audio.decode import AUDIO_SUFFIXES, AudioError
-    from audio.spectrogram import spectrogram_png
+    from audio.spectrogram import pixels_from_files, write_png
 
     files = []
     for item in map(Path, args.audio):
@@ -369,28 +381,40 @@ def cmd_spectrogram(args) -> int:
             files += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
         else:
             files.append(item)
-    out = Path(args.out)  # each clip on one OpenMP thread: audio.spectrogram.one_thread
+    out = Path(args.out)
     wrote = kept = 0
-    failed, targets = [], {}
+    failed, targets, todo = [], {}, []
     from tqdm import tqdm
 
     bar = tqdm(total=len(files), desc="spectrograms", unit="clip", file=sys.stderr, dynamic_ncols=True,
                disable=len(files) < 2)
+
+    def fail(message) -> None:
+        bar.write(f"error: {message}", file=sys.stderr)
+        bar.update(1)
+
     for path in files:
         target = out / f"{path.stem}.png"
-        try:
-            if target in targets:
-                raise AudioError(str(path), f"{targets[target]} writes the same {target.name}")
+        if target in targets:
+            failed.append(path)
+            fail(AudioError(str(path), f"{targets[target]} writes the same {target.name}"))
+        elif target.exists():
             targets[target] = path
-            if target.exists():
-                kept += 1
-            else:
-                spectrogram_png(path, target)
-                wrote += 1
+            kept += 1
+            bar.update(1)
+        else:
+            targets[target] = path
+            todo.append(path)
+    for path, pixels in pixels_from_files(todo, batch=args.batch, workers=args.workers):
+        try:
+            if isinstance(pixels, AudioError):
+                raise pixels
+            write_png(pixels, out / f"{path.stem}.png")
+            wrote += 1
+            bar.update(1)
         except (AudioError, FileExistsError) as exc:
             failed.append(path)
-            bar.write(f"error: {exc}", file=sys.stderr)
-        bar.update(1)
+            fail(exc)
     bar.close()
     print(f"{wrote} written, {kept} kept (already there), {len(failed)} failed -> {out}", file=sys.stderr)
     return 1 if failed or not files else 0
@@ -622,6 +646,10 @@ def parser() -> argparse.ArgumentParser:
                           "for every audio file under a folder; existing PNGs are kept.")
     spec.add_argument("audio", nargs="+", help="audio files or folders")
     spec.add_argument("--out", required=True, help="folder for the PNGs")
+    spec.add_argument("--workers", type=_positive, default=None,
+                      help="threads drawing clips (default: one per CPU)")
+    spec.add_argument("--batch", type=_positive, default=16,
+                      help="clips each thread decodes and draws together (default 16)")
     spec.set_defaults(run=cmd_spectrogram)
     return p
 

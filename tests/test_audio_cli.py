@@ -47,3 +47,25 @@ def test_spectrogram_refuses_two_inputs_with_the_same_stem(tmp_path, capsys):
     assert main(["spectrogram", str(mp3), str(tmp_path / "a" / mp3.name), "--out", str(tmp_path / "o")]) == 1
     assert "writes the same" in capsys.readouterr().err
     assert len(list((tmp_path / "o").iterdir())) == 1
+
+
+def test_spectrogram_draws_batches_on_threads_with_the_same_pngs_and_refuses_a_zero_batch(tmp_path, capsys):
+    """--batch 3 --workers 2 over 9 files (8 copies of the clips and a broken one among them): batches
+    that hold the broken file, clips of several batches at once; every PNG the 2020 one."""
+    import pytest
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    real = sorted(AUDIO_DIR.glob("mp3/*/*.mp3"))
+    for i in range(8):
+        shutil.copy(real[i % 4], clips / f"{i}_{real[i % 4].name}")
+    (clips / "4_broken.mp3").write_bytes(b"\xff\xfb" + b"\x00" * 50)
+    out = tmp_path / "png"
+    assert main(["spectrogram", str(clips), "--out", str(out), "--batch", "3", "--workers", "2"]) == 1
+    assert "8 written, 0 kept (already there), 1 failed" in capsys.readouterr().err
+    want = {p.stem: _rgba(p) for p in AUDIO_DIR.glob("png/*/*.png")}
+    for png in out.iterdir():
+        assert np.array_equal(_rgba(png), want[png.stem.split("_", 1)[1]]), png.name
+    with pytest.raises(SystemExit):
+        main(["spectrogram", str(clips), "--out", str(out), "--batch", "0"])
+    assert "must be at least 1" in capsys.readouterr().err

@@ -181,3 +181,26 @@ def test_one_clip_draws_on_its_own_thread_only_and_leaves_other_threads_theirs()
     assert seen["inside"] == 1 and seen["before"] == seen["after"] == main_before >= 2
     assert torch.get_num_threads() == main_before and fresh["n"] == main_before
     assert np.array_equal(seen["pixels"], _rgba(_png_of(SAMPLE_MP3S[0])))
+
+
+def test_pixels_from_files_draws_batches_in_order_and_a_bad_clip_costs_only_itself(tmp_path):
+    """Batches of 4 on 2 threads, and of 9 on one, over 10 files: the real clips twice over (drawn together, so with
+    resample's batch kernel once 8 share a batch), a silent one and a non-audio file among them; results
+    in the input order, each the one-clip path's pixels, each bad file its AudioError."""
+    from audio_files import write_wav
+
+    silent = write_wav(tmp_path / "silent.wav", np.zeros((2, 144000), np.float32), 48000)
+    junk = tmp_path / "junk.mp3"
+    junk.write_bytes(b"not audio at all")
+    paths = SAMPLE_MP3S[:2] + [silent] + SAMPLE_MP3S[2:] + [junk] + SAMPLE_MP3S * 1
+    want = {p: spectrogram.pixels_from_file(p) for p in SAMPLE_MP3S}
+    for batch, workers in ((4, 2), (9, 1)):
+        got = list(spectrogram.pixels_from_files(iter(paths), batch=batch, workers=workers))
+        assert [p for p, _ in got] == paths
+        for path, pixels in got:
+            if path == silent:
+                assert isinstance(pixels, AudioError) and "silence" in str(pixels) and str(silent) in str(pixels)
+            elif path == junk:
+                assert isinstance(pixels, AudioError) and str(junk) in str(pixels)
+            else:
+                assert np.array_equal(pixels, want[path]), path
