@@ -93,6 +93,10 @@ def _frame_array(frame, channels: int) -> np.ndarray:
 def _to_float(a: np.ndarray, format_name: str) -> np.ndarray:
     """Samples in the decoder's format as float32: integers scaled to [-1, 1), floats kept."""
     base = format_name.rstrip("p")
+    if base == "s16":  # int16 -> float32 is exact, and so is the scaling by 2^-15: the float64 route's values
+        out = a.astype(np.float32)
+        out *= np.float32(_INT_SCALE["s16"])
+        return out
     if base in _INT_SCALE:
         # int16/int32 / 2^(bits-1): exact in float64, then rounded once to float32 (exact for 16 bit)
         return (a.astype(np.float64) * _INT_SCALE[base]).astype(np.float32)

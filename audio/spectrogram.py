@@ -170,7 +170,7 @@ def pixels_from_file(path, *, strict: bool = True) -> np.ndarray:
 FILES_BATCH = 16  # clips `pixels_from_files` draws together on one thread
 
 
-def _draw_chunk(paths: list, strict: bool) -> list:
+def _draw_chunk(paths: list, strict: bool, then=None) -> list:
     """Decode `paths` and draw them, clips of one rate, channel count and length together (`render_batch`)
     on this thread alone: per path, (607, 617, 4) uint8 pixels or the AudioError naming the file."""
     out: list = [None] * len(paths)
@@ -198,16 +198,27 @@ def _draw_chunk(paths: list, strict: bool) -> list:
                     continue
                 for slot, i in enumerate(run):
                     out[i] = pixels[slot].numpy()
+    if then is not None:
+        for i, result in enumerate(out):
+            if not isinstance(result, AudioError):
+                try:
+                    out[i] = then(paths[i], result)
+                except (AudioError, OSError) as e:
+                    out[i] = e
     return out
 
 
 def pixels_from_files(paths: Iterable, *, batch: int = FILES_BATCH, workers: int | None = None,
-                      strict: bool = True) -> Iterator[tuple]:
+                      strict: bool = True, then=None) -> Iterator[tuple]:
     """(path, pixels) for each audio file, in order, pixels (607, 617, 4) uint8 or the AudioError that file
     gives (`pixels_from_file`'s): `batch` files decoded and drawn together (`render_batch`, whose CPU
     resampling vectorises across clips) on each of `workers` threads (default: one per CPU), each thread's
     torch operations on that thread alone. A few batches ahead at most: memory stays at
-    2 x workers x batch pictures, whatever the number of files."""
+    2 x workers x batch pictures, whatever the number of files.
+
+    then(path, pixels), if given, runs on the drawing thread for each picture (e.g. writing its PNG: the
+    writes then share the cores too), and its result, or the AudioError or OSError it raised, is yielded
+    in place of the pixels."""
     workers = max(1, workers or os.cpu_count() or 1)
     batch = max(1, batch)
     iterator = iter(paths)
@@ -218,7 +229,7 @@ def pixels_from_files(paths: Iterable, *, batch: int = FILES_BATCH, workers: int
                 chunk = [p for _, p in zip(range(batch), iterator)]
                 if not chunk:
                     return
-                pending.append((chunk, pool.submit(_draw_chunk, chunk, strict)))
+                pending.append((chunk, pool.submit(_draw_chunk, chunk, strict, then)))
 
         fill()
         while pending:

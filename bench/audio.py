@@ -1,21 +1,32 @@
 """The spectrogram pipeline against the 2020 one, side by side in one run on the same clips.
 
     python -m bench.audio [--clips 40 --repeats 3 --threads 1 --batch 8 --out bench/results/audio.json]
+                          [--original-python DEST/venv/bin/python]
 
 The 2020 pipeline (orcaal `preprocess/util.py`: `select_spec_case(pcen=True, wavelet=True)` and
-`spec_plot_and_save`) is timed in its current-library form, with the fixes a user of today's libraries has to
-make and nothing else: `librosa.load(path, res_type="kaiser_best")` (resampy), the keyword call
+`spec_plot_and_save`) runs as the same library calls in one of two environments:
+- `--original-python`: the 2020 libraries themselves, the interpreter of the environment that
+  ../shared/tools/spectrogram-reference/setup.sh DEST builds (librosa 0.6.3, resampy 0.2.2, matplotlib
+  3.2.2, ...; audioread decoding through DEST/bin/ffmpeg, the wrapper that picks FFmpeg's fixed-point mp3
+  decoder, put first on PATH): the pipeline that drew the 2020 PNGs, pixel for pixel;
+- otherwise (the stand-in), current libraries, with the fixes a user of today's libraries has to make and
+  nothing else: `librosa.load(path, res_type="kaiser_best")` (resampy), the keyword call
 `melspectrogram(y=..., sr=..., power=1)`, `pcen`, `denoise_wavelet(..., channel_axis=None, convert2ycbcr=False,
 method="BayesShrink", mode="soft")`, and the matplotlib figure of ../shared/tools/spectrogram-reference/render.py
-(imshow, axes hidden, 10 x 9.8 in, savefig at dpi 80, bbox_inches="tight", pad_inches=0). Its pictures are not
-the 2020 ones (the issue says why); its time per clip is what matters here, and it is the same work.
+(imshow, axes hidden, 10 x 9.8 in, savefig at dpi 80, bbox_inches="tight", pad_inches=0). The stand-in's pictures are
+not the 2020 ones (the issue says why) and it is faster than the 2020 environment (current librosa decodes
+mp3 in-process with libsndfile where 2020's ran the ffmpeg program; newer numpy, matplotlib): the results
+name the libraries each ran with.
 
 Two measures per pipeline, seconds per clip:
 - `png`: an mp3 file to a PNG file: decode + spectrogram + picture + PNG written;
 - `pixels`: an mp3 file to the picture's pixels in memory (2020: the figure drawn and its RGBA bytes taken,
   `savefig(format="rgba")` with the same bounding box; ours: `audio.spectrogram.pixels_from_file`).
 Ours also `batch`: `--batch` clips decoded, then their pixels in one `audio.spectrogram.render_batch` call
-(seconds per clip for decode + batched pixels).
+(seconds per clip for decode + batched pixels), and `files`: what `orca spectrogram` does with a folder, all
+the block's clips through `audio.spectrogram.pixels_from_files` (16 clips a batch on each of the machine's
+cores) and `write_png`, wall seconds per clip (CPU seconds of all its threads per clip beside it). The 2020
+pipeline draws one clip at a time on one core; `files` uses every core.
 
 Each pipeline runs in its own process (the two sets of libraries do not share one well: OpenBLAS threads
 that busy-wait after the 2020 pipeline's numpy calls took the cores from torch's threads, which made ours
@@ -23,7 +34,7 @@ that busy-wait after the 2020 pipeline's numpy calls took the cores from torch's
 (2020, ours, ours, 2020, ...), over the same `--clips` clips (the 4 real clips of sample_data/orcasound_audio/
 cycled), so that both see, as far as a shared machine allows, the same load. Each block first runs once on
 every distinct clip (numba's JIT compilation of librosa, torch's first calls), untimed. Figures: the median
-over all clips of all blocks, wall time, and the process's CPU time. `--threads` (default 1) sets the
+over all clips of all blocks, wall time, and CPU time (the process's and its children's: `cpu_seconds`). `--threads` (default 1) sets the
 threads of both pipelines' libraries (torch, OpenMP, OpenBLAS, MKL, numba): per clip on one core, which is
 also how a 2-core machine is best used (one clip per core; measured on this project's shared 2-core
 machines, torch with 2 threads took 1.3-3.5 s a clip under load against 0.16 s with 1, its threads waiting
@@ -80,6 +91,10 @@ class Original:
         from skimage.restoration import denoise_wavelet
 
         self.librosa, self.plt, self.denoise_wavelet = librosa, plt, denoise_wavelet
+        import skimage
+
+        self.name = (f"2020 calls (librosa {librosa.__version__}, scikit-image {skimage.__version__}, "
+                     f"matplotlib {matplotlib.__version__})")
 
     def spectrogram(self, path):
         librosa = self.librosa
@@ -146,14 +161,31 @@ class Ours:
             return None  # one batch takes clips of one rate and length
         return render_batch(torch.from_numpy(np.stack([d.samples for d in decoded])), rates.pop())
 
+    def files(self, paths, out_dir: Path) -> None:
+        """`orca spectrogram`'s work: every clip's PNG, batches drawn on every core (`pixels_from_files`)."""
+        import itertools
+
+        numbers = itertools.count()  # the clips repeat: a file name per picture (next() is atomic)
+        for _, written in self.spectrogram.pixels_from_files(
+                paths, then=lambda path, pixels: self.spectrogram.write_png(pixels, out_dir / f"{next(numbers)}.png")):
+            if isinstance(written, Exception):
+                raise written
+
 
 # ------------------------------------------------------------------------------------------- timing
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) and of its finished children: the 2020 pipeline decodes
+    in an ffmpeg process (audioread), which is part of its work."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def timed(call) -> tuple[float, float]:
-    """(wall seconds, this process's CPU seconds, all threads) of call()."""
-    wall, cpu = time.perf_counter(), time.process_time()
+    """(wall seconds, CPU seconds: `cpu_seconds`) of call()."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
     call()
-    return time.perf_counter() - wall, time.process_time() - cpu
+    return time.perf_counter() - wall, cpu_seconds() - cpu
 
 
 def summarize(walls: list[float], cpus: list[float]) -> dict:
@@ -182,13 +214,45 @@ def run_block(kind: str, distinct: list[str], paths: list[str], out_dir: Path, b
             part = paths[start:start + batch]
             wall, cpu = timed(lambda: pipeline.batch(part))
             times["batch"].append((wall / batch, cpu / batch))
+    if kind == "ours":
+        files_dir = out_dir / "files"
+        files_dir.mkdir()
+        wall, cpu = timed(lambda: pipeline.files(paths, files_dir))
+        times["files"] = [(wall / len(paths), cpu / len(paths))]
     return {"name": pipeline.name, "times": {k: v for k, v in times.items() if v}}
+
+
+def draw(out_dir: Path, clips: list[str]) -> dict:
+    """The 2020 preprocessing's PNGs in this process (`--draw OUT_DIR CLIP...`, which bench.reference runs
+    with the 2020 environment's interpreter): OUT_DIR/<stem>.png per clip, the first clip drawn once untimed
+    before (numba's JIT), as `bench.reference --preprocess` does in its own process."""
+    original = Original()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    original.png(clips[0], str(out_dir / ".warm-up.png"))
+    os.unlink(out_dir / ".warm-up.png")
+    t1 = time.perf_counter()
+    for clip in clips:
+        original.png(clip, str(out_dir / (Path(clip).stem + ".png")))
+    return {"warmup_s": t1 - t0, "spectrograms_s": time.perf_counter() - t1, "name": original.name}
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
-def measure(distinct: list[str], paths: list[str], repeats: int, source: str, threads: int, batch: int) -> dict:
+def original_environment(python: str) -> dict:
+    """Environment variables for a worker run by the 2020 environment's interpreter (`--original-python`):
+    its DEST/bin, where setup.sh puts the ffmpeg wrapper audioread must find, first on PATH."""
+    dest = Path(os.path.abspath(python)).parent.parent.parent  # DEST/venv/bin/python -> DEST (a venv: no resolve)
+    wrapper = dest / "bin" / "ffmpeg"
+    if not os.access(wrapper, os.X_OK):
+        raise SystemExit(f"bench.audio: --original-python {python}: no ffmpeg wrapper at {wrapper} (the interpreter "
+                         f"of ../shared/tools/spectrogram-reference/setup.sh DEST is DEST/venv/bin/python)")
+    return {"PATH": f"{dest / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", "SPECREF_DEST": str(dest)}
+
+
+def measure(distinct: list[str], paths: list[str], repeats: int, source: str, threads: int, batch: int,
+            original_python: str | None = None) -> dict:
     """Each pipeline in its own process, one block after the other, `repeats` times, the order alternating
     (original, ours, ours, original, ...): the same clips and, as far as a shared machine allows, the same
     load. Separate processes because the libraries of the two do not share a process well: OpenBLAS threads
@@ -200,7 +264,11 @@ def measure(distinct: list[str], paths: list[str], repeats: int, source: str, th
         order = list(PIPELINES) if repeat % 2 == 0 else list(reversed(list(PIPELINES)))
         for kind in order:
             env = {**os.environ, "PYTHONPATH": str(ROOT), **{v: str(threads) for v in THREAD_VARIABLES}}
-            done = subprocess.run([sys.executable, "-m", "bench.audio", "--worker", kind, "--clips", str(len(paths)),
+            python = sys.executable
+            if kind == "original" and original_python:
+                python = original_python
+                env.update(original_environment(original_python))
+            done = subprocess.run([python, "-m", "bench.audio", "--worker", kind, "--clips", str(len(paths)),
                                    "--source", source, "--threads", str(threads), "--batch", str(batch)],
                                   capture_output=True, text=True,
                                   cwd=ROOT, timeout=3600, env=env)
@@ -229,8 +297,15 @@ def main(argv=None) -> int:
                         help="threads of each pipeline's libraries: torch, OpenMP, OpenBLAS, MKL, numba (default 1: "
                         "per clip on one core; more threads on a shared machine mostly wait for each other)")
     parser.add_argument("--batch", type=int, default=8, help="clips per render_batch call (ours; default 8)")
+    parser.add_argument("--original-python", metavar="PYTHON",
+                        help="run the 2020 pipeline with this interpreter: DEST/venv/bin/python of "
+                        "../shared/tools/spectrogram-reference/setup.sh DEST (default: the current-library stand-in)")
     parser.add_argument("--worker", choices=sorted(PIPELINES), help=argparse.SUPPRESS)  # one block, JSON on stdout
+    parser.add_argument("--draw", nargs="+", metavar=("OUT_DIR", "CLIP"), help=argparse.SUPPRESS)  # see draw()
     args = parser.parse_args(argv)
+    if args.draw:
+        print(json.dumps(draw(Path(args.draw[0]), args.draw[1:])))
+        return 0
     if min(args.clips, args.repeats, args.threads, args.batch) < 1:
         parser.error("--clips, --repeats, --threads and --batch must be at least 1")
     distinct = sorted(str(p) for p in Path(args.source).rglob("*.mp3"))
@@ -238,9 +313,10 @@ def main(argv=None) -> int:
         parser.error(f"no .mp3 under {args.source}")
     paths = [distinct[i % len(distinct)] for i in range(args.clips)]
     if args.worker:
-        import torch
+        if args.worker == "ours":  # (the 2020 environment has no torch)
+            import torch
 
-        torch.set_num_threads(args.threads)
+            torch.set_num_threads(args.threads)
         with tempfile.TemporaryDirectory(prefix="orca-bench-audio-") as tmp:
             print(json.dumps(run_block(args.worker, distinct, paths, Path(tmp), min(args.batch, len(paths)))))
         return 0
@@ -255,11 +331,15 @@ def main(argv=None) -> int:
                           "torch_version": torch.__version__,
                           "python": platform.python_version()},
                "pipelines": {}}
-    results["pipelines"] = measure(distinct, paths, args.repeats, args.source, args.threads, args.batch)
+    results["config"]["original_python"] = args.original_python
+    results["pipelines"] = measure(distinct, paths, args.repeats, args.source, args.threads, args.batch,
+                                   args.original_python)
     original, ours = results["pipelines"]["original"], results["pipelines"]["ours"]
     ratios = {m: original[m]["seconds_per_clip"] / ours[m]["seconds_per_clip"] for m in ("png", "pixels")}
     if "batch" in ours:
         ratios["batch_vs_original_pixels"] = original["pixels"]["seconds_per_clip"] / ours["batch"]["seconds_per_clip"]
+    if "files" in ours:
+        ratios["files_vs_original_png"] = original["png"]["seconds_per_clip"] / ours["files"]["seconds_per_clip"]
     for m in ("png", "pixels"):  # CPU seconds: less at the mercy of the other processes of a shared machine
         ratios[f"cpu_{m}"] = original[m]["cpu_seconds_per_clip"] / ours[m]["cpu_seconds_per_clip"]
     results["speedup"] = {k: round(v, 2) for k, v in ratios.items()}
@@ -276,7 +356,12 @@ def main(argv=None) -> int:
         label = f"decode + batched pixels (ours, {min(args.batch, args.clips)} a batch)"
         print(f"{label:<46} {cell(original['pixels']):>16} {cell(ours['batch']):>16} "
               f"{ratios['batch_vs_original_pixels']:>6.1f}x")
+    if "files" in ours:
+        label = f"PNGs of a folder, {os.cpu_count()} cores (orca spectrogram)"
+        print(f"{label:<46} {cell(original['png']):>16} {cell(ours['files']):>16} "
+              f"{ratios['files_vs_original_png']:>6.1f}x")
     print(f"ratio of CPU seconds: PNG {ratios['cpu_png']:.1f}x, pixels {ratios['cpu_pixels']:.1f}x")
+    print(f"2020 side: {original['name']}")
     print(f"CPU: {cpu}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

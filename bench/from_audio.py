@@ -5,8 +5,9 @@ benchmark's S3 server twice: as an audio-only unlabeled set, `audio/mp3/<stem>.m
 spectrogram` writes for the same clips, `audio_png/spectrograms/<stem>.png`.
 
 - original: the 2020 preprocessing of every clip, then the original /predict on its PNGs, each in its own
-  process as the original ran them: `bench.reference --preprocess` (download the mp3s, the 2020 pipeline's
-  current-library stand-in `bench.audio.Original` draws each PNG, upload them to `audio_2020/spectrograms/`),
+  process as the original ran them: `bench.reference --preprocess` (download the mp3s, the 2020 pipeline
+  `bench.audio.Original` draws each PNG, in the 2020 environment with `bench.run --original-python`, else
+  its current-library stand-in, upload them to `audio_2020/spectrograms/`),
   then `bench.reference --cold` on `audio_2020/` (download, `load_model`, ImageDataGenerator + predict).
   Seconds = the preprocessing's download + PNGs + upload (its imports and the untimed first clip, numba's
   JIT, apart) + the cold /predict's total (TensorFlow's import apart, as everywhere in bench.run).
@@ -53,11 +54,12 @@ def original_from_audio(cfg: dict, env: dict, out_dir: Path, timeout: float) -> 
     """The 2020 preprocessing, then the original's cold /predict on its PNGs, each in its own process."""
     cfg = dict(cfg, audio_prefix=AUDIO_PREFIX, unlabeled_prefix=ORIGINAL_PREFIX)
     log = out_dir / "reference.log"
-    pre = run_reference(cfg, env, out_dir / "reference_audio_preprocess.json", log, timeout, "--preprocess",
-                        what="the 2020 preprocessing")["timings"]
+    done = run_reference(cfg, env, out_dir / "reference_audio_preprocess.json", log, timeout, "--preprocess",
+                         what="the 2020 preprocessing")
+    pre, pipeline = done["timings"], done.get("pipeline")
     predict = run_reference(cfg, env, out_dir / "reference_audio_predict.json", log, timeout, "--cold",
                             what="the reference's /predict on the 2020 PNGs")["predict_cold"]["timings"]
-    return {"preprocess": pre, "predict": predict, "seconds": pre["total_s"] + predict["total_s"],
+    return {"preprocess": pre, "pipeline": pipeline, "predict": predict, "seconds": pre["total_s"] + predict["total_s"],
             "clips": pre["clips"], "scored": predict["images"]}
 
 
@@ -159,6 +161,7 @@ def print_audio(audio: dict) -> None:
               f"({original['seconds_per_clip']:.3f})  [preprocessing {pre['total_s']:.2f} s: download "
               f"{pre['download_s']:.2f}, PNGs {pre['spectrograms_s']:.2f}, upload {pre['upload_s']:.2f}; "
               f"/predict {predict['total_s']:.2f} s]")
+        print(f"    (the 2020 preprocessing: {original.get('pipeline') or 'bench.audio.Original'})")
     for name, label in (("audio", "ours: /predict from audio, cold"), ("png", "ours: /predict from the PNGs, cold")):
         side = audio[f"ours_{name}"]
         print(f"  {label:<48} {side['seconds']:8.2f} s ({side['seconds_per_clip']:.3f})")

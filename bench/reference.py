@@ -22,8 +22,9 @@ Downloads use 8 threads, like the service's default ORCA_DOWNLOAD_THREADS (`benc
 `--cold`: only the cold /predict (what `bench.run --cold-pairs` repeats).
 `--preprocess`: the 2020 preprocessing instead, what came before the original's /predict from audio
 (`bench.run --audio-clips`): download `audio_prefix` + `mp3/*.mp3`, draw each clip's PNG with the 2020
-pipeline's current-library stand-in (`bench.audio.Original`, one clip after the other as orcaal's
-preprocessing did), upload the PNGs to `unlabeled_prefix` + `spectrograms/`. No TensorFlow in that process
+pipeline (`bench.audio.Original`, one clip after the other as orcaal's preprocessing did: the current-library
+stand-in in this process, or, with `original_python` in the config, the 2020 environment's interpreter
+running `bench.audio --draw`, its start and imports apart), upload the PNGs to `unlabeled_prefix` + `spectrograms/`. No TensorFlow in that process
 (the original preprocessed apart from the endpoint); its first clip is drawn once untimed (numba's JIT of
 resampy and librosa: `warmup_s`).
 """
@@ -33,9 +34,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -115,28 +118,40 @@ def train_request(s3, keras, cfg: dict) -> dict:
 
 def preprocess_request(s3, cfg: dict) -> dict:
     """The 2020 preprocessing of every clip under `audio_prefix`: timings, its PNGs on S3 (see the module)."""
-    from .audio import Original
+    from .audio import Original, original_environment
 
+    python = cfg.get("original_python")  # the 2020 environment's interpreter: it draws the PNGs (bench.audio --draw)
     t0 = time.perf_counter()
-    original = Original()
+    original = None if python else Original()
     import_s = time.perf_counter() - t0
+    name = original.name if original else None
     with tempfile.TemporaryDirectory(prefix="bench-ref-preprocess-") as tmp:
         clips, pngs = os.path.join(tmp, "mp3"), os.path.join(tmp, "spectrograms")
         os.makedirs(pngs)
         t0 = time.perf_counter()
         n = download_prefix(s3, cfg["bucket"], cfg["audio_prefix"] + "mp3/", clips, suffix=".mp3")
         t1 = time.perf_counter()
-        paths = sorted(os.path.join(clips, name) for name in os.listdir(clips))
-        original.png(paths[0], os.path.join(tmp, "warm-up.png"))
-        t2 = time.perf_counter()
-        for path in paths:
-            original.png(path, os.path.join(pngs, os.path.splitext(os.path.basename(path))[0] + ".png"))
+        paths = sorted(os.path.join(clips, entry) for entry in os.listdir(clips))
+        if original is not None:
+            original.png(paths[0], os.path.join(tmp, "warm-up.png"))
+            t2 = time.perf_counter()
+            for path in paths:
+                original.png(path, os.path.join(pngs, os.path.splitext(os.path.basename(path))[0] + ".png"))
+            warmup_s, spectrograms_s = t2 - t1, time.perf_counter() - t2
+        else:  # its process start, imports and first clip apart, as this process's above
+            env = {**os.environ, **original_environment(python)}
+            done = subprocess.run([python, "-m", "bench.audio", "--draw", pngs, *paths], capture_output=True,
+                                  text=True, env=env, cwd=str(Path(__file__).resolve().parent.parent), timeout=7200)
+            if done.returncode != 0:
+                raise SystemExit(f"the 2020 environment's drawing failed:\n{done.stderr[-3000:]}")
+            drawn = json.loads(done.stdout.strip().splitlines()[-1])
+            name, warmup_s, spectrograms_s = drawn["name"], drawn["warmup_s"], drawn["spectrograms_s"]
         t3 = time.perf_counter()
         uploaded = upload_tree(s3, cfg["bucket"], pngs, cfg["unlabeled_prefix"] + "spectrograms/")
         t4 = time.perf_counter()
-    timings = {"import_s": import_s, "download_s": t1 - t0, "warmup_s": t2 - t1, "spectrograms_s": t3 - t2,
-               "upload_s": t4 - t3, "total_s": (t1 - t0) + (t4 - t2), "clips": n, "pngs": uploaded}
-    return {"timings": timings, "memory_mib": proc_status_mib()}
+    timings = {"import_s": import_s, "download_s": t1 - t0, "warmup_s": warmup_s, "spectrograms_s": spectrograms_s,
+               "upload_s": t4 - t3, "total_s": (t1 - t0) + spectrograms_s + (t4 - t3), "clips": n, "pngs": uploaded}
+    return {"timings": timings, "memory_mib": proc_status_mib(), "pipeline": name}
 
 
 def main(argv=None) -> None:

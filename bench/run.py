@@ -110,6 +110,10 @@ def parse_args(argv=None):
                         f"timed after the rounds (default {DEFAULTS['cold_pairs']}; 0: none)")
     parser.add_argument("--audio-clips", type=int, help="clips of the from-audio comparison (bench.from_audio) "
                         f"timed at the end (default {DEFAULTS['audio_clips']}; 0: none)")
+    parser.add_argument("--original-python", metavar="PYTHON",
+                        help="the from-audio comparison's 2020 preprocessing in the 2020 environment: DEST/venv/bin/python "
+                        "of ../shared/tools/spectrogram-reference/setup.sh DEST (default: the current-library stand-in, "
+                        "bench.audio.Original)")
     parser.add_argument("--out", default="bench/results", help="folder for results.json/results.png")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK} unless given explicitly")
@@ -253,7 +257,7 @@ def main(argv=None) -> dict:
 
     config = {"unlabeled": args.unlabeled, "labeled": args.labeled, "rows": args.rows, "cols": args.cols,
               "epochs": args.epochs, "rounds": args.rounds, "cold_pairs": args.cold_pairs,
-              "audio_clips": args.audio_clips, "quick": args.quick,
+              "audio_clips": args.audio_clips, "original_python": args.original_python, "quick": args.quick,
               "cpu_count": os.cpu_count(),
               "cpu_model": cpu_model(),
               "machine": platform.machine(), "python": platform.python_version(),
@@ -357,7 +361,8 @@ def main(argv=None) -> dict:
                 note_load("cold_pairs")
             audio = None
             if args.audio_clips:
-                audio = run_audio(args.audio_clips, s3, BUCKET, tmp / "audio-data", cfg, env, out_dir, fresh_service,
+                audio_cfg = dict(cfg, original_python=args.original_python) if cfg and args.original_python else cfg
+                audio = run_audio(args.audio_clips, s3, BUCKET, tmp / "audio-data", audio_cfg, env, out_dir, fresh_service,
                                   model_path, args.rows, args.cols, args.timeout, progress, note_load)
         finally:
             if service is not None:

@@ -405,16 +405,16 @@ def cmd_spectrogram(args) -> int:
         else:
             targets[target] = path
             todo.append(path)
-    for path, pixels in pixels_from_files(todo, batch=args.batch, workers=args.workers):
-        try:
-            if isinstance(pixels, AudioError):
-                raise pixels
-            write_png(pixels, out / f"{path.stem}.png")
+    def write(path, pixels):  # on the drawing threads
+        return write_png(pixels, out / f"{path.stem}.png")
+
+    for path, result in pixels_from_files(todo, batch=args.batch, workers=args.workers, then=write):
+        if isinstance(result, (AudioError, OSError)):  # FileExistsError: written meanwhile by someone else
+            failed.append(path)
+            fail(result)
+        else:
             wrote += 1
             bar.update(1)
-        except (AudioError, FileExistsError) as exc:
-            failed.append(path)
-            fail(exc)
     bar.close()
     print(f"{wrote} written, {kept} kept (already there), {len(failed)} failed -> {out}", file=sys.stderr)
     return 1 if failed or not files else 0

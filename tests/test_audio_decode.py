@@ -131,3 +131,15 @@ def test_a_file_with_a_header_and_no_samples_is_an_error(tmp_path):
         w.writeframes(b"")
     with pytest.raises(AudioError, match="no audio samples"):
         decode(path)
+
+
+def test_16_bit_samples_become_k_over_32768_exactly_through_the_float32_route():
+    """decode scales int16 in float32 (exact: every int16 is a float32, 2^-15 a power of two): the same bits
+    as audioread/librosa's float64 route, for all 65,536 values, planar and packed alike."""
+    from audio.decode import _to_float
+
+    k = np.arange(-32768, 32768, dtype=np.int16).reshape(2, -1)
+    want = (k.astype(np.float64) / 32768.0).astype(np.float32)
+    for name in ("s16", "s16p"):
+        got = _to_float(k, name)
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.int32), want.view(np.int32))

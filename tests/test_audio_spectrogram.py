@@ -204,3 +204,19 @@ def test_pixels_from_files_draws_batches_in_order_and_a_bad_clip_costs_only_itse
                 assert isinstance(pixels, AudioError) and str(junk) in str(pixels)
             else:
                 assert np.array_equal(pixels, want[path]), path
+
+
+def test_pixels_from_files_runs_then_on_the_drawing_threads_and_yields_what_it_raises(tmp_path):
+    import threading
+
+    seen = []
+
+    def then(path, pixels):
+        seen.append(threading.current_thread().name)
+        if path == SAMPLE_MP3S[1]:
+            raise OSError(f"{path}: disk full")
+        return pixels.shape
+
+    got = dict(spectrogram.pixels_from_files(SAMPLE_MP3S, batch=2, workers=2, then=then))
+    assert got[SAMPLE_MP3S[0]] == (607, 617, 4) and isinstance(got[SAMPLE_MP3S[1]], OSError)
+    assert len(seen) == 4 and all(name.startswith("orca-spectrogram") for name in seen)
