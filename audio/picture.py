@@ -118,7 +118,9 @@ def picture(D: torch.Tensor) -> torch.Tensor:
     rows, cols, lut, spine, (white, grey, corner) = _maps(str(D.device))
     index = colour_index(D)  # (B, 128, 130)
     out = torch.empty((D.shape[0], HEIGHT, WIDTH), dtype=torch.int32, device=D.device)  # RGBA words
-    out[:, :SPINE_ROW, COL_EDGES[0]:] = lut[index].index_select(1, rows).index_select(2, cols)  # cells to blocks
+    # cells to blocks; on the CPU clip by clip, so that a clip's 1.5 MB in between stays in the cache
+    for part in ([slice(None)] if D.device.type != "cpu" else [slice(b, b + 1) for b in range(D.shape[0])]):
+        out[part, :SPINE_ROW, COL_EDGES[0]:] = lut[index[part]].index_select(1, rows).index_select(2, cols)
     out[:, :SPINE_ROW, SPINE_COL] = spine[index[:, :, 0]].index_select(1, rows)
     out[:, :, :SPINE_COL] = white
     out[:, SPINE_ROW + 1:] = white

@@ -99,7 +99,8 @@ def _check_length(n: int, rate: int) -> int:
 
 def stages(samples, rate: int, device=None) -> dict[str, torch.Tensor]:
     """Every intermediate of the recipe for (B, C, n) / (C, n) / (n,) samples at `rate`:
-    mono, resampled (float32), mel, pcen, denoised (float64), index (colour indices), pixels."""
+    mono, resampled (float32), mel, pcen, denoised (float64), index (colour indices), pixels.
+    (`render_batch` computes the same pixels without keeping the intermediates.)"""
     x = _as_clips(samples, rate)
     if device is not None:
         x = x.to(device)
@@ -110,14 +111,30 @@ def stages(samples, rate: int, device=None) -> dict[str, torch.Tensor]:
     out["pcen"] = features.pcen(out["mel"])
     out["denoised"] = wavelet.denoise(out["pcen"])
     D = out["denoised"]
+    _check_finite(D)
+    out["index"] = picture_mod.colour_index(D)
+    out["pixels"] = picture_mod.picture(D)
+    return out
+
+
+def _check_finite(D: torch.Tensor) -> None:
     finite = torch.isfinite(D).flatten(1).all(1)
     if not bool(finite.all()):
         bad = [int(i) for i in torch.nonzero(~finite).flatten()]
         raise SpectrogramError(f"clip(s) {bad}: the denoised spectrogram is not finite (silence: every "
                                f"finest wavelet detail is 0, so the noise estimate is undefined)")
-    out["index"] = picture_mod.colour_index(D)
-    out["pixels"] = picture_mod.picture(D)
-    return out
+
+
+def _pixels(samples, rate: int, device=None) -> torch.Tensor:
+    """`stages(...)["pixels"]` without keeping the intermediates."""
+    x = _as_clips(samples, rate)
+    if device is not None:
+        x = x.to(device)
+    _check_length(int(x.shape[-1]), int(rate))
+    y = resample_mod.resample(features.mono(x), int(rate), features.SAMPLE_RATE)
+    D = wavelet.denoise(features.pcen(features.mel_spectrogram(y)))
+    _check_finite(D)
+    return picture_mod.picture(D)
 
 
 def render_batch(samples: torch.Tensor, rate: int, device=None) -> torch.Tensor:
@@ -126,7 +143,7 @@ def render_batch(samples: torch.Tensor, rate: int, device=None) -> torch.Tensor:
     x = samples if isinstance(samples, torch.Tensor) else torch.as_tensor(samples)
     if x.dim() == 2:
         x = x.unsqueeze(1)
-    return stages(x, rate, device=device)["pixels"]
+    return _pixels(x, rate, device=device)
 
 
 @functools.cache
@@ -154,7 +171,7 @@ def pixels_from_samples(samples, rate: int) -> np.ndarray:
         x = _as_clips(samples, rate)
         if x.shape[0] != 1:
             raise ValueError(f"pixels_from_samples takes one clip, got {x.shape[0]}: use render_batch")
-        return stages(x, rate)["pixels"][0].cpu().numpy()
+        return _pixels(x, rate)[0].cpu().numpy()
 
 
 def pixels_from_file(path, *, strict: bool = True) -> np.ndarray:

@@ -159,18 +159,18 @@ def test_one_clip_draws_on_its_own_thread_only_and_leaves_other_threads_theirs()
         pytest.skip("torch runs on one thread here: nothing to switch")
     decoded = decode(SAMPLE_MP3S[0])
     main_before, seen = torch.get_num_threads(), {}
-    real_stages = spectrogram.stages
+    real_pixels = spectrogram._pixels
 
-    def stages(*args, **kwargs):
+    def pixels(*args, **kwargs):
         seen.setdefault("inside", torch.get_num_threads())
-        return real_stages(*args, **kwargs)
+        return real_pixels(*args, **kwargs)
 
     def draw():
         seen["before"] = torch.get_num_threads()
         seen["pixels"] = spectrogram.pixels_from_samples(decoded.samples, decoded.rate)
         seen["after"] = torch.get_num_threads()
 
-    with mock.patch.object(spectrogram, "stages", stages):
+    with mock.patch.object(spectrogram, "_pixels", pixels):
         worker = threading.Thread(target=draw)
         worker.start()
         worker.join()
