@@ -14,8 +14,8 @@ audio file (.mp3/.wav/.flac) its 2020 spectrogram straight to the same pixels (`
 readable image (corrupt PNG, not an image at all) or has more than `max_pixels` pixels (a
 decompression bomb) is reported in `Batch.skipped` as `(item, reason)` instead of raising
 `ImageError`; errors of `fetch` (storage) always propagate. When `decode` is a batched
-`clips.ClipDecoder` (CUDA), audio is decoded to samples on the threads and each batch's spectrograms
-are rendered together on its device. With a `cache`, each spectrogram drawn is counted as
+`clips.ClipDecoder` (the default), audio is decoded to samples on the threads and each batch's spectrograms
+are rendered together on its device (CUDA) or the CPU, on the consuming thread. With a `cache`, each spectrogram drawn is counted as
 `cache.record("render", None, n)` (the app's `orca_spectrograms_rendered_total`).
 """
 
@@ -188,7 +188,8 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
             rendered(1)
             key = results[i].key
             if key is not None:
-                kept = cache.put(key, rows, cols, pixels.cpu().numpy(), clips.spectrogram_pixels(), decoder=decoder)
+                host = pixels.cpu().numpy() if clips.is_tensor(pixels) else pixels
+                kept = cache.put(key, rows, cols, host, clips.spectrogram_pixels(), decoder=decoder)
                 pixels = kept if clips.is_tensor(kept) else pixels
             results[i] = pixels
 

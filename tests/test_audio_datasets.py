@@ -130,20 +130,22 @@ def test_audio_input_pixels_equal_decoding_its_png(data, rows, cols):
 
 
 def test_batched_render_equals_one_clip_at_a_time_and_skips_only_the_bad_clip(data, tmp_path):
-    """The CUDA path (a batched ClipDecoder: decode on threads, render_batch per batch), run on the CPU:
-    the same pixels as the per-clip path; a silent clip in the batch is skipped alone, with its reason."""
+    """The batched ClipDecoder (the default: decode on threads, render_batch per batch; CUDA's path too),
+    on the CPU (device None or "cpu"): the same pixels, as numpy, as the per-clip path (batched=False); a
+    silent clip in the batch is skipped alone, with its reason."""
     from scoring.clips import ClipDecoder
     from scoring.stream import stream_batches
 
     bad = bad_audio(tmp_path / "bad")
     silent = tmp_path / "bad" / next(name for name, why in bad.items() if why == "silence")
     items = [CLIPS[0], silent, CLIPS[2], CLIPS[3]]
-    one = list(stream_batches(items, None, ROWS, COLS, 4, skip_unreadable=True, decode=ClipDecoder()))
-    batched = list(stream_batches(items, None, ROWS, COLS, 4, skip_unreadable=True,
-                                  decode=ClipDecoder(device="cpu")))
-    assert [b.items for b in batched] == [b.items for b in one] == [[CLIPS[0], CLIPS[2], CLIPS[3]]]
-    assert [item for item, _ in batched[0].skipped] == [silent] and "silence" in batched[0].skipped[0][1]
-    assert np.array_equal(np.asarray(batched[0].pixels), one[0].pixels)
+    one = list(stream_batches(items, None, ROWS, COLS, 4, skip_unreadable=True, decode=ClipDecoder(batched=False)))
+    for device in (None, "cpu"):
+        batched = list(stream_batches(items, None, ROWS, COLS, 4, skip_unreadable=True,
+                                      decode=ClipDecoder(device=device)))
+        assert [b.items for b in batched] == [b.items for b in one] == [[CLIPS[0], CLIPS[2], CLIPS[3]]]
+        assert [item for item, _ in batched[0].skipped] == [silent] and "silence" in batched[0].skipped[0][1]
+        assert isinstance(batched[0].pixels, np.ndarray) and np.array_equal(batched[0].pixels, one[0].pixels)
 
 
 # ----------------------------------------------------------------------------- /predict
