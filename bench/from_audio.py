@@ -16,7 +16,7 @@ spectrogram` writes for the same clips, `audio_png/spectrograms/<stem>.png`.
 - ours from PNG: the same in another new process, on `audio_png/`.
 - breakdown: where our CPU goes per clip, in this process with the service's own functions, one thread
   each (CPU seconds of the calling thread): decode (PyAV, `ClipDecoder.samples`), spectrogram
-  (`pixels_from_samples` + `input_pixels`), scoring (ONNX Runtime on one thread, batches of 16), and, for
+  (`ClipDecoder.render` of 16 decoded clips at a time, as the service draws a batch), scoring (ONNX Runtime on one thread, batches of 16), and, for
   the PNG path, `decode_image` of the PNG.
 
 Ratios: `speedup` = original seconds / ours-from-audio seconds (> 1: ours is faster; goal on the 2-core CPU
@@ -72,8 +72,7 @@ def breakdown(dataset: dict, model_path, rows: int, cols: int, cache_dir) -> dic
     import numpy as np
     import torch
 
-    from audio.spectrogram import pixels_from_samples
-    from scoring.clips import ClipDecoder, input_pixels
+    from scoring.clips import ClipDecoder
     from scoring.images import decode_image
     from scoring.onnx_scoring import OnnxScorer
 
@@ -87,14 +86,19 @@ def breakdown(dataset: dict, model_path, rows: int, cols: int, cache_dir) -> dic
     try:
         decoder = ClipDecoder()
         seconds = {"decode": [], "spectrogram": [], "png_decode": []}
-        pixels = []
+        decoded = []
         for clip, png in zip(dataset["clips"], dataset["pngs"]):
-            decoded, s = cpu(lambda: decoder.samples(clip))
+            samples, s = cpu(lambda: decoder.samples(clip))
             seconds["decode"].append(s)
-            rgb, s = cpu(lambda: input_pixels(pixels_from_samples(decoded.samples, decoded.rate), rows, cols))
-            seconds["spectrogram"].append(s)
-            pixels.append(rgb)
+            decoded.append(samples)
             seconds["png_decode"].append(cpu(lambda: decode_image(png, rows, cols))[1])
+        decoder.render(decoded[:SCORE_BATCH], rows, cols)  # warm-up: the resampler's weights, numba's cache
+        pixels = []
+        for start in range(0, len(decoded), SCORE_BATCH):  # as the service: a batch's clips drawn together
+            part = decoded[start:start + SCORE_BATCH]
+            drawn, s = cpu(lambda: decoder.render(part, rows, cols))
+            seconds["spectrogram"] += [s / len(part)] * len(part)
+            pixels += drawn
         scorer = OnnxScorer(model_path, cache_dir=cache_dir, threads=1)
         batches = [np.stack(pixels[i:i + SCORE_BATCH]) for i in range(0, len(pixels), SCORE_BATCH)]
         scorer.score_pixels(batches[0])  # warm-up: ONNX Runtime's arena, as the service's first batch

@@ -49,3 +49,22 @@ def test_the_device_benchmark_runs_on_the_cpu_and_finds_the_2020_pixels(tmp_path
     assert result["samples_to_pixels"]["clips"] == 4 and result["mp3_to_input"]["clips"] == 4
     assert result["samples_to_pixels"]["clips_per_second"] > 0 and result["mp3_to_input"]["clips_per_second"] > 0
     assert "pixels differing from the 2020 PNGs [0, 0, 0, 0]" in capsys.readouterr().out
+
+
+def test_the_2020_environment_must_have_its_ffmpeg_wrapper_and_draw_writes_one_png_per_clip(tmp_path):
+    """--original-python names setup.sh's DEST/venv/bin/python, whose DEST/bin/ffmpeg (the fixed-point
+    decoder's wrapper) must be there; `--draw` (what bench.reference runs with that interpreter) draws each
+    clip's PNG, here with the current-library stand-in."""
+    python = tmp_path / "dest" / "venv" / "bin" / "python"
+    with pytest.raises(SystemExit, match="no ffmpeg wrapper at .*dest/bin/ffmpeg"):
+        bench_audio.original_environment(str(python))
+    wrapper = tmp_path / "dest" / "bin" / "ffmpeg"
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text("#!/bin/sh\n")
+    wrapper.chmod(0o755)
+    env = bench_audio.original_environment(str(python))
+    assert env["PATH"].startswith(f"{wrapper.parent}:") and env["SPECREF_DEST"] == str(tmp_path / "dest")
+    clips = sorted((repo_data.AUDIO_DIR / "mp3").rglob("*.mp3"))[:2]
+    drawn = bench_audio.draw(tmp_path / "png", [str(c) for c in clips])
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == sorted(c.stem + ".png" for c in clips)
+    assert drawn["spectrograms_s"] > 0 and drawn["name"].startswith("2020 calls (librosa ")

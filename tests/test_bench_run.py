@@ -68,7 +68,8 @@ def test_bench_quick_run_writes_results_and_chart(tmp_path):
     assert set(audio) == {"clips", "original", "ours_audio", "ours_png", "speedup", "audio_vs_png", "compared_scores",
                           "max_abs_diff_audio_png", "breakdown"}
     original = audio["original"]
-    assert set(original) == {"preprocess", "predict", "seconds", "seconds_per_clip", "clips", "scored"}
+    assert set(original) == {"preprocess", "pipeline", "predict", "seconds", "seconds_per_clip", "clips", "scored"}
+    assert original["pipeline"].startswith("2020 calls (librosa ")  # the stand-in, naming its libraries
     assert original["clips"] == original["scored"] == original["preprocess"]["pngs"] == 4
     assert set(original["preprocess"]) >= {"download_s", "warmup_s", "spectrograms_s", "upload_s", "total_s"}
     for side in ("ours_audio", "ours_png"):
