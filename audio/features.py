@@ -53,7 +53,7 @@ def mono(samples: torch.Tensor) -> torch.Tensor:
 def reflect_pad(y: torch.Tensor, pad: int) -> torch.Tensor:
     """numpy's np.pad(y, pad, mode="reflect") along the last axis, also when pad >= len(y)."""
     n = y.shape[-1]
-    if 0 < pad < n and y.dim() <= 3:  # torch's own reflect padding: the same samples, without an index
+    if 0 < pad < n:  # torch's own reflect padding: the same samples, without an index
         shape = y.shape
         return torch.nn.functional.pad(y.reshape(-1, 1, n), (pad, pad), mode="reflect").reshape(*shape[:-1], n + 2 * pad)
     index = torch.arange(-pad, n + pad, device=y.device)

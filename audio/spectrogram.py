@@ -41,7 +41,8 @@ from audio.png import encode_png
 from conversion.atomic import published_mode
 
 __all__ = ["RENDERER", "renderer_key", "SpectrogramError", "render_batch", "pixels_from_samples",
-           "pixels_from_file", "pixels_from_files", "write_png", "spectrogram_png", "stages", "one_thread", "HEIGHT", "WIDTH"]
+           "pixels_from_file", "pixels_from_files", "render_decoded", "write_png", "spectrogram_png", "stages",
+           "one_thread", "HEIGHT", "WIDTH"]
 
 HEIGHT, WIDTH = picture_mod.HEIGHT, picture_mod.WIDTH
 
@@ -187,34 +188,48 @@ def pixels_from_file(path, *, strict: bool = True) -> np.ndarray:
 FILES_BATCH = 16  # clips `pixels_from_files` draws together on one thread
 
 
-def _draw_chunk(paths: list, strict: bool, then=None) -> list:
-    """Decode `paths` and draw them, clips of one rate, channel count and length together (`render_batch`)
-    on this thread alone: per path, (607, 617, 4) uint8 pixels or the AudioError naming the file."""
-    out: list = [None] * len(paths)
+def render_decoded(decoded: list, device=None) -> list:
+    """Pictures of decoded clips (`audio.decode.Decoded`), those of one rate, channel count and length drawn
+    together (`render_batch`): per clip a (607, 617, 4) uint8 tensor on `device` (a view of its batch's), or
+    the AudioError naming its file where the picture is not defined (a batch that fails is drawn clip by
+    clip, so one silent clip costs only itself)."""
+    out: list = [None] * len(decoded)
     groups: dict[tuple, list[int]] = {}
-    decoded = {}
+    for i, d in enumerate(decoded):
+        groups.setdefault((d.rate, d.channels, d.frames), []).append(i)
+    for (rate, _, _), members in groups.items():
+        runs = [members]
+        while runs:
+            run = runs.pop(0)
+            try:
+                pixels = render_batch(torch.from_numpy(np.stack([decoded[i].samples for i in run])), rate,
+                                      device=device)
+            except SpectrogramError as e:
+                if len(run) > 1:
+                    runs.extend([i] for i in run)
+                else:
+                    out[run[0]] = AudioError(decoded[run[0]].path, str(e))
+                continue
+            for slot, i in enumerate(run):
+                out[i] = pixels[slot]
+    return out
+
+
+def _draw_chunk(paths: list, strict: bool, then=None) -> list:
+    """Decode `paths` and draw them together (`render_decoded`) on this thread alone: per path, (607, 617, 4)
+    uint8 pixels (or `then`'s result) or the AudioError naming the file."""
+    out: list = [None] * len(paths)
+    decoded, slots = [], []
     for i, path in enumerate(paths):
         try:
-            decoded[i] = decode(path, strict=strict)
+            decoded.append(decode(path, strict=strict))
+            slots.append(i)
         except AudioError as e:
             out[i] = e
-            continue
-        groups.setdefault((decoded[i].rate, decoded[i].channels, decoded[i].frames), []).append(i)
     with one_thread():
-        for (rate, _, _), members in groups.items():
-            runs = [members]
-            while runs:
-                run = runs.pop(0)
-                try:
-                    pixels = render_batch(torch.from_numpy(np.stack([decoded[i].samples for i in run])), rate)
-                except SpectrogramError as e:
-                    if len(run) > 1:  # one clip the picture is not defined for: each on its own, so it costs only itself
-                        runs.extend([i] for i in run)
-                    else:
-                        out[run[0]] = AudioError(decoded[run[0]].path, str(e))
-                    continue
-                for slot, i in enumerate(run):
-                    out[i] = pixels[slot].numpy()
+        drawn = render_decoded(decoded)
+    for i, pixels in zip(slots, drawn):
+        out[i] = pixels if isinstance(pixels, AudioError) else pixels.numpy()
     if then is not None:
         for i, result in enumerate(out):
             if not isinstance(result, AudioError):

@@ -405,6 +405,7 @@ def cmd_spectrogram(args) -> int:
         else:
             targets[target] = path
             todo.append(path)
+
     def write(path, pixels):  # on the drawing threads
         return write_png(pixels, out / f"{path.stem}.png")
 

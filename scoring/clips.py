@@ -13,8 +13,8 @@ cols with PIL's own index mapping), so the pixels, hence the scores, equal the P
 spectrograms together (`render`, `audio.spectrogram.render_batch`) on the decoder's `device` (CUDA, where
 torch scores) or on the CPU (the consuming thread, with torch's threads; the CPU resampling vectorises
 across the clips of a batch: on 2 cores 11.5 ms per clip to model input against 17.8 one clip at a time
-per thread, docs/design.md). `batched=False` draws each clip on the thread that decodes it instead. A file that gives no spectrogram (not audio, corrupt,
-silent, not 3 s) raises `AudioClipError`, an `ImageError`: skipped wherever an unreadable image is.
+per thread, docs/design.md). `batched=False` draws each clip on the thread that decodes it instead. A
+file that gives no spectrogram (not audio, corrupt, silent, not 3 s) raises `AudioClipError`, an `ImageError`: skipped wherever an unreadable image is.
 
 `clip_identity` keys the pixel cache: the object's identity, plus `renderer_key()` (every setting the
 spectrogram depends on) for audio, so a change of the renderer never serves stale pixels.
@@ -155,34 +155,20 @@ class ClipDecoder:
         return input_pixels(rgba, rows, cols)
 
     def render(self, decoded: list, rows: int, cols: int) -> list:
-        """Model inputs of decoded clips, rendered together on `self.device` (`render_batch`, clips of one
+        """Model inputs of decoded clips, rendered together on `self.device` (`render_decoded`: clips of one
         rate, length and channel count at a time): per clip, a uint8 (rows, cols, 3) tensor on the device
         (a numpy array on the CPU), or the AudioClipError that clip gives (a batch that fails is rendered
         clip by clip, so one silent clip costs only itself)."""
-        import torch
+        from audio.decode import AudioError
+        from audio.spectrogram import render_decoded
 
-        from audio.spectrogram import SpectrogramError, render_batch
-
-        out: list = [None] * len(decoded)
-        groups: dict[tuple, list[int]] = {}
-        for i, d in enumerate(decoded):
-            groups.setdefault((d.rate, d.channels, d.frames), []).append(i)
-        for (rate, _, _), members in groups.items():
-            runs = [members]
-            while runs:
-                run = runs.pop(0)
-                x = torch.from_numpy(np.stack([decoded[i].samples for i in run]))
-                try:
-                    pixels = input_pixels(render_batch(x, rate, device=self.device), rows, cols)
-                except SpectrogramError as error:
-                    if len(run) > 1:
-                        runs.extend([i] for i in run)
-                        continue
-                    out[run[0]] = _error(decoded[run[0]].path, error)
-                    continue
-                on_cpu = pixels.device.type == "cpu"
-                for slot, i in enumerate(run):
-                    out[i] = pixels[slot].numpy() if on_cpu else pixels[slot]
+        out: list = []
+        for d, pixels in zip(decoded, render_decoded(decoded, device=self.device)):
+            if isinstance(pixels, AudioError):
+                out.append(_error(d.path, pixels))
+                continue
+            rgb = input_pixels(pixels, rows, cols)
+            out.append(rgb.numpy() if rgb.device.type == "cpu" else rgb)
         return out
 
 
