@@ -75,3 +75,19 @@ def clips(x, base, weights, shifts, y):
         for c in range(B):
             y[t, c] = a0[c]
             y[u, c] = a1[c]
+
+
+@_compiled
+def tap_weights(window, delta, offset, eta, taps, step, first, count, out):
+    """Fill out[b, first + i, k] (output sample t = b * LANES + k, its i-th tap of one wing) with resampy's
+    `window[o] + eta[t] * delta[o]`, o = offset[t] + i * step, for i < min(taps[t], count): the float64
+    multiply and add of resampy 0.2.2, unfused; the rest of `out` is left as it is (zeros: taps a sample
+    lacks). window and delta end with an extra 0 entry, as in `audio.resample._dense`."""
+    last = window.shape[0] - 1
+    for t in range(offset.shape[0]):
+        b = t // LANES
+        k = t % LANES
+        n = min(taps[t], count)
+        for i in range(n):
+            o = min(offset[t] + i * step, last)
+            out[b, first + i, k] = window[o] + eta[t] * delta[o]

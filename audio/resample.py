@@ -32,7 +32,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-__all__ = ["KAISER_BEST", "kaiser_best_table", "ResamplePlan", "plan", "resample"]
+__all__ = ["KAISER_BEST", "kaiser_best_table", "ResamplePlan", "plan", "prepare", "resample"]
 
 # resampy 0.2.2's kaiser_best (its filters.py docstring and data/kaiser_best.npz: 'rolloff', 'precision').
 KAISER_BEST = {"num_zeros": 64, "precision": 9, "beta": 14.769656459379492, "rolloff": 0.9475937167399596}
@@ -149,21 +149,34 @@ def _dense(n_in: int, rate_in: int, rate_out: int):
 def _weights(n_in: int, rate_in: int, rate_out: int):
     """`_dense` laid out for `_resample_kernels`: weights (blocks, taps, LANES) (LANES output samples' weights
     side by side), output samples padded to whole blocks with zero weights; base = centre + padding;
-    shifts; padding. About 150 MB for 3 s at 48 kHz, cached for the last two plans."""
-    from audio._resample_kernels import LANES
+    shifts; padding. About 150 MB for 3 s at 48 kHz, cached for the last two plans.
+
+    Written in place by the numba loop `tap_weights` (the same float64 arithmetic as `_dense`, tested bit
+    for bit): numpy's gather, transpose and copy took ≈ 1.2 s and a 450 MB transient on a cold call."""
+    from audio._resample_kernels import LANES, tap_weights
 
     p = plan(n_in, rate_in, rate_out)
-    weights, shifts, pad_left, pad_right = _dense(n_in, rate_in, rate_out)
+    left = int(p.left_taps.max()) if p.left_taps.size else 0
+    right = int(p.right_taps.max()) if p.right_taps.size else 0
     blocks = -(-p.n_out // LANES)
-    padded = np.zeros((weights.shape[0], blocks * LANES))
-    padded[:, : p.n_out] = weights
-    del weights
-    blocked = np.ascontiguousarray(padded.reshape(padded.shape[0], blocks, LANES).transpose(1, 0, 2))
+    blocked = np.zeros((blocks, left + right, LANES))
+    window = np.concatenate([p.window, [0.0]])
+    delta = np.concatenate([p.delta, [0.0]])
+    tap_weights(window, delta, p.left_offset, p.left_eta, p.left_taps, p.step, 0, left, blocked)
+    tap_weights(window, delta, p.right_offset, p.right_eta, p.right_taps, p.step, left, right, blocked)
+    shifts = [-k for k in range(left)] + [k + 1 for k in range(right)]
+    pad_left, pad_right = max(0, left - 1), right
     base = np.full(blocks * LANES, pad_left, np.int64)
     base[: p.n_out] += p.centre
     for a in (blocked, base):
         a.flags.writeable = False
     return blocked, base, np.asarray(shifts, np.int64), pad_left, pad_right
+
+
+def prepare(n_in: int, rate_in: int, rate_out: int) -> None:
+    """Compute (and keep, as the first clip of this length and rate would) the CPU kernels' weight table."""
+    if rate_in != rate_out:
+        _weights(n_in, rate_in, rate_out)
 
 
 # From this many clips on, `_resample_kernels.clips` (weights computed once for all, clips vectorised) is

@@ -15,7 +15,8 @@ the float32 resampled signal. One clip on the CPU (`pixels_from_samples`, `pixel
 torch operations on the calling thread alone (`one_thread`): callers draw several clips at once on
 threads of their own, and torch's OpenMP team per thread made that slower, not faster (docs/design.md,
 "One OpenMP thread per drawing thread"). Public API: `render_batch`, `pixels_from_samples`, `pixels_from_file`,
-`write_png`, `spectrogram_png`, `RENDERER` / `renderer_key()` (for caches), `stages` (intermediates).
+`write_png`, `spectrogram_png`, `RENDERER` / `renderer_key()` (for caches), `stages` (intermediates),
+`warm_up` (first-use costs paid ahead).
 """
 
 from __future__ import annotations
@@ -213,6 +214,30 @@ def render_decoded(decoded: list, device=None) -> list:
             for slot, i in enumerate(run):
                 out[i] = pixels[slot]
     return out
+
+
+# The clips of Orcasound's hydrophones: 3 s at 48 kHz (HLS segments and the mp3s cut from them).
+HYDROPHONE_CLIP = (3 * 48000, 48000)
+
+
+def warm_up(clip: tuple[int, int] | None = HYDROPHONE_CLIP) -> None:
+    """Load, once per process, what the first clip drawn would otherwise wait for: numba's compiled
+    resampling kernels (from its disk cache, or compiled), matplotlib's viridis, torch's first CPU
+    operations, and the resampling weights of `clip` = (samples, rate) (150 MB for 3 s at 48 kHz, kept
+    as the first such clip would keep them; None: none). Draws 8 short noise clips resampled from
+    48 kHz (the kernels) and one 3-second noise clip at 22,050 Hz through the rest of the recipe, on
+    one thread. ≈ 1 s on 2 cores; the service runs it in its start-up thread (service.preload), so the
+    first /predict on audio does not."""
+    noise = torch.from_numpy(np.random.default_rng(0).standard_normal((resample_mod.BATCH_KERNEL_FROM, 4801))
+                             .astype(np.float32) * 0.1)
+    with one_thread():
+        resample_mod.resample(noise, 48000, features.SAMPLE_RATE)  # `clips`
+        resample_mod.resample(noise[:1], 48000, features.SAMPLE_RATE)  # `one_clip`
+        n = (picture_mod.COLS - 1) * features.HOP
+        one = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 1, n)).astype(np.float32) * 0.1)
+        _pixels(one, features.SAMPLE_RATE)
+        if clip is not None:
+            resample_mod.prepare(*clip, features.SAMPLE_RATE)
 
 
 def _draw_chunk(paths: list, strict: bool, then=None) -> list:

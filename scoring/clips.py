@@ -11,9 +11,8 @@ cols with PIL's own index mapping), so the pixels, hence the scores, equal the P
 `decode(source, rows, cols)`: audio paths to the spectrogram, anything else to `image_decode`
 (PIL, or torchvision on CUDA). `stream_batches` decodes the audio on its threads and renders a batch's
 spectrograms together (`render`, `audio.spectrogram.render_batch`) on the decoder's `device` (CUDA, where
-torch scores) or on the CPU (the consuming thread, with torch's threads; the CPU resampling vectorises
-across the clips of a batch: on 2 cores 11.5 ms per clip to model input against 17.8 one clip at a time
-per thread, docs/design.md). `batched=False` draws each clip on the thread that decodes it instead. A
+torch scores) or on the CPU (`stream_batches`' drawing thread, on one OpenMP thread, while the batch before
+is scored; the CPU resampling vectorises across the clips of a batch, docs/design.md). `batched=False` draws each clip on the thread that decodes it instead. A
 file that gives no spectrogram (not audio, corrupt, silent, not 3 s) raises `AudioClipError`, an `ImageError`: skipped wherever an unreadable image is.
 
 `clip_identity` keys the pixel cache: the object's identity, plus `renderer_key()` (every setting the
@@ -156,14 +155,20 @@ class ClipDecoder:
 
     def render(self, decoded: list, rows: int, cols: int) -> list:
         """Model inputs of decoded clips, rendered together on `self.device` (`render_decoded`: clips of one
-        rate, length and channel count at a time): per clip, a uint8 (rows, cols, 3) tensor on the device
-        (a numpy array on the CPU), or the AudioClipError that clip gives (a batch that fails is rendered
+        rate, length and channel count at a time; on the CPU with one OpenMP thread, `one_thread`): per
+        clip, a uint8 (rows, cols, 3) tensor on the device (a numpy array on the CPU), or the AudioClipError
+        that clip gives (a batch that fails is rendered
         clip by clip, so one silent clip costs only itself)."""
         from audio.decode import AudioError
-        from audio.spectrogram import render_decoded
+        from audio.spectrogram import one_thread, render_decoded
 
+        if self.device is None:  # the CPU: on this thread alone, beside the scoring (docs/design.md)
+            with one_thread():
+                drawn = render_decoded(decoded)
+        else:
+            drawn = render_decoded(decoded, device=self.device)
         out: list = []
-        for d, pixels in zip(decoded, render_decoded(decoded, device=self.device)):
+        for d, pixels in zip(decoded, drawn):
             if isinstance(pixels, AudioError):
                 out.append(_error(d.path, pixels))
                 continue

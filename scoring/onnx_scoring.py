@@ -176,6 +176,9 @@ class OnnxScorer:
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no spinning: between batches ONNX Runtime's idle threads would spin on the cores that decode and
+        # draw the next batch (docs/design.md, "Drawing while scoring")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # the CPU arena stays on: without it every batch maps and faults in fresh pages (2-3x slower
         # on the 2-core machines); its peak is bounded by MAX_ORT_BATCH instead
         graph = with_pixel_input(self.onnx_path)

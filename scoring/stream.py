@@ -3,9 +3,9 @@
 `stream_batches(items, fetch, rows, cols, batch_size)` runs `fetch(item)` (e.g. a download into a
 local mirror; returns a path or the encoded bytes) and the decode of each item on a thread pool,
 a bounded number of items ahead of the consumer, and yields `Batch(items, pixels, skipped)` in
-input order. So while the caller scores batch k (ONNX Runtime and torch release the GIL), the pool
-downloads and decodes batches k+1…k+prefetch: on a cold call I/O and compute overlap, and memory
-stays at a few batches whatever the number of files.
+input order. So while the caller scores batch k (ONNX Runtime and torch release the GIL), batch k+1
+is stacked (and its audio drawn) and the pool downloads and decodes batches k+2…k+1+prefetch: on a
+cold call I/O and compute overlap, and memory stays at a few batches whatever the number of files.
 
 Decoding is `images.decode_image` (bit-identical to the original Keras preprocessing), or for an
 audio file (.mp3/.wav/.flac) its 2020 spectrogram straight to the same pixels (`scoring.clips`); at most
@@ -15,8 +15,9 @@ readable image (corrupt PNG, not an image at all) or has more than `max_pixels` 
 decompression bomb) is reported in `Batch.skipped` as `(item, reason)` instead of raising
 `ImageError`; errors of `fetch` (storage) always propagate. When `decode` is a batched
 `clips.ClipDecoder` (the default), audio is decoded to samples on the threads and each batch's spectrograms
-are rendered together on its device (CUDA) or the CPU, on the consuming thread. With a `cache`, each spectrogram drawn is counted as
-`cache.record("render", None, n)` (the app's `orca_spectrograms_rendered_total`).
+are rendered together on its device (CUDA) or the CPU, on one more thread, `orca-render`, which draws
+and stacks batch k+1 while the caller scores batch k. With a `cache`, each spectrogram drawn is counted
+as `cache.record("render", None, n)` (the app's `orca_spectrograms_rendered_total`).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
     decoding = threading.BoundedSemaphore(decode_workers)
     iterator = iter(items)
     stack = cache.stack if cache is not None and cache.device_tier is not None else _stack
-    ahead = max(1, prefetch) * batch_size + batch_size  # items in flight: this batch + `prefetch` more
+    ahead = max(1, prefetch) * batch_size  # items decoding: `prefetch` batches, besides the one being drawn
     decoder = decoder_name(decode)
 
     batched = isinstance(decode, clips.ClipDecoder) and decode.batched
@@ -193,8 +194,21 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
                 pixels = kept if clips.is_tensor(kept) else pixels
             results[i] = pixels
 
+    def assemble(taken: list, results: list) -> Batch:
+        render(results)
+        batch_items, arrays, skipped = [], [], []
+        for item, result in zip(taken, results):
+            if _skipped(result):
+                skipped.append((item, result[1]))
+            else:
+                batch_items.append(item)
+                arrays.append(result)
+        return Batch(batch_items, stack(arrays) if arrays else None, skipped)
+
     # threads waiting on downloads must not hold back decoding: room for both at once
     pool = ThreadPoolExecutor(workers + decode_workers, thread_name_prefix="orca-fetch")
+    # one batch is rendered and stacked while the consumer scores the one before (module docstring)
+    assembler = ThreadPoolExecutor(1, thread_name_prefix="orca-render")
     try:
         pending: deque = deque()
 
@@ -206,6 +220,7 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
                 pending.append((item, pool.submit(work, item)))
 
         fill()
+        ready = None
         while pending:
             taken, results = [], []
             while pending and sum(not _skipped(r) for r in results) < batch_size:
@@ -213,14 +228,12 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
                 taken.append(item)
                 results.append(future.result())
                 fill()
-            render(results)
-            batch_items, arrays, skipped = [], [], []
-            for item, result in zip(taken, results):
-                if _skipped(result):
-                    skipped.append((item, result[1]))
-                else:
-                    batch_items.append(item)
-                    arrays.append(result)
-            yield Batch(batch_items, stack(arrays) if arrays else None, skipped)
+            following = assembler.submit(assemble, taken, results)
+            if ready is not None:
+                yield ready.result()
+            ready = following
+        if ready is not None:
+            yield ready.result()
     finally:
+        assembler.shutdown(wait=True, cancel_futures=True)
         pool.shutdown(wait=True, cancel_futures=True)

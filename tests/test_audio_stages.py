@@ -80,6 +80,24 @@ def test_batches_of_clips_resample_as_resampy_022s_loop_each(rate, n):
         assert np.array_equal(got[b], _resampy_022_loop(x[b], rate, 22050)), b
 
 
+@pytest.mark.parametrize("rate,n", [(48000, 4001), (44100, 2999), (16000, 1234), (8000, 333), (96000, 6007)])
+def test_the_kernels_weight_table_is_the_dense_tap_weights_bit_for_bit(rate, n):
+    """`_weights` (numba's `tap_weights`, written in place) holds `_dense`'s numpy weights, bit for bit, in
+    the kernels' (blocks, taps, LANES) layout, zeros past the last output sample; same shifts and padding."""
+    from audio._resample_kernels import LANES
+
+    resample._weights.cache_clear()
+    blocked, base, shifts, pad_left, pad_right = resample._weights(n, rate, 22050)
+    dense, dense_shifts, dense_left, dense_right = resample._dense(n, rate, 22050)
+    p = resample.plan(n, rate, 22050)
+    assert (pad_left, pad_right) == (dense_left, dense_right) and list(shifts) == dense_shifts
+    flat = blocked.transpose(1, 0, 2).reshape(blocked.shape[1], -1)
+    assert flat.shape[1] == -(-p.n_out // LANES) * LANES and np.count_nonzero(dense) > 0
+    assert flat[:, : p.n_out].tobytes() == dense.tobytes()
+    assert not flat[:, p.n_out:].any()
+    assert np.array_equal(base[: p.n_out], p.centre + pad_left)
+
+
 @pytest.mark.parametrize("rate,n", [(48000, 20011), (44100, 9999), (16000, 3001)])
 def test_resample_matches_current_resampy_given_the_2020_filter(rate, n):
     """resampy >= 0.3 reads at t / ratio exactly (0.2.2: a running sum, whose drift moves some read

@@ -38,15 +38,16 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
 def test_service_preloads_torch_in_the_background_when_asked():
     code = ("import sys, time\n"
             "from service.app import create_app\n"
-            "create_app()\n"
+            "app = create_app()\n"
             "print('torch at start', 'torch' in sys.modules)\n"
-            "deadline = time.time() + 90\n"
-            "while 'training.loop' not in sys.modules and time.time() < deadline: time.sleep(0.05)\n"
-            "time.sleep(0.5)\n"
-            "print('loaded', 'torch._dynamo' in sys.modules, 'training.loop' in sys.modules)\n")
+            "app.extensions['orca'].preload.join(90)\n"
+            "print('loaded', 'torch._dynamo' in sys.modules, 'training.loop' in sys.modules)\n"
+            "from audio import _resample_kernels as k\n"
+            "print('kernels', len(k.clips.signatures), len(k.one_clip.signatures), len(k.tap_weights.signatures))\n")
     asked = run_python(code, ORCA_PRELOAD_TORCH="1")
     assert asked.returncode == 0, asked.stderr[-2000:]
     assert "loaded True True" in asked.stdout
+    assert "kernels 1 1 1" in asked.stdout  # the audio path's numba kernels loaded ahead (warm_up)
 
 
 def test_default_imports_torch_at_start_up_and_auto_does_not_on_a_cpu_and_a_bad_setting_stops_it():

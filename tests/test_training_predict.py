@@ -90,9 +90,33 @@ def test_decoding_streams_a_bounded_number_of_batches_ahead(tmp_path):
     first = next(batches)
     time.sleep(0.2)
     assert first.pixels.shape == (4, 10, 12, 3) and first.pixels.dtype == np.uint8
-    assert len(decoded) <= 4 + 3 * 4  # the batch handed out, and this batch plus two more in flight
+    assert len(decoded) <= 4 + 3 * 4  # the batch handed out, the next one being stacked, two more decoding
     rest = list(batches)
     assert sum(len(b.items) for b in rest) == 36 and len(decoded) == 40
+
+
+def test_the_next_batch_is_stacked_on_its_own_thread_while_the_caller_holds_one(tmp_path, monkeypatch):
+    """`stream_batches` assembles (draws, stacks) batch k+1 on `orca-render` while the caller works on
+    batch k, and still hands the batches out in order."""
+    import scoring.stream as stream
+
+    stacked = []
+    real_stack = stream._stack
+
+    def recording_stack(arrays):
+        stacked.append(threading.current_thread().name)
+        return real_stack(arrays)
+
+    monkeypatch.setattr(stream, "_stack", recording_stack)
+    paths = synthetic_pngs(tmp_path, 12)
+    batches = stream.stream_batches(paths, None, 10, 12, batch_size=4, prefetch=1)
+    first = next(batches)
+    deadline = time.time() + 10
+    while len(stacked) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    assert len(stacked) == 2 and all(name.startswith("orca-render") for name in stacked)
+    rest = list(batches)
+    assert [p for b in [first, *rest] for p in b.items] == paths and len(stacked) == 3
 
 
 def test_unreadable_image_raises_image_error_naming_it(tmp_path, perturbed_h5):
