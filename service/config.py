@@ -55,8 +55,8 @@ SETTINGS = (
             "leaves free on its disk: it evicts its own oldest entries, or stops writing, rather than go below"),
     Setting("GPU_PIXEL_CACHE", "ORCA_GPU_PIXEL_CACHE", float, 0.3, "fraction of the GPU's memory that keeps "
             "decoded pixels on CUDA (least recently used out); 0 disables; no effect on the CPU"),
-    Setting("PRELOAD_TORCH", "ORCA_PRELOAD_TORCH", str, "1", "import torch at start-up, on a thread (`/ready` "
-            "answers 503 until it is loaded): `1` always, `auto` only where an NVIDIA driver is (a CPU "
+    Setting("PRELOAD_TORCH", "ORCA_PRELOAD_TORCH", str, "1", "import torch at start-up, on a thread, and warm "
+            "the audio path (`/ready` answers 503 until done): `1` always, `auto` only where an NVIDIA driver is (a CPU "
             "service then loads it at its first /train), `0` never"),
     Setting("TUNE_MALLOC", "ORCA_TUNE_MALLOC", int, 1, "1: glibc keeps freed blocks of up to 2 GiB for the "
             "next tensor and returns them after each training (CPU training steps ≈ 40 % faster); 0: glibc's "
