@@ -14,7 +14,8 @@ audio file (.mp3/.wav/.flac) its 2020 spectrogram straight to the same pixels (`
 readable image (corrupt PNG, not an image at all) or has more than `max_pixels` pixels (a
 decompression bomb) is reported in `Batch.skipped` as `(item, reason)` instead of raising
 `ImageError`; errors of `fetch` (storage) always propagate. When `decode` is a batched
-`clips.ClipDecoder` (the default), audio is decoded to samples on the threads and each batch's spectrograms
+`clips.ClipDecoder` (the default), audio is decoded to samples on the threads (where it is drawn on the
+CPU, at most half of `decode_workers` at once) and each batch's spectrograms
 are rendered together on its device (CUDA) or the CPU, on one more thread, `orca-render`, which draws
 and stacks batch k+1 while the caller scores batch k. With a `cache`, each spectrogram drawn is counted
 as `cache.record("render", None, n)` (the app's `orca_spectrograms_rendered_total`).
@@ -144,6 +145,10 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
     decoder = decoder_name(decode)
 
     batched = isinstance(decode, clips.ClipDecoder) and decode.batched
+    # drawn on the CPU, audio needs the cores for drawing and scoring more than for decoding: half of the
+    # decoding threads decode audio at once (docs/design.md, "Drawing while scoring")
+    audio_decoding = (threading.BoundedSemaphore(max(1, decode_workers // 2))
+                      if batched and decode.device is None else decoding)
 
     def rendered(n: int) -> None:
         if cache is not None and n:
@@ -158,7 +163,7 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
         with fetching:
             source = fetch(item)
         audio = clips.is_audio(source)
-        with decoding:
+        with audio_decoding if audio else decoding:
             try:
                 if audio and batched:
                     return _Samples(decode.samples(source), key)  # rendered with its batch

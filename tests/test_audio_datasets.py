@@ -148,6 +148,65 @@ def test_batched_render_equals_one_clip_at_a_time_and_skips_only_the_bad_clip(da
         assert isinstance(batched[0].pixels, np.ndarray) and np.array_equal(batched[0].pixels, one[0].pixels)
 
 
+def test_audio_drawn_on_the_cpu_decodes_on_half_the_decoding_threads(tmp_path):
+    """On the CPU the drawing and the scoring need the cores: at most decode_workers // 2 clips decode at
+    once (4 → 2), while images still decode on all 4; on another device, audio on all of them."""
+    import threading
+    import time
+
+    from scoring.clips import ClipDecoder
+    from scoring.images import decode_image
+    from scoring.stream import stream_batches
+
+    def counting(cls):
+        class Counting(cls):
+            active = peak = 0
+            lock = threading.Lock()
+
+            def _enter(self):
+                with self.lock:
+                    type(self).active += 1
+                    type(self).peak = max(type(self).peak, type(self).active)
+                time.sleep(0.05)
+                with self.lock:
+                    type(self).active -= 1
+
+            def samples(self, path):
+                self._enter()
+                return super().samples(path)
+
+        return Counting
+
+    clips = [CLIPS[i % len(CLIPS)] for i in range(8)]
+    cpu = counting(ClipDecoder)()
+    batches = list(stream_batches(clips, None, ROWS, COLS, 8, decode_workers=4, decode=cpu))
+    assert sum(len(b.items) for b in batches) == 8 and type(cpu).peak == 2
+
+    elsewhere = counting(ClipDecoder)(device="meta", batched=True)
+    elsewhere.render = lambda decoded, rows, cols: [np.zeros((rows, cols, 3), np.uint8) for _ in decoded]
+    list(stream_batches(clips, None, ROWS, COLS, 8, decode_workers=4, decode=elsewhere))
+    assert type(elsewhere).peak == 4
+
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def slow_image(source, rows, cols):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return decode_image(source, rows, cols)
+
+    pngs = []
+    for i in range(8):
+        pngs.append(tmp_path / f"{i}.png")
+        shutil.copy(AUDIO_DIR / "png" / CLIPS[i % len(CLIPS)].parent.name / f"{CLIPS[i % len(CLIPS)].stem}.png",
+                    pngs[-1])
+    list(stream_batches(pngs, None, ROWS, COLS, 8, decode_workers=4, decode=ClipDecoder(slow_image)))
+    assert peak[0] == 4
+
+
 # ----------------------------------------------------------------------------- /predict
 
 def test_predict_from_audio_equals_predict_from_png_and_counts_renders(data, tmp_path):
