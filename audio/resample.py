@@ -125,24 +125,32 @@ def _taps(n_in: int, rate_in: int, rate_out: int, device: str):
             torch.from_numpy(plan(n_in, rate_in, rate_out).centre).to(dev), pad_left, pad_right)
 
 
+def _layout(p: ResamplePlan):
+    """What `_dense` and `_weights` share: (window, delta) each with a 0 appended (the entry a missing tap
+    reads), the widest left and right wings, each tap's source sample relative to the centre (left wing from
+    the centre outward, then the right), and the zero padding those shifts need on each side."""
+    window = np.concatenate([p.window, [0.0]])
+    delta = np.concatenate([p.delta, [0.0]])
+    left = int(p.left_taps.max()) if p.left_taps.size else 0
+    right = int(p.right_taps.max()) if p.right_taps.size else 0
+    shifts = [-k for k in range(left)] + [k + 1 for k in range(right)]
+    return window, delta, left, right, shifts, max(0, left - 1), right
+
+
 def _dense(n_in: int, rate_in: int, rate_out: int):
     """(weights (taps, n_out) float64, shifts (source sample of each tap relative to the centre), pad_left,
     pad_right): every output sample's tap weights, computed as resampy does (0 for a tap it does not have)."""
     p = plan(n_in, rate_in, rate_out)
+    window, delta, left, right, shifts, pad_left, pad_right = _layout(p)
     last = p.window.shape[0]
-    window = np.concatenate([p.window, [0.0]])
-    delta = np.concatenate([p.delta, [0.0]])
-    rows, shifts = [], []
-    for offset, eta, taps, sign in ((p.left_offset, p.left_eta, p.left_taps, -1),
-                                    (p.right_offset, p.right_eta, p.right_taps, +1)):
-        count = int(taps.max()) if taps.size else 0
+    rows = []
+    for offset, eta, taps, count in ((p.left_offset, p.left_eta, p.left_taps, left),
+                                     (p.right_offset, p.right_eta, p.right_taps, right)):
         i = np.arange(count)[:, None]
         index = np.where(taps[None, :] > i, offset[None, :] + i * p.step, last)
         index = np.minimum(index, last)
         rows.append(window[index] + eta[None, :] * delta[index])  # two roundings, as resampy: no fused multiply-add
-        shifts += [-k for k in range(count)] if sign < 0 else [k + 1 for k in range(count)]
-    weights = np.concatenate(rows, axis=0)
-    return weights, shifts, max(0, -min(shifts, default=0)), max(0, max(shifts, default=0))
+    return np.concatenate(rows, axis=0), shifts, pad_left, pad_right
 
 
 @lru_cache(maxsize=2)
@@ -152,20 +160,15 @@ def _weights(n_in: int, rate_in: int, rate_out: int):
     shifts; padding. About 150 MB for 3 s at 48 kHz, cached for the last two plans.
 
     Written in place by the numba loop `tap_weights` (the same float64 arithmetic as `_dense`, tested bit
-    for bit): numpy's gather, transpose and copy took ≈ 1.2 s and a 450 MB transient on a cold call."""
+    for bit): numpy's gather, transpose and copy took ≈ 1 s and a 450 MB transient on a cold call."""
     from audio._resample_kernels import LANES, tap_weights
 
     p = plan(n_in, rate_in, rate_out)
-    left = int(p.left_taps.max()) if p.left_taps.size else 0
-    right = int(p.right_taps.max()) if p.right_taps.size else 0
+    window, delta, left, right, shifts, pad_left, pad_right = _layout(p)
     blocks = -(-p.n_out // LANES)
     blocked = np.zeros((blocks, left + right, LANES))
-    window = np.concatenate([p.window, [0.0]])
-    delta = np.concatenate([p.delta, [0.0]])
     tap_weights(window, delta, p.left_offset, p.left_eta, p.left_taps, p.step, 0, left, blocked)
     tap_weights(window, delta, p.right_offset, p.right_eta, p.right_taps, p.step, left, right, blocked)
-    shifts = [-k for k in range(left)] + [k + 1 for k in range(right)]
-    pad_left, pad_right = max(0, left - 1), right
     base = np.full(blocks * LANES, pad_left, np.int64)
     base[: p.n_out] += p.centre
     for a in (blocked, base):

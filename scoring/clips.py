@@ -23,6 +23,7 @@ Importing this module imports neither torch nor `audio.spectrogram` (they load w
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -121,6 +122,11 @@ class ClipDecoder:
         entries are told apart by the renderer in their identity (`clip_identity`)."""
         return decoder_name(self.image)
 
+    @property
+    def draws_on_cpu(self) -> bool:
+        """Whether `render` draws on the CPU (device None or a CPU device)."""
+        return self.device is None or str(getattr(self.device, "type", self.device)) == "cpu"
+
     def __call__(self, source, rows: int, cols: int):
         if is_audio(source):
             return self.audio(source, rows, cols)
@@ -157,15 +163,12 @@ class ClipDecoder:
         """Model inputs of decoded clips, rendered together on `self.device` (`render_decoded`: clips of one
         rate, length and channel count at a time; on the CPU with one OpenMP thread, `one_thread`): per
         clip, a uint8 (rows, cols, 3) tensor on the device (a numpy array on the CPU), or the AudioClipError
-        that clip gives (a batch that fails is rendered
-        clip by clip, so one silent clip costs only itself)."""
+        that clip gives (a batch that fails is rendered clip by clip, so one silent clip costs only itself)."""
         from audio.decode import AudioError
         from audio.spectrogram import one_thread, render_decoded
 
-        if self.device is None:  # the CPU: on this thread alone, beside the scoring (docs/design.md)
-            with one_thread():
-                drawn = render_decoded(decoded)
-        else:
+        # on the CPU on this thread alone, beside the scoring (docs/design.md, "Drawing while scoring")
+        with one_thread() if self.draws_on_cpu else contextlib.nullcontext():
             drawn = render_decoded(decoded, device=self.device)
         out: list = []
         for d, pixels in zip(decoded, drawn):

@@ -148,7 +148,7 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
     # drawn on the CPU, audio needs the cores for drawing and scoring more than for decoding: half of the
     # decoding threads decode audio at once (docs/design.md, "Drawing while scoring")
     audio_decoding = (threading.BoundedSemaphore(max(1, decode_workers // 2))
-                      if batched and decode.device is None else decoding)
+                      if batched and decode.draws_on_cpu else decoding)
 
     def rendered(n: int) -> None:
         if cache is not None and n:

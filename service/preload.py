@@ -1,7 +1,8 @@
 """Importing torch at start-up, on a thread (ORCA_PRELOAD_TORCH), so a request does not wait for
-it: torch, and torch._dynamo, which torch.optim loads when an optimizer is built, and the audio path's
-first-use costs (`audio.spectrogram.warm_up`: numba's kernels, the colour table, the resampling weights of
-48 kHz clips; ≈ 1 s on 2 cores) and ONNX (0.7 s to import);
+it: torch, and torch._dynamo, which torch.optim loads when an optimizer is built, and where no NVIDIA
+driver is (the CPU scores and draws) the audio path's first-use costs (`audio.spectrogram.warm_up`:
+numba's kernels, the colour table, the resampling weights of 48 kHz clips; ≈ 1 s on 2 cores) and ONNX
+(0.7 s to import);
 `/ready` answers 503 until it has finished."""
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ def _preload() -> None:
             import scoring.torch_decode  # noqa: F401  (torchvision: how the CUDA path decodes PNGs)
         import matplotlib.backends.backend_agg  # noqa: F401  (the learning curves drawn after a training)
         import av  # noqa: F401  (PyAV: how audio clips are decoded)
-        import onnx  # noqa: F401  (0.7 s: the CPU scorer's export and input edit, in the first /predict)
-        import onnxruntime  # noqa: F401
-        from audio.spectrogram import warm_up
+        if no_nvidia_driver():  # the CPU scores (ONNX Runtime) and draws the spectrograms (numba, torch)
+            import onnx  # noqa: F401  (0.7 s: the CPU scorer's export and input edit, in the first /predict)
+            import onnxruntime  # noqa: F401
+            from audio.spectrogram import warm_up
 
-        warm_up()  # numba's kernels, the colour table, the weights of 48 kHz clips: ahead of the first clip
+            warm_up()  # numba's kernels, the colour table, the weights of 48 kHz clips: ahead of the first clip
     except Exception as error:  # noqa: BLE001 - the request that needs torch reports it properly
         LOG.warning("preloading torch failed: %s", error)
         threading.current_thread().error = f"{type(error).__name__}: {error}"  # for /ready

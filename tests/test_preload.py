@@ -47,7 +47,10 @@ def test_service_preloads_torch_in_the_background_when_asked():
     asked = run_python(code, ORCA_PRELOAD_TORCH="1")
     assert asked.returncode == 0, asked.stderr[-2000:]
     assert "loaded True True" in asked.stdout
-    assert "kernels 1 1 1" in asked.stdout  # the audio path's numba kernels loaded ahead (warm_up)
+    from scoring.device import no_nvidia_driver
+
+    # where the CPU draws, the audio path's numba kernels are loaded ahead (warm_up); on CUDA they are not
+    assert ("kernels 1 1 1" if no_nvidia_driver() else "kernels 0 0 0") in asked.stdout
 
 
 def test_default_imports_torch_at_start_up_and_auto_does_not_on_a_cpu_and_a_bad_setting_stops_it():
