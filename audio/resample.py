@@ -12,7 +12,7 @@ samples (`librosa.util.fix_length`). resampy 0.2.2 computes each output sample i
   then the right wing): every partial sum is rounded to float32.
 
 This module does exactly that, bit for bit: reordered across output samples (and clips), never across
-the taps of one output sample. On the CPU, numba loops (`audio._resample_kernels`: several output samples'
+the taps of one output sample. On the CPU, the loops of `audio._resample_kernels` (several output samples'
 chains of adds in flight, and from BATCH_KERNEL_FROM clips on the clips side by side in vector registers);
 on CUDA, torch operations vectorised over output samples, sequential over taps. Accumulating in float64
 instead changes about 90 % of the samples by an ulp and, over 20 real clips, 2 spectrogram cells.
@@ -182,9 +182,9 @@ def prepare(n_in: int, rate_in: int, rate_out: int) -> None:
         _weights(n_in, rate_in, rate_out)
 
 
-# From this many clips on, `_resample_kernels.clips` (weights computed once for all, clips vectorised) is
-# faster per clip than `one_clip` on each (docs/design.md, "The resampling kernels").
-BATCH_KERNEL_FROM = 8
+# From this many clips on, `_resample_kernels.clips` (clips side by side in vector registers, filled up to
+# whole groups of 8) is faster per clip than `one_clip` on each (docs/design.md, "The resampling kernels").
+BATCH_KERNEL_FROM = 2
 
 
 def _resample_cpu(x: np.ndarray, p: ResamplePlan) -> np.ndarray:
@@ -194,11 +194,12 @@ def _resample_cpu(x: np.ndarray, p: ResamplePlan) -> np.ndarray:
     y = np.zeros((batch, p.n_fixed), np.float32)
     weights, base, shifts, pad_left, pad_right = _weights(p.n_in, p.rate_in, p.rate_out)
     if batch >= BATCH_KERNEL_FROM:
-        columns = np.zeros((n + pad_left + pad_right, batch), np.float32)
-        columns[pad_left: pad_left + n] = x.T
-        out = np.empty((p.n_out, batch), np.float32)
+        width = -(-batch // kernels.CLIPS_GROUP) * kernels.CLIPS_GROUP  # whole vectors: silent clips fill up
+        columns = np.zeros((n + pad_left + pad_right, width), np.float32)
+        columns[pad_left: pad_left + n, :batch] = x.T
+        out = np.empty((p.n_out, width), np.float32)
         kernels.clips(columns, base, weights, shifts, out)
-        y[:, : p.n_out] = out.T
+        y[:, : p.n_out] = out[:, :batch].T
         return y
     padded = np.zeros(n + pad_left + pad_right, np.float32)
     out = np.empty(base.shape[0], np.float32)
@@ -228,7 +229,7 @@ def resample(x: torch.Tensor, rate_in: int, rate_out: int, *, kernel: str | None
     """x: (B, n) float32 mono clips at rate_in -> (B, ceil(n * rate_out / rate_in)) float32, resampy 0.2.2
     `kaiser_best` bit for bit (librosa 0.6.3's `resample`, fix=True). Same rate: returned unchanged.
 
-    On the CPU the numba loops of `audio._resample_kernels` run (on the calling thread; `one_clip` per clip
+    On the CPU the loops of `audio._resample_kernels` run (on the calling thread; `one_clip` per clip
     below BATCH_KERNEL_FROM clips, `clips` from there on); on a CUDA device, torch operations, one per tap
     over all output samples. kernel="torch" runs the torch version on the CPU too (tests)."""
     if x.dtype != torch.float32 or x.dim() != 2:

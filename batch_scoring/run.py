@@ -26,7 +26,7 @@ from . import parts as parts_module
 
 log = logging.getLogger("batch_scoring")
 LISTING_LIMIT = 10_000_000  # clips one plan may hold (≈ 6 weeks of all Orcasound nodes); the driver keeps them
-CPU_BATCH = 16  # scoring.onnx_scoring.MAX_ORT_BATCH: ONNX Runtime's peak memory is one such batch
+CPU_BATCH = 16  # scoring.onnx_scoring.MAX_ORT_BATCH: images handed to the scorer at a time
 
 
 @dataclass

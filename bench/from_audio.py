@@ -16,7 +16,7 @@ spectrogram` writes for the same clips, `audio_png/spectrograms/<stem>.png`.
 - ours from PNG: the same in another new process, on `audio_png/`.
 - breakdown: where our CPU goes per clip, in this process with the service's own functions, one thread
   each (CPU seconds of the calling thread): decode (PyAV, `ClipDecoder.samples`), spectrogram
-  (`ClipDecoder.render` of 16 decoded clips at a time, as the service draws a batch), scoring (ONNX Runtime on one thread, batches of 16), and, for
+  (`ClipDecoder.render` of 16 decoded clips at a time, as the service draws a batch), scoring (ONNX Runtime on one thread, one image per run, 16 at a time), and, for
   the PNG path, `decode_image` of the PNG.
 
 Ratios: `speedup` = original seconds / ours-from-audio seconds (> 1: ours is faster; goal on the 2-core CPU

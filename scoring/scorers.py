@@ -23,12 +23,13 @@ class Scorers:
     KEEP_ONNX = 2  # ORT sessions kept: the current model version and the previous one
 
     def __init__(self, onnx_cache: str | os.PathLike, device: str | None = None, precision: str = "fp32",
-                 batch_size: int = 32, backend: str | None = None):
+                 batch_size: int = 32, backend: str | None = None, nice: int = 0):
         self.onnx_cache = onnx_cache
         self._backend = backend  # None: chosen by the device; "torch" or "onnxruntime" to force one
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
+        self.nice = nice  # added to the niceness of ONNX Runtime's run threads (OnnxScorer)
         self._ready: OrderedDict[tuple, Scorer] = OrderedDict()
         self._building: dict[tuple, threading.Lock] = {}
         self._digests: dict[tuple, str] = {}
@@ -63,6 +64,19 @@ class Scorers:
         from .images import decode_image  # OnnxScorer.decode, without importing ONNX Runtime
 
         return ClipDecoder(decode_image)
+
+    def stream_batch(self, requested: int) -> int:
+        """The batch /predict streams to a scorer built here, known before one is built (so the clips are
+        decoded while the model loads): torch's own batch (`torch_scoring.scoring_batch`), or for ONNX Runtime
+        `requested` up to its MAX_ORT_BATCH."""
+        if self.backend == "torch":
+            from .device import pick_device
+            from .torch_scoring import scoring_batch
+
+            return scoring_batch(pick_device(self.device), self.batch_size)
+        from .onnx_scoring import MAX_ORT_BATCH
+
+        return min(requested, MAX_ORT_BATCH)
 
     def digest(self, path: str | os.PathLike) -> str:
         """SHA-256 of a file, memoized by (real path, size, mtime)."""
@@ -114,7 +128,7 @@ class Scorers:
         if backend == "onnxruntime":
             from .onnx_scoring import OnnxScorer
 
-            return OnnxScorer(model_path, self.onnx_cache, digest=digest)
+            return OnnxScorer(model_path, self.onnx_cache, digest=digest, nice=self.nice)
         from .torch_scoring import TorchScorer
 
         return TorchScorer(model_path, self.device, self.precision, self.batch_size)

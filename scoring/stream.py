@@ -6,6 +6,8 @@ a bounded number of items ahead of the consumer, and yields `Batch(items, pixels
 input order. So while the caller scores batch k (ONNX Runtime and torch release the GIL), batch k+1
 is stacked (and its audio drawn) and the pool downloads and decodes batches k+2…k+1+prefetch: on a
 cold call I/O and compute overlap, and memory stays at a few batches whatever the number of files.
+Each batch is handed out as soon as it is stacked (the first one does not wait for the second's
+decoding), and the stacking thread stays at most one batch ahead of the one the caller holds.
 
 Decoding is `images.decode_image` (bit-identical to the original Keras preprocessing), or for an
 audio file (.mp3/.wav/.flac) its 2020 spectrogram straight to the same pixels (`scoring.clips`); at most
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import threading
 import warnings
 from collections import deque
@@ -212,33 +215,55 @@ def stream_batches(items: Iterable, fetch: Callable[[Any], Any] | None, rows: in
 
     # threads waiting on downloads must not hold back decoding: room for both at once
     pool = ThreadPoolExecutor(workers + decode_workers, thread_name_prefix="orca-fetch")
-    # one batch is rendered and stacked while the consumer scores the one before (module docstring)
-    assembler = ThreadPoolExecutor(1, thread_name_prefix="orca-render")
+    # Batches are assembled on a thread of their own (`orca-render`), each handed over as soon as it is
+    # drawn and stacked, and at most one ahead of the one the caller holds (module docstring): `ahead_slots`
+    # holds the producer back before it assembles a second batch the caller has not asked for yet.
+    done: queue.Queue = queue.Queue()
+    ahead_slots = threading.Semaphore(2)
+    stop = threading.Event()
+
+    def wait_for_slot() -> bool:
+        while not stop.is_set():
+            if ahead_slots.acquire(timeout=0.1):
+                return True
+        return False
+
+    def produce() -> None:
+        try:
+            pending: deque = deque()
+
+            def fill() -> None:
+                while len(pending) < ahead:
+                    item = next(iterator, _SKIP)
+                    if item is _SKIP:
+                        return
+                    pending.append((item, pool.submit(work, item)))
+
+            fill()
+            while pending and wait_for_slot():
+                taken, results = [], []
+                while pending and sum(not _skipped(r) for r in results) < batch_size:
+                    item, future = pending.popleft()
+                    taken.append(item)
+                    results.append(future.result())
+                    fill()
+                done.put((True, assemble(taken, results)))
+            done.put((True, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the caller, raised there
+            done.put((False, error))
+
+    producer = threading.Thread(target=produce, name="orca-render", daemon=True)
+    producer.start()
     try:
-        pending: deque = deque()
-
-        def fill() -> None:
-            while len(pending) < ahead:
-                item = next(iterator, _SKIP)
-                if item is _SKIP:
-                    return
-                pending.append((item, pool.submit(work, item)))
-
-        fill()
-        ready = None
-        while pending:
-            taken, results = [], []
-            while pending and sum(not _skipped(r) for r in results) < batch_size:
-                item, future = pending.popleft()
-                taken.append(item)
-                results.append(future.result())
-                fill()
-            following = assembler.submit(assemble, taken, results)
-            if ready is not None:
-                yield ready.result()
-            ready = following
-        if ready is not None:
-            yield ready.result()
+        while True:
+            ok, value = done.get()
+            if not ok:
+                raise value
+            if value is None:
+                return
+            yield value
+            ahead_slots.release()  # the caller is done with that batch: the producer may assemble one more
     finally:
-        assembler.shutdown(wait=True, cancel_futures=True)
+        stop.set()
+        producer.join()
         pool.shutdown(wait=True, cancel_futures=True)

@@ -64,6 +64,11 @@ def clip_decoder(device) -> ClipDecoder:
     return decoder_for(_decode_png, device)
 
 
+def scoring_batch(device, batch_size: int) -> int:
+    """The batch a TorchScorer on `device` scores in: at least CUDA_SCORING_BATCH on CUDA."""
+    return max(batch_size, CUDA_SCORING_BATCH) if device.type == "cuda" else batch_size
+
+
 class TorchScorer:
     """P(class 1) of images with an eval-mode torch module on one device (a `Scorer`)."""
 
@@ -72,7 +77,7 @@ class TorchScorer:
         self.precision = resolve_precision(precision)
         self.model = load_trainable(model) if isinstance(model, (str, os.PathLike)) else model
         self.model.to(self.device).eval()
-        self.batch_size = max(batch_size, CUDA_SCORING_BATCH) if self.device.type == "cuda" else batch_size
+        self.batch_size = scoring_batch(self.device, batch_size)
         self.decode = clip_decoder(self.device)
 
     def check_size(self, rows: int, cols: int) -> None:

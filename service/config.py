@@ -61,6 +61,9 @@ SETTINGS = (
     Setting("TUNE_MALLOC", "ORCA_TUNE_MALLOC", int, 1, "1: glibc keeps freed blocks of up to 2 GiB for the "
             "next tensor and returns them after each training (CPU training steps ≈ 40 % faster); 0: glibc's "
             "defaults"),
+    Setting("SCORING_NICE", "ORCA_SCORING_NICE", int, 10, "CPU scoring (ONNX Runtime): added to the niceness of "
+            "the threads that run the model (Linux), so that those downloading, decoding and drawing the next "
+            "batch go first; 0-19, 0: no change"),
     Setting("BATCH_SIZE", "ORCA_BATCH_SIZE", int, 32, "batch size of training and scoring"),
     Setting("MAX_EPOCHS", "ORCA_MAX_EPOCHS", int, 1000, "upper bound of `epochs`"),
     Setting("MAX_IMAGE_SIZE", "ORCA_MAX_IMAGE_SIZE", int, 4096, "upper bound of `img_width` and `img_height`"),

@@ -15,11 +15,13 @@ unlabeled set is never scored again.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import posixpath
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable
 
 from scoring.clips import AUDIO_EXTENSIONS, clip_identity
 from scoring.stream import stream_batches
@@ -130,18 +132,6 @@ def clip_files(runtime, unlabeled: Location, listing, replacements: dict):
         yield fetch
 
 
-def _prefetch(clips, fetch, threads: int, until) -> None:
-    """Download clips into the mirror while the future `until` runs; stop starting new ones when it is
-    done (the scoring stream fetches the rest). Download errors surface there, in order."""
-    def one(clip):
-        if not until.done():
-            with contextlib.suppress(Exception):
-                fetch(clip)
-
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        list(pool.map(one, clips))
-
-
 def run_predict(runtime, params: PredictParams, on_progress=None) -> PredictItems:
     """Score every unlabeled spectrogram (see the module docstring). `on_progress(done, total)`
     (optional) follows the scoring, batch by batch."""
@@ -164,27 +154,22 @@ def run_predict(runtime, params: PredictParams, on_progress=None) -> PredictItem
     pending = [clip for clip in clips if clip[0] not in values]
     skipped = []
     try:
-        with clip_files(runtime, unlabeled, clips, replacements) as fetch, ThreadPoolExecutor(1) as starter:
+        with clip_files(runtime, unlabeled, clips, replacements) as fetch, ThreadPoolExecutor(1) as starter, \
+                contextlib.ExitStack() as streaming:
             mirrors = getattr(fetch, "mirrors", None)
-            scorer = None
+            batches: Iterable = ()
             if pending:
                 # A model seen for the first time is exported to ONNX or loaded onto the device (seconds):
-                # meanwhile the S3 mirror is brought up to date.
+                # meanwhile the stream downloads and decodes (draws, for audio) the first batches.
                 getting = starter.submit(runtime.scorers.get, model_path)
-                if mirrors is not None:  # clips whose pixels are cached need no download
-                    missing = [clip for clip in pending
-                               if not runtime.pixels.contains(pixel_identity(clip), params.rows, params.cols,
-                                                              decoder=runtime.scorers.decoder)]
-                    _prefetch(missing, fetch, config["DOWNLOAD_THREADS"], until=getting)
+                stream = streaming.enter_context(contextlib.closing(stream_batches(
+                    pending, fetch, params.rows, params.cols, runtime.scorers.stream_batch(config["BATCH_SIZE"]),
+                    workers=config["DOWNLOAD_THREADS"], skip_unreadable=True, max_pixels=config["MAX_PIXELS"],
+                    decode=runtime.scorers.decode, cache=runtime.pixels, identity=pixel_identity)))
+                first = next(stream, None)
                 scorer = getting.result()
                 scorer.check_size(params.rows, params.cols)
-            # torch (CUDA) scores in its own larger batches; ONNX Runtime in at most its own
-            batch = (scorer.batch_size if pending and runtime.scorers.backend == "torch"
-                     else min(config["BATCH_SIZE"], scorer.batch_size) if pending else 1)
-            batches = stream_batches(pending, fetch, params.rows, params.cols, batch,
-                                     workers=config["DOWNLOAD_THREADS"], skip_unreadable=True,
-                                     max_pixels=config["MAX_PIXELS"], decode=scorer.decode,
-                                     cache=runtime.pixels, identity=pixel_identity) if pending else ()
+                batches = itertools.chain([first] if first is not None else [], stream)
             for batch in batches:
                 for (name, info), reason in batch.skipped:
                     url = unlabeled.storage.url(info.key)

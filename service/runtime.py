@@ -71,6 +71,8 @@ class Runtime:
             merged["PRECISION"] = check_training_precision(merged["PRECISION"])
         except ScoringError as error:
             raise SystemExit(str(error)) from None
+        if not 0 <= merged["SCORING_NICE"] <= 19:
+            raise SystemExit(f"ORCA_SCORING_NICE must be 0 to 19, got {merged['SCORING_NICE']}")
         if merged["TUNE_MALLOC"]:  # process-wide, idempotent: glibc's setting, not this app's state
             from service.allocator import keep_freed_blocks
 
@@ -86,7 +88,7 @@ class Runtime:
             cache=CacheDir(config_module.cache_dir(merged)),
             scores=ScoreCache(max_entries=merged["SCORE_CACHE"]),
             scorers=Scorers(config_module.onnx_cache_dir(merged), device=merged["DEVICE"], precision=precision,
-                            batch_size=merged["BATCH_SIZE"]),
+                            batch_size=merged["BATCH_SIZE"], nice=merged["SCORING_NICE"]),
             pixels=PixelCache(config_module.pixel_cache_dir(merged), merged["PIXEL_CACHE_BYTES"],
                               device_tier=functools.partial(cuda_tier, merged["DEVICE"], merged["GPU_PIXEL_CACHE"],
                                                             metrics.record_pixels),

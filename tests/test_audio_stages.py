@@ -68,16 +68,34 @@ def test_resample_equals_resampy_022s_loop_bit_for_bit(rate, n, kernel):
     assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("batch", [resample.BATCH_KERNEL_FROM, 8, 11, 17])
 @pytest.mark.parametrize("rate,n", [(48000, 4001), (44100, 2999), (16000, 1234), (96000, 6007)])
-def test_batches_of_clips_resample_as_resampy_022s_loop_each(rate, n):
-    """From BATCH_KERNEL_FROM clips on, numba's `clips` kernel (clips side by side, output samples two by two,
-    an odd count of them in three of the four): each clip bit for bit the scalar loop's."""
-    batch = resample.BATCH_KERNEL_FROM + 3
+def test_batches_of_clips_resample_as_resampy_022s_loop_each(rate, n, batch):
+    """From BATCH_KERNEL_FROM clips on, the `clips` kernel (groups of 8 clips side by side, 8 output samples
+    at a time, the clips filled up to whole groups, output counts not a multiple of 8): each clip bit for bit
+    the scalar loop's."""
     x = (np.random.default_rng(n).standard_normal((batch, n)) * 0.1).astype(np.float32)
-    x[4] *= 50  # loud and quiet clips side by side
+    x[batch // 2] *= 50  # loud and quiet clips side by side
     got = resample.resample(torch.from_numpy(x), rate, 22050).numpy()
     for b in range(batch):
         assert np.array_equal(got[b], _resampy_022_loop(x[b], rate, 22050)), b
+
+
+def test_the_clips_kernel_refuses_arrays_it_would_read_past():
+    from audio import _resample_kernels as kernels
+
+    weights, base, shifts, pad_left, pad_right = resample._weights(4001, 48000, 22050)
+    n_out = resample.plan(4001, 48000, 22050).n_out
+    rows = 4001 + pad_left + pad_right
+    good = dict(x=np.zeros((rows, 16), np.float32), base=base, weights=weights, shifts=shifts,
+                y=np.zeros((n_out, 16), np.float32))
+    kernels.clips(**good)
+    for bad in (dict(x=np.zeros((rows, 12), np.float32), y=np.zeros((n_out, 12), np.float32)),  # not whole groups
+                dict(x=np.zeros((rows, 16), np.float64)),
+                dict(y=np.zeros((weights.shape[0] * kernels.LANES + 1, 16), np.float32)),  # more samples than weights
+                dict(shifts=shifts[:-1])):
+        with pytest.raises(ValueError):
+            kernels.clips(**dict(good, **bad))
 
 
 @pytest.mark.parametrize("rate,n", [(48000, 4001), (44100, 2999), (16000, 1234), (8000, 333), (96000, 6007)])

@@ -1,6 +1,7 @@
 """scoring.onnx_scoring: ONNX Runtime scores match the torch path (scoring.torch_scoring.predict) within 1e-4,
 and the export is cached per model file content."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,75 @@ def test_pixel_input_leaves_a_model_alone_whose_names_it_would_reuse(tmp_path, t
     from scoring.onnx_scoring import with_pixel_input
 
     assert with_pixel_input(_identity_model(tmp_path / "taken.onnx", 17, name=taken)) is None
+
+
+def test_images_are_scored_one_per_run_on_every_thread_and_as_one_batched_run_scores_them(spread_srkw_h5, tmp_path):
+    """score_pixels runs one image per ONNX Runtime run, `threads` runs at once (each run waits here for
+    the other thread's first run: without concurrent runs it times out), in order, with the scores one
+    batched run of a plain session gives (to 1e-6)."""
+    import threading
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from scoring.images import decode_image
+
+    paths = sorted(SAMPLE.glob("*/*/*.png"))[:7]
+    pixels = np.stack([decode_image(p, ROWS, COLS) for p in paths])
+    scorer = OnnxScorer(spread_srkw_h5, cache_dir=tmp_path, threads=2)
+    batched = ort.InferenceSession(scorer_graph(scorer), providers=["CPUExecutionProvider"])
+    (expected,) = batched.run(None, {scorer.input_name: pixels})
+    sizes, threads, together = [], set(), threading.Barrier(2, timeout=20)
+    real_run = scorer.session.run
+
+    class Recording:
+        def run(self, outputs, feed):
+            sizes.append(len(feed[scorer.input_name]))
+            if threading.current_thread().name not in threads:
+                threads.add(threading.current_thread().name)
+                together.wait()
+            return real_run(outputs, feed)
+
+    scorer.session = Recording()
+    got = scorer.score_pixels(pixels)
+    assert sizes == [1] * len(paths) and len(threads) == 2
+    assert np.ptp(expected[:, -1]) >= 0.1
+    assert np.abs(np.array(got) - expected[:, -1]).max() <= 1e-6
+
+
+def scorer_graph(scorer) -> bytes:
+    """The graph the scorer's session runs (its uint8-input edit of the exported file)."""
+    from scoring.onnx_scoring import with_pixel_input
+
+    return with_pixel_input(scorer.onnx_path).SerializeToString()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_the_run_threads_yield_to_the_others_by_the_niceness_asked(model, tmp_path):
+    import os
+    import threading
+
+    import numpy as np
+
+    seen = {}
+    scorer = OnnxScorer(model, cache_dir=tmp_path, threads=2, nice=5)
+    real_run = scorer.session.run
+
+    class Recording:
+        def run(self, outputs, feed):
+            seen[threading.current_thread().name] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            return real_run(outputs, feed)
+
+    scorer.session = Recording()
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    scorer.score_pixels(np.zeros((4, ROWS, COLS, 3), np.uint8))
+    assert seen and set(seen.values()) == {min(19, mine + 5)} and not any(n == threading.current_thread().name for n in seen)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+
+
+def test_a_niceness_out_of_range_stops_the_service(tmp_path, monkeypatch):
+    from service.runtime import Runtime
+
+    monkeypatch.setenv("ORCA_SCORING_NICE", "25")
+    with pytest.raises(SystemExit, match="ORCA_SCORING_NICE"):
+        Runtime.from_config({"LOCAL_ROOT": str(tmp_path)})

@@ -140,6 +140,31 @@ def test_predict_skips_corrupt_nonimage_and_oversized_files(tmp_path, model_h5, 
     assert "more than the limit" in result.skipped[-1]["reason"]
 
 
+def test_predict_decodes_clips_while_the_model_is_being_loaded(tmp_path, model_h5, cache_dir):
+    """A model seen for the first time is exported (ONNX) or loaded (torch) while the stream already
+    decodes the first clips: here the model is not handed over until a clip has been decoded."""
+    import threading
+
+    unlabeled = _local_unlabeled(tmp_path / "data")
+    model = tmp_path / "data" / "srkw_cnn_0.h5"
+    model.write_bytes(Path(model_h5).read_bytes())
+    work = runtime(cache_dir, LOCAL_ROOT=str(tmp_path / "data"), MAX_PIXELS=500_000)
+    decoded = threading.Event()
+    real_put, real_get = work.pixels.put, work.scorers.get
+
+    def put(*args, **kwargs):
+        decoded.set()
+        return real_put(*args, **kwargs)
+
+    def get(path):
+        assert decoded.wait(timeout=20), "no clip was decoded while the model was being loaded"
+        return real_get(path)
+
+    work.pixels.put, work.scorers.get = put, get
+    items = work.run_predict(work, _params(str(model), str(unlabeled)))
+    assert _names(items) == [f"orcasoundlab_{1594154118 + 3 * i}" for i in range(3)] and len(items.skipped) == 3
+
+
 def test_cpu_predict_service_never_imports_torch(tmp_path, model_h5, cache_dir):
     """The service process scores with ONNX Runtime; the one-off ONNX export runs in a child process."""
     unlabeled = _local_unlabeled(tmp_path / "data")

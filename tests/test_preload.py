@@ -43,7 +43,8 @@ def test_service_preloads_torch_in_the_background_when_asked():
             "app.extensions['orca'].preload.join(90)\n"
             "print('loaded', 'torch._dynamo' in sys.modules, 'training.loop' in sys.modules)\n"
             "from audio import _resample_kernels as k\n"
-            "print('kernels', len(k.clips.signatures), len(k.one_clip.signatures), len(k.tap_weights.signatures))\n")
+            "print('kernels', k._clips_kernel.cache_info().currsize, len(k.one_clip.signatures),\n"
+            "      len(k.tap_weights.signatures))\n")
     asked = run_python(code, ORCA_PRELOAD_TORCH="1")
     assert asked.returncode == 0, asked.stderr[-2000:]
     assert "loaded True True" in asked.stdout

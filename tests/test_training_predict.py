@@ -119,6 +119,27 @@ def test_the_next_batch_is_stacked_on_its_own_thread_while_the_caller_holds_one(
     assert [p for b in [first, *rest] for p in b.items] == paths and len(stacked) == 3
 
 
+def test_the_first_batch_is_handed_out_before_the_next_one_is_decoded(tmp_path):
+    """A batch is handed out as soon as it is stacked: the caller's first batch does not wait for the
+    decoding of the second (which here waits for the caller to have the first)."""
+    from scoring.images import decode_image
+    from scoring.stream import stream_batches
+
+    paths = synthetic_pngs(tmp_path, 8)
+    handed = threading.Event()
+
+    def decode(path, rows, cols):
+        if paths.index(path) >= 4 and not handed.wait(timeout=10):
+            raise AssertionError("the second batch was decoded before the first was handed out")
+        return decode_image(path, rows, cols)
+
+    batches = stream_batches(paths, None, 10, 12, batch_size=4, prefetch=1, decode=decode)
+    first = next(batches)
+    handed.set()
+    rest = list(batches)
+    assert [p for b in [first, *rest] for p in b.items] == paths
+
+
 def test_unreadable_image_raises_image_error_naming_it(tmp_path, perturbed_h5):
     paths = synthetic_pngs(tmp_path, 3)
     paths[1].write_bytes(b"not an image")
