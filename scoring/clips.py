@@ -85,6 +85,10 @@ def input_pixels(rgba, rows: int, cols: int):
     (rows, cols, 3). `rgba`: numpy (H, W, 4), or a tensor (..., H, W, 4) on any device (gathered there)."""
     height, width = int(rgba.shape[-3]), int(rgba.shape[-2])
     down, across = nearest_indices(width, height, cols, rows)
+    if is_tensor(rgba) and rgba.device.type == "cpu" and rgba.dim() == 3:  # one picture: numba's loop
+        import torch
+
+        return torch.from_numpy(_rgb_nearest(rgba.numpy(), down, across, rows, cols))
     if is_tensor(rgba):
         import torch
 
@@ -93,10 +97,20 @@ def input_pixels(rgba, rows: int, cols: int):
             rgb = rgb.index_select(-3, torch.from_numpy(down.copy()).to(rgba.device))
             rgb = rgb.index_select(-2, torch.from_numpy(across.copy()).to(rgba.device))
         return rgb.contiguous()
+    if rgba.ndim == 3 and rgba.dtype == np.uint8:
+        return _rgb_nearest(rgba, down, across, rows, cols)
     rgb = rgba[..., :3]
     if (height, width) != (rows, cols):
         rgb = rgb[..., down, :, :][..., across, :]
     return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+def _rgb_nearest(rgba: np.ndarray, down: np.ndarray, across: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    from ._pixel_kernels import rgb_nearest
+
+    out = np.empty((rows, cols, 3), np.uint8)
+    rgb_nearest(rgba, down, across, out)
+    return out
 
 
 def _error(path, error: Exception) -> AudioClipError:

@@ -1,7 +1,8 @@
 """Importing torch at start-up, on a thread (ORCA_PRELOAD_TORCH), so a request does not wait for
 it: torch, and torch._dynamo, which torch.optim loads when an optimizer is built, and where no NVIDIA
 driver is (the CPU scores and draws) the audio path's first-use costs (`audio.spectrogram.warm_up`:
-numba's kernels, the colour table, the resampling weights of 48 kHz clips; ≈ 1 s on 2 cores) and ONNX
+numba's kernels, the colour table, the resampling weights of 48 kHz clips; ≈ 1 s on 2 cores; the loop
+that cuts the model input from a picture, `scoring.clips.input_pixels`) and ONNX
 (0.7 s to import);
 `/ready` answers 503 until it has finished."""
 
@@ -53,6 +54,12 @@ def _preload() -> None:
             from audio.spectrogram import warm_up
 
             warm_up()  # numba's kernels, the colour table, the weights of 48 kHz clips: ahead of the first clip
+            import numpy as np
+
+            from audio.spectrogram import HEIGHT, WIDTH
+            from scoring.clips import input_pixels
+
+            input_pixels(np.zeros((HEIGHT, WIDTH, 4), np.uint8), HEIGHT, WIDTH)  # its numba loop, loaded
     except Exception as error:  # noqa: BLE001 - the request that needs torch reports it properly
         LOG.warning("preloading torch failed: %s", error)
         threading.current_thread().error = f"{type(error).__name__}: {error}"  # for /ready

@@ -9,6 +9,7 @@ import http.client
 import random
 import urllib.parse
 
+import numpy as np
 import pytest
 import requests
 
@@ -193,3 +194,23 @@ def test_the_route_is_listed(served):
     server, _ = served
     listed = requests.get(f"{server.base}/", timeout=30).json()["endpoints"]
     assert listed["/clips/<path:relative>"].startswith("GET (a path under ORCA_LOCAL_ROOT)")
+
+
+@pytest.mark.parametrize("rows,cols", [(607, 617), (300, 411), (700, 650)])
+def test_input_pixels_of_a_picture_cuts_the_rgb_at_pils_nearest_rows_and_columns(rows, cols):
+    """numba's loop (numpy pictures, one CPU tensor) gives the bytes of the plain gather, which is PIL's
+    NEAREST resize of the RGB (scoring.images.nearest_indices), for the picture's size and others."""
+    import torch
+
+    from scoring.clips import input_pixels
+    from scoring.images import nearest_indices
+
+    rgba = np.random.default_rng(rows).integers(0, 256, (607, 617, 4), dtype=np.uint8)
+    down, across = nearest_indices(617, 607, cols, rows)
+    want = np.ascontiguousarray(rgba[..., :3][down][:, across])
+    got = input_pixels(rgba, rows, cols)
+    assert got.dtype == np.uint8 and got.shape == (rows, cols, 3) and np.array_equal(got, want)
+    from_tensor = input_pixels(torch.from_numpy(rgba), rows, cols)
+    assert torch.is_tensor(from_tensor) and np.array_equal(from_tensor.numpy(), want)
+    batch = input_pixels(torch.from_numpy(np.stack([rgba, rgba[::-1].copy()])), rows, cols)  # torch's gather
+    assert np.array_equal(batch[0].numpy(), want)
