@@ -182,16 +182,15 @@ class ClipDecoder:
         from audio.spectrogram import one_thread, render_decoded
 
         # on the CPU on this thread alone, beside the scoring (docs/design.md, "Drawing while scoring")
-        # (the pictures' model inputs too: torch's copies on two OpenMP threads left the second one spinning)
         with one_thread() if self.draws_on_cpu else contextlib.nullcontext():
             drawn = render_decoded(decoded, device=self.device)
-            out: list = []
-            for d, pixels in zip(decoded, drawn):
-                if isinstance(pixels, AudioError):
-                    out.append(_error(d.path, pixels))
-                    continue
-                rgb = input_pixels(pixels, rows, cols)
-                out.append(rgb.numpy() if rgb.device.type == "cpu" else rgb)
+        out: list = []
+        for d, pixels in zip(decoded, drawn):
+            if isinstance(pixels, AudioError):
+                out.append(_error(d.path, pixels))
+                continue
+            rgb = input_pixels(pixels, rows, cols)  # on the CPU numba's loop, no OpenMP team
+            out.append(rgb.numpy() if rgb.device.type == "cpu" else rgb)
         return out
 
 
